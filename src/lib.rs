@@ -1,0 +1,1 @@
+//! volsnap: application-consistent backups from inside an OpenStack guest.
