@@ -1,4 +1,10 @@
 //! volsnap: application-consistent backups from inside an OpenStack guest.
 
+pub mod check;
+pub mod cli;
 pub mod config;
+pub mod exit;
+pub mod hooks;
+pub mod logging;
+pub mod mounts;
 pub mod secret;

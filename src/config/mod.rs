@@ -395,12 +395,21 @@ fn validate(path: &Path, source: &str, file: File) -> Result<Settings, ConfigErr
     }
     for (key, url) in [
         ("openstack.auth_url", &openstack.auth_url),
-        ("openstack.block_storage_endpoint", &openstack.block_storage_endpoint),
-        ("openstack.object_store_endpoint", &openstack.object_store_endpoint),
+        (
+            "openstack.block_storage_endpoint",
+            &openstack.block_storage_endpoint,
+        ),
+        (
+            "openstack.object_store_endpoint",
+            &openstack.object_store_endpoint,
+        ),
     ] {
         if let Some(url) = url {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
-                return Err(err(key, format!("{url:?} is not an http:// or https:// URL")));
+                return Err(err(
+                    key,
+                    format!("{url:?} is not an http:// or https:// URL"),
+                ));
             }
         }
     }
@@ -418,7 +427,12 @@ fn validate(path: &Path, source: &str, file: File) -> Result<Settings, ConfigErr
         .unwrap_or_else(|| PathBuf::from(DEFAULT_HOOKS_DIR));
     let hooks = HookSettings {
         dir: hooks_dir,
-        timeout: positive(&err, "hooks.timeout", file.hooks.timeout, DEFAULT_HOOK_TIMEOUT)?,
+        timeout: positive(
+            &err,
+            "hooks.timeout",
+            file.hooks.timeout,
+            DEFAULT_HOOK_TIMEOUT,
+        )?,
         stream_timeout: positive(
             &err,
             "hooks.stream_timeout",
@@ -437,7 +451,8 @@ fn validate(path: &Path, source: &str, file: File) -> Result<Settings, ConfigErr
                 format!("{name:?} is not a valid environment variable name"),
             ));
         }
-        if name.starts_with("VOLSNAP_") && !name.starts_with("VOLSNAP_MYSQL_")
+        if name.starts_with("VOLSNAP_")
+            && !name.starts_with("VOLSNAP_MYSQL_")
             && !name.starts_with("VOLSNAP_PG_")
             && !name.starts_with("VOLSNAP_REDIS_")
             && !name.starts_with("VOLSNAP_RESTORE_")
@@ -508,7 +523,12 @@ fn validate_cinder(
         }
         volumes.insert(normal, id.to_ascii_lowercase());
     }
-    let max_freeze = positive(err, "cinder.max_freeze", file.max_freeze, DEFAULT_MAX_FREEZE)?;
+    let max_freeze = positive(
+        err,
+        "cinder.max_freeze",
+        file.max_freeze,
+        DEFAULT_MAX_FREEZE,
+    )?;
     if max_freeze > MAX_MAX_FREEZE {
         return Err(err(
             "cinder.max_freeze",
@@ -612,11 +632,14 @@ fn validate_swift(err: &ErrAt, file: SwiftFile) -> Result<SwiftSettings, ConfigE
         if !plausible {
             return Err(err(
                 "swift.age_recipients",
-                format!("{recipient:?} is not an age recipient (age1…, ssh-ed25519 … or ssh-rsa …)"),
+                format!(
+                    "{recipient:?} is not an age recipient (age1…, ssh-ed25519 … or ssh-rsa …)"
+                ),
             ));
         }
     }
-    let age_recipients_file = absolute_path(err, "swift.age_recipients_file", file.age_recipients_file)?;
+    let age_recipients_file =
+        absolute_path(err, "swift.age_recipients_file", file.age_recipients_file)?;
     Ok(SwiftSettings {
         container,
         prefix,

@@ -38,7 +38,10 @@ fn both_spellings_of_the_seed_values() {
         .unwrap();
         assert_eq!(s.strategy, Strategy::Cinder);
     }
-    for agent in ["trove.guestagent.backup.backupagent.SwiftAgent", "SwiftAgent"] {
+    for agent in [
+        "trove.guestagent.backup.backupagent.SwiftAgent",
+        "SwiftAgent",
+    ] {
         let s = parse_str(&format!(
             "backup_agent = \"{agent}\"\nstorage_strategy = \"Swift\"\ndatastore = \"none\"\n"
         ))
@@ -49,8 +52,9 @@ fn both_spellings_of_the_seed_values() {
 
 #[test]
 fn one_half_of_the_pair_implies_the_other() {
-    let s = parse_str("backup_agent = \"CinderAgent\"\ndatastore = \"none\"\nmounts = [\"/srv\"]\n")
-        .unwrap();
+    let s =
+        parse_str("backup_agent = \"CinderAgent\"\ndatastore = \"none\"\nmounts = [\"/srv\"]\n")
+            .unwrap();
     assert_eq!(s.strategy, Strategy::Cinder);
     let s = parse_str("storage_strategy = \"Cinder\"\ndatastore = \"none\"\nmounts = [\"/srv\"]\n")
         .unwrap();
@@ -78,7 +82,10 @@ fn unknown_key_is_named_with_its_line() {
     );
     assert!(e.contains("`max_freeze`"), "{e}");
     let e = error_of("datastore = \"none\"\ncolour = 1\n");
-    assert!(e.starts_with("/etc/volsnap/volsnap.toml:2:1: colour: unknown field"), "{e}");
+    assert!(
+        e.starts_with("/etc/volsnap/volsnap.toml:2:1: colour: unknown field"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -94,12 +101,20 @@ fn bad_duration_names_key_and_format() {
 #[test]
 fn bad_enum_value_lists_the_valid_values() {
     let e = error_of("datastore = \"oracle\"\n");
-    assert!(e.starts_with("/etc/volsnap/volsnap.toml:1:13: datastore: unknown variant `oracle`"), "{e}");
+    assert!(
+        e.starts_with("/etc/volsnap/volsnap.toml:1:13: datastore: unknown variant `oracle`"),
+        "{e}"
+    );
     for v in ["mysql", "postgresql", "redis", "none"] {
         assert!(e.contains(&format!("`{v}`")), "{e}");
     }
     let e = error_of("datastore = \"none\"\n[swift]\ncompression = \"lz4\"\n");
-    assert!(e.contains("swift.compression: unknown variant `lz4`, expected one of `zstd`, `gzip`, `none`"), "{e}");
+    assert!(
+        e.contains(
+            "swift.compression: unknown variant `lz4`, expected one of `zstd`, `gzip`, `none`"
+        ),
+        "{e}"
+    );
     let e = error_of("datastore = \"none\"\n[cinder]\non_hook_failure = \"ignore\"\n");
     assert!(e.contains("expected `abort` or `crash-consistent`"), "{e}");
 }
@@ -149,8 +164,13 @@ fn explicit_volumes_must_match_a_mount_and_be_uuids() {
         ok.cinder.volumes[Path::new("/srv/db")],
         "0b6f5a2e-1111-2222-3333-444455556666"
     );
-    let e = error_of(&format!("{base}\"/srv/other\" = \"0b6f5a2e-1111-2222-3333-444455556666\"\n"));
-    assert!(e.contains(":5:1: cinder.volumes./srv/other: /srv/other is not one of `mounts` (/srv/db)"), "{e}");
+    let e = error_of(&format!(
+        "{base}\"/srv/other\" = \"0b6f5a2e-1111-2222-3333-444455556666\"\n"
+    ));
+    assert!(
+        e.contains(":5:1: cinder.volumes./srv/other: /srv/other is not one of `mounts` (/srv/db)"),
+        "{e}"
+    );
     let e = error_of(&format!("{base}\"/srv/db\" = \"vol-1\"\n"));
     assert!(e.contains("is not a Cinder volume id"), "{e}");
 }
@@ -162,11 +182,21 @@ fn limits_on_numbers() {
     let e = error_of("datastore = \"none\"\n[cinder]\nmax_freeze = \"0s\"\n");
     assert!(e.contains("must be longer than zero"), "{e}");
     let e = error_of("datastore = \"none\"\n[swift]\nsegment_size = \"10KiB\"\n");
-    assert!(e.contains("swift.segment_size: 10.0 KiB is outside 1MiB..5GiB"), "{e}");
-    let e = error_of("datastore = \"none\"\n[swift]\ncompression = \"gzip\"\ncompression_level = 12\n");
-    assert!(e.contains("swift.compression_level: 12 is outside 1..9"), "{e}");
+    assert!(
+        e.contains("swift.segment_size: 10.0 KiB is outside 1MiB..5GiB"),
+        "{e}"
+    );
+    let e =
+        error_of("datastore = \"none\"\n[swift]\ncompression = \"gzip\"\ncompression_level = 12\n");
+    assert!(
+        e.contains("swift.compression_level: 12 is outside 1..9"),
+        "{e}"
+    );
     let e = error_of("datastore = \"none\"\n[retention]\nkeep_last = 0\n");
-    assert!(e.contains("retention.keep_last: 0 would delete every backup"), "{e}");
+    assert!(
+        e.contains("retention.keep_last: 0 would delete every backup"),
+        "{e}"
+    );
     let e = error_of("datastore = \"none\"\n[hooks.env]\nVOLSNAP_TIMEOUT = \"1\"\n");
     assert!(e.contains("set by volsnap itself"), "{e}");
 }
@@ -195,8 +225,16 @@ fn a_readable_file_holding_a_secret_is_refused() {
     let body = "datastore = \"none\"\n[openstack]\npassword = \"pw\"\n";
     let f = write_config(0o640, body);
     let e = load(f.path()).unwrap_err().to_string();
-    assert!(e.contains("holds a secret (openstack.password) and is readable by group or others (mode 0640)"), "{e}");
-    assert!(e.contains(&format!("run: chmod 600 {}", f.path().display())), "{e}");
+    assert!(
+        e.contains(
+            "holds a secret (openstack.password) and is readable by group or others (mode 0640)"
+        ),
+        "{e}"
+    );
+    assert!(
+        e.contains(&format!("run: chmod 600 {}", f.path().display())),
+        "{e}"
+    );
     let f = write_config(0o600, body);
     load(f.path()).unwrap();
     // Without a secret, a world-readable config is fine.
@@ -208,7 +246,10 @@ fn a_readable_file_holding_a_secret_is_refused() {
 fn a_config_others_can_write_is_refused() {
     let f = write_config(0o666, "datastore = \"none\"\n");
     let e = load(f.path()).unwrap_err().to_string();
-    assert!(e.contains("is writable by group or others (mode 0666)"), "{e}");
+    assert!(
+        e.contains("is writable by group or others (mode 0666)"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -20,13 +20,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     let mut total = Duration::ZERO;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(bad());
         }
         let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
             "ms" => Duration::from_millis(1),
             "s" => Duration::from_secs(1),
@@ -47,7 +51,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 impl<'de> Deserialize<'de> for ConfigDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        parse_duration(&text).map(ConfigDuration).map_err(de::Error::custom)
+        parse_duration(&text)
+            .map(ConfigDuration)
+            .map_err(de::Error::custom)
     }
 }
 
@@ -57,7 +63,9 @@ impl<'de> Deserialize<'de> for ConfigDuration {
 pub struct ByteSize(pub u64);
 
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let bad = || format!("invalid size {text:?}: expected a number and a unit (B, KiB, MiB, GiB, KB, MB, GB), like \"64MiB\"");
+    let bad = || {
+        format!("invalid size {text:?}: expected a number and a unit (B, KiB, MiB, GiB, KB, MB, GB), like \"64MiB\"")
+    };
     let t = text.trim();
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     if digits == 0 {

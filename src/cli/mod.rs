@@ -1,0 +1,102 @@
+//! The command line: one file per subcommand, each with `run`.
+
+mod check;
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser, Subcommand};
+
+use crate::config::{self, Settings};
+use crate::exit;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "volsnap",
+    version,
+    about = "Application-consistent database backups from inside an OpenStack guest",
+    long_about = "Application-consistent database backups from inside an OpenStack guest.\n\n\
+        With the Cinder strategy volsnap quiesces the database through its datastore hook, \
+        freezes the data filesystems, snapshots their Cinder volumes and thaws as soon as \
+        Cinder reports the snapshots available. With the Swift strategy it streams a native \
+        database backup into Swift.",
+    after_help = exit::HELP
+)]
+pub struct Cli {
+    /// Configuration file
+    #[arg(
+        long,
+        global = true,
+        env = "VOLSNAP_CONFIG",
+        value_name = "PATH",
+        default_value = config::DEFAULT_PATH
+    )]
+    pub config: PathBuf,
+
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Less log output (-q warnings only, -qq errors only)
+    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "verbose")]
+    pub quiet: u8,
+
+    /// Print the result as one JSON object on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the configuration, the hooks and the mounts
+    Check(check::Args),
+}
+
+/// What every subcommand gets: the global options.
+pub struct Context {
+    pub config_path: PathBuf,
+    pub json: bool,
+}
+
+impl Context {
+    pub fn load_settings(&self) -> Result<Settings, config::ConfigError> {
+        config::load(&self.config_path)
+    }
+}
+
+impl Cli {
+    /// Runs the subcommand; the returned code is the process's exit code.
+    pub fn run(self) -> anyhow::Result<u8> {
+        let ctx = Context {
+            config_path: self.config,
+            json: self.json,
+        };
+        match self.command {
+            Command::Check(args) => args.run(&ctx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_lists_the_exit_codes() {
+        let help = Cli::command().render_long_help().to_string();
+        for code in ["0 ", "1 ", "2 ", "3 ", "75 ", "78 "] {
+            assert!(
+                help.contains(&format!("\n  {code}")),
+                "{code} missing:\n{help}"
+            );
+        }
+    }
+}
