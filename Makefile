@@ -1,0 +1,39 @@
+# volsnap — build, test, demo. See README.md.
+
+CARGO  ?= cargo
+TARGET := x86_64-unknown-linux-gnu
+STATIC := target/$(TARGET)/release/volsnap
+PREFIX ?= /usr
+DESTDIR ?=
+
+.PHONY: all build static test lint unit install clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+# A static-pie binary (glibc crt-static); unwinding stays on so a thaw
+# guard's Drop runs on a panic.
+static:
+	RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --release --target $(TARGET)
+	@file $(STATIC) | grep -q 'static-pie linked' || { echo "not static: $$(file $(STATIC))"; exit 1; }
+	@echo "$(STATIC): $$(stat -c %s $(STATIC)) bytes stripped ($$(( $$(stat -c %s $(STATIC)) / 1024 )) KiB)"
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+# What CI runs: lint, then every test (they need root, loop devices, and the
+# services that scripts/test.sh starts and stops).
+test:
+	scripts/test.sh
+
+install: static
+	install -D -m 0755 $(STATIC) $(DESTDIR)$(PREFIX)/bin/volsnap
+	install -d -m 0755 $(DESTDIR)$(PREFIX)/lib/volsnap/hooks
+	for h in hooks/*; do [ -x "$$h" ] && install -m 0755 "$$h" $(DESTDIR)$(PREFIX)/lib/volsnap/hooks/; done; true
+	install -D -m 0644 etc/volsnap.toml $(DESTDIR)/etc/volsnap/volsnap.toml.sample
+
+clean:
+	$(CARGO) clean
