@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand, each with `run`.
 
 mod check;
+mod thaw;
 
 use std::path::PathBuf;
 
@@ -52,6 +53,11 @@ pub struct Cli {
 pub enum Command {
     /// Check the configuration, the hooks and the mounts
     Check(check::Args),
+    /// Thaw the filesystems a run recorded as frozen, and run the hook's thaw
+    Thaw(thaw::Args),
+    /// The watchdog process a backup starts (internal)
+    #[command(name = "__watchdog", hide = true)]
+    Watchdog,
 }
 
 /// What every subcommand gets: the global options.
@@ -75,6 +81,8 @@ impl Cli {
         };
         match self.command {
             Command::Check(args) => args.run(&ctx),
+            Command::Thaw(args) => args.run(&ctx),
+            Command::Watchdog => crate::watchdog::run_child().map(|()| exit::SUCCESS),
         }
     }
 }
