@@ -3,6 +3,7 @@
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod discover;
 pub mod exit;
 pub mod freeze;
 pub mod hooks;
