@@ -23,9 +23,12 @@ abs_dir() {
     (cd "$1" && pwd -P)
 }
 
-# pid_alive PID
+# pid_alive PID: exists and is not a zombie (the servers are detached, and
+# PID 1 may take its time to reap them).
 pid_alive() {
-    [ -n "$1" ] && kill -0 "$1" 2>/dev/null
+    [ -n "$1" ] && kill -0 "$1" 2>/dev/null || return 1
+    state=$(sed -n 's/^.*) \(.\).*$/\1/p' "/proc/$1/stat" 2>/dev/null || true)
+    [ "$state" != Z ]
 }
 
 # wait_gone PID SECONDS: poll until PID has exited; 1 if it is still there.
