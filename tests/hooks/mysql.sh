@@ -125,6 +125,30 @@ blocked_freeze_test() {
     hook mysql thaw
 }
 
+# A user with only some privileges: check names what is missing, and the
+# privileges it asks for are enough for freeze and backup.
+privileges_test() {
+    say "check against a user with too few privileges"
+    sql "CREATE USER vs@localhost IDENTIFIED BY 'vs-secret'; GRANT RELOAD ON *.* TO vs@localhost"
+    printf '[client]\nuser=vs\npassword=vs-secret\nsocket=%s\n' "$MYSQL_SOCKET" >"$WORK/vs.cnf"
+    VOLSNAP_MYSQL_DEFAULTS_FILE="$WORK/vs.cnf" hook mysql check
+    expect "check fails for a user with only RELOAD" rc_is 1
+    expect "... and names the missing privileges" err_has 'missing privileges: BINLOG MONITOR,PROCESS,LOCK TABLES'
+    sql "GRANT BINLOG MONITOR, PROCESS, LOCK TABLES ON *.* TO vs@localhost"
+    VOLSNAP_MYSQL_DEFAULTS_FILE="$WORK/vs.cnf" hook mysql check
+    expect "check passes once they are granted" rc_is 0
+    VOLSNAP_MYSQL_DEFAULTS_FILE="$WORK/vs.cnf" hook mysql freeze
+    expect "freeze works with exactly those privileges" rc_is 0
+    expect "... and blocks writes" insert_blocked
+    VOLSNAP_MYSQL_DEFAULTS_FILE="$WORK/vs.cnf" hook mysql thaw
+    expect "... and thaw releases" insert_ok
+    HOOK_RC=0
+    VOLSNAP_MYSQL_DEFAULTS_FILE="$WORK/vs.cnf" timeout 300 "$HOOKS/mysql" backup \
+        >"$WORK/vs-backup.xb" 2>"$WORK/hook.err" || HOOK_RC=$?
+    expect "backup works with exactly those privileges" rc_is 0
+    rm -f "$WORK/vs-backup.xb"
+}
+
 backup_restore_test() {
     say "backup | restore round trip"
     sql "CREATE TABLE d.r (k INT PRIMARY KEY, v VARCHAR(20)) ENGINE=InnoDB;
@@ -165,6 +189,7 @@ self_release_test
 # blocks FTWRL but not BACKUP STAGE (which only holds commits back).
 blocked_freeze_test backup_stage "LOCK TABLES d.t WRITE; SELECT SLEEP(30)"
 blocked_freeze_test ftwrl "INSERT INTO d.t (v) SELECT SLEEP(30)"
+privileges_test
 backup_restore_test
 
 "$DB/mariadb.sh" stop "$WORK/db" >/dev/null 2>&1
