@@ -9,6 +9,8 @@ HOOKS=${VOLSNAP_HOOKS_DIR:-$ROOT/hooks}
 DB=$ROOT/tests/db
 PASSED=0
 FAILED=0
+SKIPPED=0
+MOUNTS_MADE=
 
 say() { echo "# $*"; }
 
@@ -23,6 +25,28 @@ fail() {
     # Show what the last hook said, to make the failure readable.
     if [ -s "$WORK/hook.err" ]; then sed 's/^/#   stderr: /' "$WORK/hook.err"; fi
     if [ -s "$WORK/hook.out" ]; then sed 's/^/#   stdout: /' "$WORK/hook.out"; fi
+}
+
+skip() {
+    SKIPPED=$((SKIPPED + 1))
+    echo "ok - # SKIP $*"
+}
+
+# mount_loop DIR MB: mount a new ext4 filesystem of MB MiB (a loop device on
+# a file in $WORK) on DIR; 1 if this machine cannot.
+mount_loop() {
+    img=$WORK/loop.$(echo "$1" | cksum | cut -d' ' -f1).img
+    mkdir -p "$1"
+    truncate -s "${2}M" "$img" && mkfs.ext4 -q -F "$img" >/dev/null 2>&1 &&
+        timeout 30 mount -o loop "$img" "$1" 2>/dev/null || return 1
+    MOUNTS_MADE="$1 $MOUNTS_MADE"
+}
+
+umount_loops() {
+    for m in $MOUNTS_MADE; do
+        timeout 30 umount "$m" 2>/dev/null || timeout 30 umount -l "$m" 2>/dev/null || true
+    done
+    MOUNTS_MADE=
 }
 
 # expect NAME CMD...: pass if CMD succeeds.
@@ -71,11 +95,15 @@ eventually() {
 setup_work() {
     WORK=$(mktemp -d "${TMPDIR:-/tmp}/volsnap-$1.XXXXXX")
     chmod 0755 "$WORK"
-    trap 'cleanup; rm -rf "$WORK"' EXIT
+    trap 'cleanup; umount_loops; rm -rf "$WORK"' EXIT
     trap 'exit 1' INT TERM HUP
 }
 
 finish() {
-    echo "$PASSED passed, $FAILED failed"
+    if [ "$SKIPPED" -gt 0 ]; then
+        echo "$PASSED passed, $FAILED failed, $SKIPPED skipped"
+    else
+        echo "$PASSED passed, $FAILED failed"
+    fi
     [ "$FAILED" -eq 0 ]
 }

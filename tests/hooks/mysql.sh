@@ -5,7 +5,8 @@ set -eu
 . "$(dirname "$0")/lib.sh"
 
 cleanup() {
-    # Release whatever a failed test may have left, then stop the server.
+    # Release whatever a failed test may have left, then stop the server
+    # (before the loop mounts under it go).
     timeout 30 "$HOOKS/mysql" thaw >/dev/null 2>&1 || true
     [ -z "${BLOCKER_PID:-}" ] || kill "$BLOCKER_PID" 2>/dev/null || true
     "$DB/mariadb.sh" stop "$WORK/db" >/dev/null 2>&1 || true
@@ -170,6 +171,42 @@ backup_restore_test() {
     expect "no staging directory left" sh -c "! ls -d '$WORK/db'/.volsnap-restore.* 2>/dev/null"
 }
 
+# The usual Cinder layout: the data directory is the volume's mountpoint,
+# which restore cannot rename; it swaps the content instead.
+mountpoint_restore_test() {
+    say "restore into a data directory that is a mountpoint"
+    "$DB/mariadb.sh" stop "$WORK/db" >/dev/null
+    mv "$MYSQL_DATADIR" "$WORK/db/data.orig"
+    if ! mount_loop "$MYSQL_DATADIR" 300; then
+        rmdir "$MYSQL_DATADIR" 2>/dev/null || true
+        mv "$WORK/db/data.orig" "$MYSQL_DATADIR"
+        "$DB/mariadb.sh" start "$WORK/db" >/dev/null
+        skip "no loop mounts on this machine"
+        return 0
+    fi
+    cp -a "$WORK/db/data.orig/." "$MYSQL_DATADIR/"
+    rm -rf "$WORK/db/data.orig"
+    "$DB/mariadb.sh" start "$WORK/db" >/dev/null
+    sql "INSERT INTO d.r VALUES (10, 'ten')"
+    before=$(sql 'SELECT k, v FROM d.r ORDER BY k')
+    HOOK_RC=0
+    timeout 300 "$HOOKS/mysql" backup >"$WORK/backup.xb" 2>"$WORK/hook.err" || HOOK_RC=$?
+    expect "mountpoint: backup exits 0" rc_is 0
+    sql "DELETE FROM d.r; INSERT INTO d.r VALUES (11, 'eleven')"
+    HOOK_RC=0
+    timeout 300 "$HOOKS/mysql" restore <"$WORK/backup.xb" >"$WORK/hook.out" 2>"$WORK/hook.err" || HOOK_RC=$?
+    expect "mountpoint: restore exits 0" rc_is 0
+    after=$(sql 'SELECT k, v FROM d.r ORDER BY k' || true)
+    expect "mountpoint: the data is as backed up" [ "$after" = "$before" ]
+    expect "mountpoint: still a mountpoint" mountpoint -q "$MYSQL_DATADIR"
+    expect "mountpoint: lost+found kept in place" [ -d "$MYSQL_DATADIR/lost+found" ]
+    expect "mountpoint: no old or staging directory left" \
+        sh -c "! ls -d '$MYSQL_DATADIR'/.volsnap-* 2>/dev/null"
+    "$DB/mariadb.sh" stop "$WORK/db" >/dev/null
+    umount_loops
+    "$DB/mariadb.sh" start "$WORK/db" >/dev/null 2>&1 || true
+}
+
 sql "CREATE DATABASE d; CREATE TABLE d.t (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(20)) ENGINE=InnoDB;
      CREATE TABLE d.u (i INT) ENGINE=InnoDB; INSERT INTO d.t (v) VALUES ('first')"
 
@@ -191,6 +228,7 @@ blocked_freeze_test backup_stage "LOCK TABLES d.t WRITE; SELECT SLEEP(30)"
 blocked_freeze_test ftwrl "INSERT INTO d.t (v) SELECT SLEEP(30)"
 privileges_test
 backup_restore_test
+mountpoint_restore_test
 
 "$DB/mariadb.sh" stop "$WORK/db" >/dev/null 2>&1
 hook mysql check

@@ -81,6 +81,39 @@ expect "the data directory is owned by postgres" [ "$(stat -c %U "$PG_DATADIR")"
 expect "the data directory has mode 0700" [ "$(stat -c %a "$PG_DATADIR")" = 700 ]
 expect "the old data directory was removed" sh -c "! ls -d '$PG_DATADIR'.volsnap-old.* 2>/dev/null"
 
+say "restore into a data directory that is a mountpoint"
+"$DB/postgres.sh" stop "$WORK/db" >/dev/null
+mv "$PG_DATADIR" "$WORK/db/data.orig"
+if mount_loop "$PG_DATADIR" 200; then
+    cp -a "$WORK/db/data.orig/." "$PG_DATADIR/"
+    rm -rf "$WORK/db/data.orig"
+    # pg_basebackup reads every entry of the data directory.
+    chown postgres: "$PG_DATADIR" "$PG_DATADIR/lost+found"
+    chmod 0700 "$PG_DATADIR"
+    "$DB/postgres.sh" start "$WORK/db" >/dev/null
+    sql "INSERT INTO r VALUES (10, 'ten')"
+    before=$(sql "SELECT k, v FROM r ORDER BY k")
+    HOOK_RC=0
+    timeout 300 "$HOOKS/postgresql" backup >"$WORK/backup.tar" 2>"$WORK/hook.err" || HOOK_RC=$?
+    expect "mountpoint: backup exits 0" rc_is 0
+    sql "DELETE FROM r; INSERT INTO r VALUES (11, 'eleven')"
+    HOOK_RC=0
+    timeout 300 "$HOOKS/postgresql" restore <"$WORK/backup.tar" >"$WORK/hook.out" 2>"$WORK/hook.err" || HOOK_RC=$?
+    expect "mountpoint: restore exits 0" rc_is 0
+    after=$(sql "SELECT k, v FROM r ORDER BY k" || true)
+    expect "mountpoint: the data is as backed up" [ "$after" = "$before" ]
+    expect "mountpoint: still a mountpoint" mountpoint -q "$PG_DATADIR"
+    expect "mountpoint: lost+found kept in place" [ -d "$PG_DATADIR/lost+found" ]
+    expect "mountpoint: mode 0700, owner postgres" [ "$(stat -c '%a %U' "$PG_DATADIR")" = "700 postgres" ]
+    expect "mountpoint: no old or staging directory left" \
+        sh -c "! ls -d '$PG_DATADIR'/.volsnap-* 2>/dev/null"
+else
+    rmdir "$PG_DATADIR" 2>/dev/null || true
+    mv "$WORK/db/data.orig" "$PG_DATADIR"
+    "$DB/postgres.sh" start "$WORK/db" >/dev/null
+    skip "no loop mounts on this machine"
+fi
+
 hook postgresql restore </dev/null
 expect "restore of an empty stream fails" rc_not 0
 expect "... and the server still runs" server_up

@@ -46,7 +46,8 @@ run_suite() {
     rc=0
     (cd "$ROOT" && timeout "$SUITE_SECONDS" "$HERE/$1.sh") >"$log" 2>&1 || rc=$?
     cat "$log"
-    last=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -n 1 || true)
+    last=$(grep -E '^[0-9]+ passed, [0-9]+ failed(, [0-9]+ skipped)?$' "$log" | tail -n 1 || true)
+    last=${last%, * skipped}
     rm -f "$log"
     if [ -n "$last" ]; then
         PASSED=$((PASSED + ${last%% passed*}))
