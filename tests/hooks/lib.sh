@@ -95,7 +95,7 @@ eventually() {
 setup_work() {
     WORK=$(mktemp -d "${TMPDIR:-/tmp}/volsnap-$1.XXXXXX")
     chmod 0755 "$WORK"
-    trap 'cleanup; umount_loops; rm -rf "$WORK"' EXIT
+    trap 'cleanup; umount_loops; [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"' EXIT
     trap 'exit 1' INT TERM HUP
 }
 

@@ -2,7 +2,7 @@
 # Run the hook tests: shellcheck of hooks/*, then each datastore's tests
 # against real servers (tests/db/install.sh must have run once).
 #
-#   tests/hooks/run.sh [shellcheck|mysql|postgresql|redis|none ...]
+#   tests/hooks/run.sh [shellcheck|mysql|postgresql|redis|none|qemu-ga ...]
 #
 # Prints each test's results and a last line "hooks: N passed, M failed";
 # exits non-zero on any failure.
@@ -60,12 +60,12 @@ run_suite() {
     fi
 }
 
-suites=${*:-shellcheck mysql postgresql redis none}
+suites=${*:-shellcheck mysql postgresql redis none qemu-ga}
 for s in $suites; do
     case "$s" in
     shellcheck) shellcheck_hooks ;;
-    mysql | postgresql | redis | none) run_suite "$s" ;;
-    *) echo "usage: $0 [shellcheck|mysql|postgresql|redis|none ...]" >&2 && exit 2 ;;
+    mysql | postgresql | redis | none | qemu-ga) run_suite "$s" ;;
+    *) echo "usage: $0 [shellcheck|mysql|postgresql|redis|none|qemu-ga ...]" >&2 && exit 2 ;;
     esac
 done
 echo "hooks: $PASSED passed, $FAILED failed"
