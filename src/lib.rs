@@ -7,4 +7,5 @@ pub mod exit;
 pub mod hooks;
 pub mod logging;
 pub mod mounts;
+pub mod openstack;
 pub mod secret;
