@@ -63,7 +63,10 @@ fn cloud_entry_with_secure_yaml_and_no_env_mixing() {
     };
     let c = resolve(&toml, &e).unwrap();
     assert_eq!(c.auth_url.as_str(), "http://keystone:5000/v3");
-    assert_eq!(c.tokens_url().as_str(), "http://keystone:5000/v3/auth/tokens");
+    assert_eq!(
+        c.tokens_url().as_str(),
+        "http://keystone:5000/v3/auth/tokens"
+    );
     assert_eq!(c.region.as_deref(), Some("RegionOne"));
     assert_eq!(c.interface, Interface::Internal);
     match &c.method {
@@ -90,7 +93,11 @@ fn cloud_entry_with_secure_yaml_and_no_env_mixing() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(c.source.contains("clouds.yaml cloud \"pw\""), "{}", c.source);
+    assert!(
+        c.source.contains("clouds.yaml cloud \"pw\""),
+        "{}",
+        c.source
+    );
     assert!(c.source.contains("secure.yaml"), "{}", c.source);
 }
 
@@ -110,7 +117,10 @@ fn os_cloud_names_the_entry_and_toml_keys_win() {
             secret: Secret::new("app-secret"),
         }
     );
-    assert_eq!(c.tokens_url().as_str(), "http://keystone:5000/v3/auth/tokens");
+    assert_eq!(
+        c.tokens_url().as_str(),
+        "http://keystone:5000/v3/auth/tokens"
+    );
     assert_eq!(c.region.as_deref(), Some("RegionTwo"));
     assert_eq!(
         c.http.cacert.as_deref(),
