@@ -386,7 +386,8 @@ pub fn read_json<T: DeserializeOwned>(req: &Request, resp: Response) -> Result<T
 pub struct Error {
     pub method: Method,
     pub url: String,
-    pub kind: ErrorKind,
+    /// Boxed: an `Error` travels in every `Result` of the clients.
+    pub kind: Box<ErrorKind>,
     notes: Vec<String>,
 }
 
@@ -419,11 +420,11 @@ impl Error {
         Error {
             method: req.method.clone(),
             url: req.url.to_string(),
-            kind: ErrorKind::Status {
+            kind: Box::new(ErrorKind::Status {
                 status,
                 message: server_message(&body),
                 request_id,
-            },
+            }),
             notes: Vec::new(),
         }
     }
@@ -432,10 +433,10 @@ impl Error {
         Error {
             method: req.method.clone(),
             url: req.url.to_string(),
-            kind: ErrorKind::Transport {
+            kind: Box::new(ErrorKind::Transport {
                 message: error_chain(err),
                 timeout: err.is_timeout(),
-            },
+            }),
             notes: Vec::new(),
         }
     }
@@ -450,11 +451,11 @@ impl Error {
         Error {
             method: req.method.clone(),
             url: req.url.to_string(),
-            kind: ErrorKind::Decode {
+            kind: Box::new(ErrorKind::Decode {
                 status,
                 message,
                 request_id,
-            },
+            }),
             notes: Vec::new(),
         }
     }
@@ -463,7 +464,7 @@ impl Error {
         Error {
             method: req.method.clone(),
             url: req.url.to_string(),
-            kind: ErrorKind::Invalid { message },
+            kind: Box::new(ErrorKind::Invalid { message }),
             notes: Vec::new(),
         }
     }
@@ -475,7 +476,7 @@ impl Error {
 
     /// The HTTP status, when the server answered.
     pub fn status(&self) -> Option<StatusCode> {
-        match &self.kind {
+        match self.kind.as_ref() {
             ErrorKind::Status { status, .. } => Some(*status),
             _ => None,
         }
@@ -487,7 +488,7 @@ impl Error {
 
     /// Worth asking again later: no answer, or a 5xx/429.
     pub fn is_transient(&self) -> bool {
-        match &self.kind {
+        match self.kind.as_ref() {
             ErrorKind::Transport { .. } => true,
             ErrorKind::Status { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
@@ -497,7 +498,7 @@ impl Error {
     }
 
     pub fn request_id(&self) -> Option<&str> {
-        match &self.kind {
+        match self.kind.as_ref() {
             ErrorKind::Status { request_id, .. } | ErrorKind::Decode { request_id, .. } => {
                 request_id.as_deref()
             }
@@ -509,7 +510,7 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}: ", self.method, self.url)?;
-        match &self.kind {
+        match self.kind.as_ref() {
             ErrorKind::Status {
                 status, message, ..
             }
@@ -670,11 +671,11 @@ mod tests {
         let e = Error {
             method: Method::GET,
             url: "http://cinder/v3/p/volumes/abc".into(),
-            kind: ErrorKind::Status {
+            kind: Box::new(ErrorKind::Status {
                 status: StatusCode::NOT_FOUND,
                 message: "Volume abc could not be found.".into(),
                 request_id: Some("req-123".into()),
-            },
+            }),
             notes: vec![],
         };
         assert_eq!(
