@@ -862,7 +862,8 @@ impl Session {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    fn token(&self) -> Secret {
+    /// The current token (a [`Secret`]: it never prints itself).
+    pub fn token(&self) -> Secret {
         self.state().token.clone()
     }
 
