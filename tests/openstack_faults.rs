@@ -431,3 +431,25 @@ fn a_401_reauthenticates_once_then_fails() {
     assert!(err.to_string().contains("req-401"), "{err}");
     assert!(!err.to_string().contains("s3cret"));
 }
+
+/// Why a mock: OpenStack services do not redirect. A redirect is not
+/// followed: it would carry the X-Auth-Token to wherever it points.
+#[test]
+fn a_redirect_is_not_followed() {
+    let mut server = mockito::Server::new();
+    let moved = server
+        .mock("GET", "/v3/proj/volumes/v1")
+        .with_status(302)
+        .with_header("location", "http://elsewhere.example/steal")
+        .expect(1)
+        .create();
+    let err = cinder(&server.url()).volume("v1").unwrap_err();
+    moved.assert();
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(302));
+    assert!(
+        err.to_string().contains(
+            "302 Found: redirected to http://elsewhere.example/steal, which volsnap does not follow"
+        ),
+        "{err}"
+    );
+}

@@ -35,7 +35,7 @@ pub const POLL_CAP: Duration = Duration::from_secs(1);
 /// Transient errors (no answer, 5xx) in a row that a wait tolerates.
 pub const POLL_TRANSIENT_BUDGET: u32 = 5;
 /// The shortest timeout a poll gets, even right before the deadline.
-const POLL_MIN_TIMEOUT: Duration = Duration::from_millis(200);
+pub const POLL_MIN_TIMEOUT: Duration = Duration::from_millis(200);
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 pub struct Volume {
@@ -286,7 +286,7 @@ impl Cinder {
         wait(&format!("snapshot {id}"), target, deadline, |timeout| {
             let req = self
                 .request(Method::GET, &path, &[])
-                .timeout(timeout)
+                .timeout(timeout.min(self.session.http().request_timeout()))
                 .no_retry();
             let s = self.call::<SnapshotBody>(req)?.snapshot;
             let status = s.status.clone();
@@ -304,7 +304,7 @@ impl Cinder {
         wait(&format!("volume {id}"), target, deadline, |timeout| {
             let req = self
                 .request(Method::GET, &path, &[])
-                .timeout(timeout)
+                .timeout(timeout.min(self.session.http().request_timeout()))
                 .no_retry();
             let v = self.call::<VolumeBody>(req)?.volume;
             let status = v.status.clone();
@@ -318,7 +318,8 @@ impl Cinder {
 }
 
 /// Polls with a capped backoff that starts fast, tolerating a few transient
-/// errors in a row, until `target` or the deadline. A status starting with
+/// errors in a row, until `target` or the deadline. `poll` gets the time left
+/// (at least [`POLL_MIN_TIMEOUT`]) to bound its request. A status starting with
 /// `error` ends the wait with an error; so does `deleting` unless the target
 /// is [`Target::Gone`].
 pub fn wait<T>(

@@ -136,6 +136,10 @@ impl Http {
             .use_rustls_tls()
             .connect_timeout(options.connect_timeout)
             .timeout(options.request_timeout)
+            // OpenStack APIs do not redirect; following one would carry the
+            // X-Auth-Token to wherever it points (reqwest strips only the
+            // standard credential headers).
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("volsnap/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &options.cacert {
             for cert in read_certificates(path)? {
@@ -160,8 +164,8 @@ impl Http {
         self.request_timeout
     }
 
-    /// Sends a request, retrying as the module doc says. A 2xx/3xx response
-    /// comes back as is; anything else becomes an [`Error`].
+    /// Sends a request, retrying as the module doc says. A 2xx response
+    /// comes back as is; anything else (a redirect too) becomes an [`Error`].
     pub fn send(&self, req: &Request, token: Option<&Secret>) -> Result<Response, Error> {
         let mut retry = 0;
         loop {
@@ -169,7 +173,7 @@ impl Http {
             let outcome = self.attempt(req, token);
             let elapsed = started.elapsed().as_millis();
             let (error, wait) = match outcome {
-                Ok(resp) if resp.status().is_success() || resp.status().is_redirection() => {
+                Ok(resp) if resp.status().is_success() => {
                     log::debug!(
                         "{} {} -> {} ({elapsed} ms{})",
                         req.method,
@@ -416,13 +420,18 @@ impl Error {
         let status = resp.status();
         let request_id = request_id(resp.headers());
         // A body we cannot read still leaves the status to report.
+        let location = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .map(|l| format!("redirected to {l}, which volsnap does not follow"));
         let body = resp.text().unwrap_or_default();
         Error {
             method: req.method.clone(),
             url: req.url.to_string(),
             kind: Box::new(ErrorKind::Status {
                 status,
-                message: server_message(&body),
+                message: location.unwrap_or_else(|| server_message(&body)),
                 request_id,
             }),
             notes: Vec::new(),
