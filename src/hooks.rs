@@ -1,8 +1,18 @@
 //! The datastore hooks: `hooks/<datastore> ACTION`, run as root, so the files
 //! themselves must be as trustworthy as the binary.
 
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 
 use crate::config::Settings;
 
@@ -58,4 +68,197 @@ fn trusted(path: &Path, meta: &std::fs::Metadata, what: &str) -> Result<(), Stri
         ));
     }
     Ok(())
+}
+
+/// A datastore hook ready to run: its path and the environment it gets.
+#[derive(Clone, Debug)]
+pub struct Hook {
+    pub path: PathBuf,
+    pub datastore: String,
+    /// `VOLSNAP_*` and `[hooks] env`, passed to every action.
+    env: Vec<(String, crate::secret::Secret)>,
+    pub timeout: Duration,
+}
+
+/// What a finished action printed.
+#[derive(Debug, Default)]
+pub struct HookOutput {
+    /// `key=value` lines from stdout, in order, later keys winning.
+    pub values: BTreeMap<String, String>,
+}
+
+impl Hook {
+    /// `lock_timeout` becomes `VOLSNAP_TIMEOUT`: how long a hook may keep the
+    /// database locked if `thaw` never comes.
+    pub fn new(settings: &Settings, lock_timeout: Duration) -> Hook {
+        let mounts: Vec<String> = settings
+            .mounts
+            .iter()
+            .map(|m| m.display().to_string())
+            .collect();
+        let mut env: Vec<(String, crate::secret::Secret)> = settings
+            .hooks
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (key, value) in [
+            ("VOLSNAP_DATASTORE", settings.datastore.name().to_string()),
+            ("VOLSNAP_MOUNTS", mounts.join(" ")),
+            (
+                "VOLSNAP_RUNTIME_DIR",
+                settings.runtime_dir.display().to_string(),
+            ),
+            ("VOLSNAP_TIMEOUT", lock_timeout.as_secs().max(1).to_string()),
+        ] {
+            env.push((key.to_string(), crate::secret::Secret::new(value)));
+        }
+        Hook {
+            path: hook_path(settings),
+            datastore: settings.datastore.name().to_string(),
+            env,
+            timeout: settings.hooks.timeout,
+        }
+    }
+
+    fn command(&self, action: &str) -> Command {
+        let mut cmd = Command::new(&self.path);
+        cmd.arg(action)
+            .envs(self.env.iter().map(|(k, v)| (k, v.expose())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group, so an overrun kills the hook and all it
+            // started, and a Ctrl-C meant for volsnap is volsnap's to handle.
+            .process_group(0);
+        cmd
+    }
+
+    /// Runs `freeze`, `thaw` or `check` to completion within the timeout.
+    /// Stderr lines go to the log; stdout's `key=value` lines are returned.
+    pub fn run(&self, action: &str) -> Result<HookOutput> {
+        let started = Instant::now();
+        let mut child = self
+            .command(action)
+            .spawn()
+            .with_context(|| format!("cannot run hook {}", self.path.display()))?;
+        let pid = child.id();
+        let stdout = collect(child.stdout.take().expect("piped"));
+        let stderr = log_lines(
+            child.stderr.take().expect("piped"),
+            format!("hook {} {action}", self.datastore),
+        );
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        let status = match rx.recv_timeout(self.timeout) {
+            Ok(status) => {
+                status.with_context(|| format!("waiting for hook {}", self.path.display()))?
+            }
+            Err(_) => {
+                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                let _ = rx.recv_timeout(Duration::from_secs(5));
+                bail!(
+                    "hook {} {action} did not finish within {}s; its process group was killed",
+                    self.path.display(),
+                    self.timeout.as_secs_f64()
+                );
+            }
+        };
+        // A background helper the hook left running (the mysql lock holder)
+        // must not hold our pipes open: take what has arrived and go on.
+        let stdout = stdout.take(Duration::from_millis(200));
+        let last_error = stderr.take(Duration::from_millis(200));
+        log::debug!(
+            "hook {} {action}: {status} in {} ms",
+            self.datastore,
+            started.elapsed().as_millis()
+        );
+        if !status.success() {
+            let why = last_error.map_or(String::new(), |line| format!(": {line}"));
+            bail!(
+                "hook {} {action} failed ({status}){why}",
+                self.path.display()
+            );
+        }
+        Ok(HookOutput {
+            values: parse_key_values(&String::from_utf8_lossy(&stdout)),
+        })
+    }
+}
+
+/// `key=value` lines; other lines are ignored (and logged at debug).
+pub fn parse_key_values(text: &str) -> BTreeMap<String, String> {
+    let mut values = BTreeMap::new();
+    for line in text.lines() {
+        match line.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() && !k.contains(char::is_whitespace) => {
+                values.insert(k.trim().to_string(), v.trim().to_string());
+            }
+            _ if line.trim().is_empty() => {}
+            _ => log::debug!("hook output ignored (not key=value): {line}"),
+        }
+    }
+    values
+}
+
+/// A reader drained on its own thread; `take` waits a bounded time for it.
+struct Pending<T> {
+    rx: mpsc::Receiver<T>,
+    partial: Arc<Mutex<T>>,
+}
+
+impl<T: Clone> Pending<T> {
+    fn take(self, grace: Duration) -> T {
+        match self.rx.recv_timeout(grace) {
+            Ok(done) => done,
+            Err(_) => self
+                .partial
+                .lock()
+                .map(|p| p.clone())
+                .unwrap_or_else(|p| p.into_inner().clone()),
+        }
+    }
+}
+
+fn collect(mut reader: impl Read + Send + 'static) -> Pending<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    let partial = Arc::new(Mutex::new(Vec::new()));
+    let shared = partial.clone();
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            if let Ok(mut p) = shared.lock() {
+                p.extend_from_slice(&chunk[..n]);
+            }
+        }
+        let done = shared.lock().map(|p| p.clone()).unwrap_or_default();
+        let _ = tx.send(done);
+    });
+    Pending { rx, partial }
+}
+
+/// Logs each line at info; the last non-empty line is kept for messages.
+fn log_lines(reader: impl Read + Send + 'static, prefix: String) -> Pending<Option<String>> {
+    let (tx, rx) = mpsc::channel();
+    let partial = Arc::new(Mutex::new(None));
+    let shared = partial.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(|l| l.ok()) {
+            if line.trim().is_empty() {
+                continue;
+            }
+            log::info!("{prefix}: {line}");
+            if let Ok(mut p) = shared.lock() {
+                *p = Some(line);
+            }
+        }
+        let done = shared.lock().map(|p| p.clone()).unwrap_or_default();
+        let _ = tx.send(done);
+    });
+    Pending { rx, partial }
 }

@@ -3,9 +3,14 @@
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod discover;
 pub mod exit;
+pub mod freeze;
 pub mod hooks;
 pub mod logging;
 pub mod mounts;
 pub mod openstack;
+pub mod retention;
+pub mod runtime;
 pub mod secret;
+pub mod watchdog;

@@ -1,6 +1,8 @@
 //! The command line: one file per subcommand, each with `run`.
 
 mod check;
+mod hook;
+mod thaw;
 
 use std::path::PathBuf;
 
@@ -52,6 +54,18 @@ pub struct Cli {
 pub enum Command {
     /// Check the configuration, the hooks and the mounts
     Check(check::Args),
+    /// Run the datastore hook's freeze or thaw, as the QEMU guest agent's fsfreeze hook
+    ///
+    /// Freezes nothing itself: qemu-ga does. Installed as qemu-ga's hook
+    /// (`qemu-ga -F/usr/bin/volsnap-fsfreeze-hook`, or a file in
+    /// /etc/qemu/fsfreeze-hook.d/ running `volsnap hook "$1"`). The binary run
+    /// under the name `fsfreeze-hook` behaves as `volsnap hook`.
+    Hook(hook::Args),
+    /// Thaw the filesystems a run recorded as frozen, and run the hook's thaw
+    Thaw(thaw::Args),
+    /// The watchdog process a backup starts (internal)
+    #[command(name = "__watchdog", hide = true)]
+    Watchdog,
 }
 
 /// What every subcommand gets: the global options.
@@ -75,6 +89,9 @@ impl Cli {
         };
         match self.command {
             Command::Check(args) => args.run(&ctx),
+            Command::Hook(args) => args.run(&ctx),
+            Command::Thaw(args) => args.run(&ctx),
+            Command::Watchdog => crate::watchdog::run_child().map(|()| exit::SUCCESS),
         }
     }
 }

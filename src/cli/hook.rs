@@ -1,0 +1,75 @@
+//! `volsnap hook freeze|thaw`: the QEMU guest agent's fsfreeze hook.
+//!
+//! When Nova takes a quiesced snapshot, qemu-ga runs its hook with `freeze`
+//! before it freezes the filesystems and `thaw` after it thaws them; it
+//! throws the hook's output away and aborts the freeze when `freeze` fails.
+//! So this runs the datastore hook only (qemu-ga freezes by itself), logs to
+//! `log_file` and syslog where a person can read it, and exits with the
+//! hook's verdict.
+
+use anyhow::{Context as _, Result};
+use clap::ValueEnum;
+
+use super::Context;
+use crate::exit;
+use crate::hooks::{self, Hook};
+use crate::runtime::{self, RunLock};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Action {
+    /// Quiesce the database (before qemu-ga freezes the filesystems)
+    Freeze,
+    /// Release the database (after qemu-ga thawed them)
+    Thaw,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(value_enum)]
+    pub action: Action,
+}
+
+impl Args {
+    pub fn run(self, ctx: &Context) -> Result<u8> {
+        crate::logging::to_syslog();
+        let settings = ctx.load_settings()?;
+        if let Some(path) = &settings.log_file {
+            crate::logging::to_file(path)?;
+        }
+        let path = hooks::hook_path(&settings);
+        hooks::check_file(&path).map_err(anyhow::Error::msg)?;
+        // The database stays locked between freeze and thaw for as long as a
+        // backup's freeze may last, plus the time a thaw may take to arrive.
+        let hook = Hook::new(
+            &settings,
+            settings.cinder.max_freeze + settings.hooks.timeout,
+        );
+        match self.action {
+            Action::Freeze => {
+                // A volsnap backup in progress has the database and the
+                // filesystems already: qemu-ga's freeze must fail, not stack.
+                drop(RunLock::acquire(&settings.runtime_dir)?);
+                let out = hook.run("freeze")?;
+                let pairs: Vec<String> =
+                    out.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                log::info!(
+                    "qemu-ga fsfreeze hook: {} freeze done {}",
+                    settings.datastore.name(),
+                    pairs.join(" ")
+                );
+                let record = settings.runtime_dir.join("fsfreeze-hook.last");
+                runtime::ensure_dir(&settings.runtime_dir)?;
+                std::fs::write(&record, pairs.join("\n") + "\n")
+                    .with_context(|| format!("cannot write {}", record.display()))?;
+            }
+            Action::Thaw => {
+                hook.run("thaw")?;
+                log::info!(
+                    "qemu-ga fsfreeze hook: {} thaw done",
+                    settings.datastore.name()
+                );
+            }
+        }
+        Ok(exit::SUCCESS)
+    }
+}

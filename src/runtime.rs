@@ -1,0 +1,132 @@
+//! The runtime directory (`/run/volsnap`): the run lock, and the record of
+//! what is frozen, written before the first FIFREEZE so that `volsnap thaw`
+//! (or a person) can repair by hand.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::exit::{Exit, LOCKED};
+
+pub fn ensure_dir(dir: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create runtime directory {}", dir.display()))
+}
+
+/// The one-run-at-a-time lock, held until dropped.
+pub struct RunLock {
+    _lock: Flock<File>,
+}
+
+impl RunLock {
+    /// Takes `DIR/lock` or fails at once with exit 75 naming the holder.
+    pub fn acquire(dir: &Path) -> Result<RunLock> {
+        ensure_dir(dir)?;
+        let path = dir.join("lock");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                return Err(Exit::new(
+                    LOCKED,
+                    format!(
+                        "another volsnap run holds {} (pid {})",
+                        path.display(),
+                        if holder.is_empty() { "unknown" } else { holder }
+                    ),
+                )
+                .into());
+            }
+            Err((_, e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        };
+        lock.set_len(0)?;
+        lock.rewind()?;
+        writeln!(lock, "{}", std::process::id())?;
+        Ok(RunLock { _lock: lock })
+    }
+}
+
+/// What a run froze, and how to undo it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FrozenRecord {
+    pub pid: u32,
+    pub config: PathBuf,
+    pub mounts: Vec<PathBuf>,
+    pub started_unix_ms: u128,
+}
+
+const FROZEN: &str = "frozen.json";
+
+pub fn write_frozen(dir: &Path, record: &FrozenRecord) -> Result<()> {
+    let path = dir.join(FROZEN);
+    let tmp = dir.join(".frozen.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(record)?)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+pub fn read_frozen(dir: &Path) -> Result<Option<FrozenRecord>> {
+    let path = dir.join(FROZEN);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+                format!("cannot parse {}", path.display())
+            })?))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+pub fn clear_frozen(dir: &Path) -> Result<()> {
+    match std::fs::remove_file(dir.join(FROZEN)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", dir.join(FROZEN).display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Appends one line to `DIR/watchdog.log`: what the watchdog did and when.
+pub fn note_watchdog(dir: &Path, line: &str) {
+    let path = dir.join("watchdog.log");
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    if let Ok(mut f) = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        let _ = writeln!(f, "{stamp} {line}");
+    }
+}
+
+pub fn now_unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}

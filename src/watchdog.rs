@@ -1,0 +1,306 @@
+//! The watchdog: a second process that thaws what a run froze when the run
+//! cannot. A frozen filesystem survives the process that froze it — SIGKILL,
+//! a panic with `panic=abort`, an OOM kill — and hangs every writer on it, so
+//! the thaw cannot live only in the agent.
+//!
+//! The agent re-executes its own binary as `volsnap __watchdog` in a new
+//! session (a Ctrl-C or a closed terminal does not reach it) and talks over
+//! the child's stdin/stdout: one JSON line with the plan, `armed` back once
+//! the watchdog holds descriptors on every mount, and at the end `disarm`.
+//! If stdin closes without `disarm` (the agent died), if the deadline passes,
+//! or if the watchdog itself is told to stop, it thaws every mount of the run,
+//! runs the hook's `thaw`, and records what it did.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use serde::{Deserialize, Serialize};
+
+use crate::freeze::{self, ThawError};
+use crate::hooks::Hook;
+use crate::{config, runtime};
+
+/// The watchdog's deadline trails the agent's own by this much, so that in
+/// the ordinary case the agent thaws and reports, and the watchdog is the
+/// backstop.
+pub const GRACE: Duration = Duration::from_millis(500);
+/// How long the agent waits for `armed` before refusing to freeze.
+const ARM_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the watchdog looks at its clock and its signals.
+const TICK_MS: u16 = 10;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Plan {
+    /// The run's config, so the watchdog can build the same hook.
+    pub config: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub mounts: Vec<PathBuf>,
+    /// Thaw after this long even if the agent is alive.
+    pub deadline_ms: u64,
+    /// Whether to run the hook's `thaw` when firing (false when the hook's
+    /// `freeze` was never attempted).
+    pub run_hook: bool,
+}
+
+/// The agent's end of an armed watchdog. Dropping it without `disarm` closes
+/// the pipe, which makes the watchdog fire.
+pub struct Watchdog {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    replies: mpsc::Receiver<String>,
+}
+
+impl Watchdog {
+    pub fn arm(plan: &Plan) -> Result<Watchdog> {
+        let exe =
+            std::env::current_exe().context("cannot find volsnap's own binary for the watchdog")?;
+        Watchdog::arm_with(&exe, plan)
+    }
+
+    /// `arm` with the binary named: tests are not the volsnap binary.
+    pub fn arm_with(exe: &Path, plan: &Plan) -> Result<Watchdog> {
+        let mut cmd = Command::new(exe);
+        cmd.arg("__watchdog")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        // SAFETY: setsid is async-signal-safe; it puts the watchdog in its own
+        // session so terminal signals and hangups aimed at volsnap miss it.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid()
+                    .map(|_| ())
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = cmd.spawn().context("cannot start the watchdog")?;
+        let mut stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
+        let replies = read_lines(stdout);
+        let mut line = serde_json::to_string(plan)?;
+        line.push('\n');
+        stdin
+            .write_all(line.as_bytes())
+            .context("cannot talk to the watchdog")?;
+        let mut dog = Watchdog {
+            child,
+            stdin: Some(stdin),
+            replies,
+        };
+        match dog.replies.recv_timeout(ARM_TIMEOUT) {
+            Ok(reply) if reply == "armed" => Ok(dog),
+            Ok(reply) => {
+                dog.abandon();
+                bail!("the watchdog could not arm: {reply}")
+            }
+            Err(_) => {
+                dog.abandon();
+                bail!("the watchdog did not arm within {}s", ARM_TIMEOUT.as_secs())
+            }
+        }
+    }
+
+    /// Tells the watchdog the run thawed by itself. Returns what the watchdog
+    /// did if it had already fired (the deadline passed first).
+    pub fn disarm(mut self) -> Result<Option<String>> {
+        let mut stdin = self.stdin.take().expect("armed watchdog has stdin");
+        let sent = stdin.write_all(b"disarm\n").and_then(|_| stdin.flush());
+        let reply = self.replies.recv_timeout(Duration::from_secs(5));
+        drop(stdin);
+        let _ = wait_bounded(&mut self.child, Duration::from_secs(5));
+        match reply {
+            Ok(r) if r == "disarmed" => Ok(None),
+            Ok(r) => Ok(Some(r.trim_start_matches("fired ").to_string())),
+            Err(_) => match sent {
+                Err(e) => Err(anyhow!("the watchdog is gone: {e}")),
+                Ok(()) => Err(anyhow!("the watchdog did not answer disarm")),
+            },
+        }
+    }
+
+    /// The agent's way of saying "fire now": closing the pipe. Waits for the
+    /// watchdog to finish its thaw (bounded).
+    pub fn fire_and_wait(mut self, limit: Duration) -> Option<String> {
+        drop(self.stdin.take());
+        let reply = self.replies.recv_timeout(limit).ok();
+        let _ = wait_bounded(&mut self.child, limit);
+        reply
+    }
+
+    fn abandon(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_lines(stdout: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+            if tx.send(line.trim().to_string()).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_bounded(child: &mut Child, limit: Duration) -> Result<()> {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    bail!("watchdog pid {} did not exit", child.id())
+}
+
+/// Why the watchdog fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    AgentGone,
+    Deadline,
+    Signal,
+}
+
+impl Trigger {
+    fn describe(self) -> &'static str {
+        match self {
+            Trigger::AgentGone => "volsnap exited without thawing (killed or crashed)",
+            Trigger::Deadline => "max_freeze passed",
+            Trigger::Signal => "the watchdog was told to stop",
+        }
+    }
+}
+
+/// The watchdog process's body (`volsnap __watchdog`).
+pub fn run_child() -> Result<()> {
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout();
+    let mut first = String::new();
+    stdin
+        .lock()
+        .read_line(&mut first)
+        .context("reading the watchdog plan")?;
+    let plan: Plan = match serde_json::from_str(&first) {
+        Ok(plan) => plan,
+        Err(e) => {
+            let _ = writeln!(stdout, "bad plan: {e}");
+            bail!("bad watchdog plan: {e}");
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(signal, stop.clone())?;
+    }
+    let mut opened = Vec::new();
+    for mount in &plan.mounts {
+        match freeze::open_mount(mount) {
+            Ok(file) => opened.push((mount.clone(), file)),
+            Err(e) => {
+                let _ = writeln!(stdout, "{e:#}");
+                bail!("{e:#}");
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_millis(plan.deadline_ms);
+    writeln!(stdout, "armed")?;
+    stdout.flush()?;
+
+    let trigger = match watch(&stop, deadline)? {
+        None => {
+            let _ = writeln!(stdout, "disarmed");
+            return Ok(());
+        }
+        Some(trigger) => trigger,
+    };
+    let summary = fire(&plan, &opened, trigger);
+    let _ = writeln!(stdout, "fired {summary}");
+    let _ = stdout.flush();
+    if trigger == Trigger::Deadline {
+        // The agent is alive and will see its own deadline; wait (bounded)
+        // for it to go so its disarm finds someone to talk to.
+        let _ = watch(&stop, Instant::now() + Duration::from_secs(60));
+    }
+    Ok(())
+}
+
+/// Waits for `disarm` (None), or for a reason to fire.
+fn watch(stop: &AtomicBool, deadline: Instant) -> Result<Option<Trigger>> {
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(Some(Trigger::Signal));
+        }
+        if Instant::now() >= deadline {
+            return Ok(Some(Trigger::Deadline));
+        }
+        let ready = {
+            let fd = stdin.as_fd();
+            let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(TICK_MS)) {
+                Ok(n) => n > 0,
+                Err(nix::errno::Errno::EINTR) => false,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if !ready {
+            continue;
+        }
+        line.clear();
+        match stdin.lock().read_line(&mut line) {
+            Ok(0) | Err(_) => return Ok(Some(Trigger::AgentGone)),
+            Ok(_) if line.trim() == "disarm" => return Ok(None),
+            Ok(_) => log::warn!("watchdog: ignoring {:?}", line.trim()),
+        }
+    }
+}
+
+/// Thaws every mount in reverse order, runs the hook's `thaw`, records it.
+fn fire(plan: &Plan, opened: &[(PathBuf, File)], trigger: Trigger) -> String {
+    let mut done = Vec::new();
+    for (mount, file) in opened.iter().rev() {
+        match freeze::thaw_fd(file, mount) {
+            Ok(()) => done.push(format!("thawed {}", mount.display())),
+            Err(ThawError::NotFrozen(_)) => {
+                done.push(format!("{} was not frozen", mount.display()))
+            }
+            Err(e) => done.push(format!("FAILED: {e}")),
+        }
+    }
+    if plan.run_hook {
+        done.push(match run_hook_thaw(&plan.config) {
+            Ok(()) => "hook thaw ran".to_string(),
+            Err(e) => format!("hook thaw FAILED: {e:#}"),
+        });
+    }
+    let summary = format!("{}: {}", trigger.describe(), done.join("; "));
+    log::error!("watchdog: {summary}");
+    runtime::note_watchdog(&plan.runtime_dir, &summary);
+    if !summary.contains("FAILED: cannot thaw") {
+        let _ = runtime::clear_frozen(&plan.runtime_dir);
+    }
+    summary
+}
+
+fn run_hook_thaw(config_path: &Path) -> Result<()> {
+    let settings = config::load(config_path)?;
+    Hook::new(&settings, settings.hooks.timeout).run("thaw")?;
+    Ok(())
+}
