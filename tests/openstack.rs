@@ -607,16 +607,24 @@ fn check_online_cinder_through_the_binary() {
     let fs = support::LoopFs::new("ext4", 32);
     let tmp = tempfile::tempdir().unwrap();
     let hooks = support::hooks_dir(tmp.path(), &[("none", support::NONE_HOOK)]);
-    let write = |id: &str| {
+    let write = |id: Option<&str>| {
+        let volumes = id
+            .map(|id| {
+                format!(
+                    "[cinder.volumes]\n{:?} = {id:?}\n",
+                    fs.mount.display().to_string()
+                )
+            })
+            .unwrap_or_default();
         write_config(
             tmp.path(),
             &format!(
-                "storage_strategy = \"Cinder\"\ndatastore = \"none\"\nmounts = [{mount:?}]\n\
+                "storage_strategy = \"Cinder\"\ndatastore = \"none\"\nmounts = [{:?}]\n\
                  runtime_dir = {:?}\n[openstack]\nregion_name = \"RegionOne\"\n\
-                 [cinder.volumes]\n{mount:?} = {id:?}\n[hooks]\ndir = {:?}\n",
+                 {volumes}[hooks]\ndir = {:?}\n",
+                fs.mount.display().to_string(),
                 tmp.path().join("run").display().to_string(),
                 hooks.display().to_string(),
-                mount = fs.mount.display().to_string(),
             ),
         )
     };
@@ -626,7 +634,7 @@ fn check_online_cinder_through_the_binary() {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
 
-    let out = volsnap(&write(&volume.id), &["check"], &env);
+    let out = volsnap(&write(Some(&volume.id)), &["check"], &env);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(
@@ -639,7 +647,7 @@ fn check_online_cinder_through_the_binary() {
     );
 
     let absent = "00000000-0000-4000-8000-000000000000";
-    let out = volsnap(&write(absent), &["check"], &env);
+    let out = volsnap(&write(Some(absent)), &["check"], &env);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(
@@ -648,6 +656,16 @@ fn check_online_cinder_through_the_binary() {
             fs.mount.display()
         )) && stdout.contains("404 Not Found")
             && stdout.contains("request id req-"),
+        "{stdout}"
+    );
+
+    // No id: discovery from the disk's serial, which a loop device has not.
+    let out = volsnap(&write(None), &["check"], &env);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("problem: volume for {}: ", fs.mount.display()))
+            && stdout.contains("which has no serial"),
         "{stdout}"
     );
     cinder.delete_volume(&volume.id).unwrap();

@@ -33,7 +33,7 @@ impl Args {
         let checks = if self.offline {
             Vec::new()
         } else {
-            check::online(&settings)
+            check::online(&settings, &mountinfo, std::path::Path::new("/sys"))
         };
         problems.extend(
             checks
