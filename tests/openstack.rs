@@ -483,7 +483,11 @@ fn tls_with_the_ca_from_cacert() {
     env.vars
         .insert("OS_AUTH_URL".into(), format!("{}/v3", proxy.url));
     let without = auth::resolve(&OpenStack::default(), &env).unwrap();
+    let started = Instant::now();
     let err = format!("{:#}", Session::connect(without).unwrap_err());
+    // A refused certificate is not retried.
+    assert!(started.elapsed() < Duration::from_secs(1), "{err}");
+    assert!(!err.contains("gave up"), "{err}");
     assert!(
         err.contains("certificate") && err.contains("UnknownIssuer"),
         "{err}"

@@ -3,7 +3,8 @@
 //! evidence (method, URL, status, the server's message, the request id).
 //!
 //! What is retried, and why:
-//! - transport errors (connect refused/reset, timeouts) and 5xx, with a capped
+//! - transport errors (connect refused/reset, timeouts; not a refused TLS
+//!   certificate, which stays refused) and 5xx, with a capped
 //!   exponential backoff, at most [`RetryPolicy::max_retries`] times;
 //! - 429 and 503 also honour `Retry-After` (seconds) up to
 //!   [`RetryPolicy::max_retry_after`]; a longer wait asked by the server ends
@@ -220,6 +221,10 @@ impl Http {
                     let never_sent = e.is_connect();
                     let error = Error::transport(req, &e);
                     log::debug!("{error} ({elapsed} ms)");
+                    if is_tls_failure(&e) {
+                        // A certificate refused now is refused on every try.
+                        return Err(error);
+                    }
                     if !(req.idempotent || never_sent) {
                         return Err(error.note(
                             "not retried: the request may have reached the server".to_string(),
@@ -546,6 +551,25 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// A TLS failure (certificate, protocol) somewhere in the cause chain. An
+/// `io::Error` hides what it wraps from `source()`: look inside it too.
+fn is_tls_failure(err: &reqwest::Error) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        next = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner),
+            None => e.source(),
+        };
+    }
+    false
+}
 
 /// The whole cause chain of a reqwest error, without the URL (said once already).
 fn error_chain(err: &reqwest::Error) -> String {
