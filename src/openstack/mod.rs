@@ -41,3 +41,15 @@ pub fn swift(session: &Session) -> anyhow::Result<Swift> {
         session.endpoint(Service::ObjectStore)?,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    /// Segment uploads and snapshot polls run on several threads at once.
+    #[test]
+    fn clients_are_shared_between_threads() {
+        fn shared<T: Send + Sync + Clone>() {}
+        shared::<super::Session>();
+        shared::<super::Cinder>();
+        shared::<super::Swift>();
+    }
+}
