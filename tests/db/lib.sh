@@ -1,0 +1,72 @@
+# shellcheck shell=sh
+# Helpers shared by tests/db/{mariadb,postgres,redis}.sh (sourced, not run).
+
+die() {
+    echo "$PROG: $*" >&2
+    exit 1
+}
+
+log() {
+    echo "$PROG: $*" >&2
+}
+
+# derive_port BASE DIR: a port in [BASE, BASE+999] derived from DIR, so that
+# servers started on different directories do not collide.
+derive_port() {
+    sum=$(printf '%s' "$2" | cksum | cut -d' ' -f1)
+    echo $(($1 + sum % 1000))
+}
+
+# abs_dir DIR: DIR as an absolute path (created if missing).
+abs_dir() {
+    mkdir -p "$1"
+    (cd "$1" && pwd -P)
+}
+
+# pid_alive PID: exists and is not a zombie (the servers are detached, and
+# PID 1 may take its time to reap them).
+pid_alive() {
+    [ -n "$1" ] && kill -0 "$1" 2>/dev/null || return 1
+    state=$(sed -n 's/^.*) \(.\).*$/\1/p' "/proc/$1/stat" 2>/dev/null || true)
+    [ "$state" != Z ]
+}
+
+# wait_gone PID SECONDS: poll until PID has exited; 1 if it is still there.
+wait_gone() {
+    n=$(($2 * 10))
+    while [ "$n" -gt 0 ]; do
+        pid_alive "$1" || return 0
+        sleep 0.1
+        n=$((n - 1))
+    done
+    ! pid_alive "$1"
+}
+
+# stop_pid PID SIGNAL SECONDS: send SIGNAL, wait up to SECONDS, then KILL
+# the process and its direct children.
+stop_pid() {
+    pid_alive "$1" || return 0
+    kill "-$2" "$1" 2>/dev/null || true
+    wait_gone "$1" "$3" && return 0
+    log "pid $1 still running after ${3}s, sending KILL"
+    children=$(pgrep -P "$1" 2>/dev/null || true)
+    # shellcheck disable=SC2086 # list of pids
+    kill -KILL "$1" $children 2>/dev/null || true
+    wait_gone "$1" 5 || die "pid $1 survived KILL"
+}
+
+# emit_env FILE KEY=VALUE...: print the connection info on stdout and, when
+# FILE is not empty, write it there too (shell-sourceable, values quoted).
+emit_env() {
+    file=$1
+    shift
+    out=
+    for kv in "$@"; do
+        out="$out${kv%%=*}='${kv#*=}'
+"
+    done
+    printf '%s' "$out"
+    if [ -n "$file" ]; then
+        printf '%s' "$out" >"$file.tmp" && mv "$file.tmp" "$file"
+    fi
+}

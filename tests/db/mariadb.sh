@@ -1,0 +1,98 @@
+#!/bin/sh
+# Start or stop a throw-away MariaDB server for the tests, run by hand as
+# root (no systemd): `mariadb.sh start DIR` / `mariadb.sh stop DIR`.
+#
+# Layout under DIR (DIR may be the root of a mounted loop filesystem):
+#   DIR/data/          the data directory (binary log on: data/binlog.*)
+#   DIR/mysqld.sock    the socket; root connects over it (unix_socket auth)
+#   DIR/mysqld.pid     the pid file
+#   DIR/mysqld.log     the error log
+#   DIR/client.cnf     a defaults file for clients, mariadb-backup and the hook
+# Port: $MARIADB_PORT, or derived from DIR (33000-33999); bound to 127.0.0.1.
+# Prints the connection info as shell assignments on stdout, and writes them
+# to $DB_ENV_FILE too when it is set.
+set -eu
+PROG=mariadb.sh
+# shellcheck source=tests/db/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+READY_SECONDS=${DB_READY_SECONDS:-60}
+STOP_SECONDS=${DB_STOP_SECONDS:-30}
+
+init_datadir() {
+    [ -d "$DATA/mysql" ] && return 0
+    log "initialising $DATA"
+    mkdir -p "$DATA"
+    timeout 120 mariadb-install-db --no-defaults --datadir="$DATA" --user=root \
+        --auth-root-authentication-method=socket --skip-test-db \
+        >"$DIR/install-db.log" 2>&1 || {
+        cat "$DIR/install-db.log" >&2
+        die "mariadb-install-db failed"
+    }
+}
+
+write_client_cnf() {
+    cat >"$DIR/client.cnf" <<CNF
+[client]
+user=root
+socket=$SOCK
+[mysqld]
+datadir=$DATA
+socket=$SOCK
+CNF
+    chmod 0600 "$DIR/client.cnf"
+}
+
+ping_server() {
+    mariadb-admin --no-defaults --user=root --socket="$SOCK" --connect-timeout=2 ping >/dev/null 2>&1
+}
+
+start() {
+    if pid_alive "$(cat "$PIDFILE" 2>/dev/null || true)"; then
+        die "a server is already running on $DIR (pid $(cat "$PIDFILE"))"
+    fi
+    rm -f "$PIDFILE" "$SOCK"
+    init_datadir
+    write_client_cnf
+    # Relative --log-bin: binlog.index then holds relative names, so a copy
+    # of the data directory (snapshot, restore) starts with its own binlog.
+    setsid -f mariadbd --no-defaults --user=root --datadir="$DATA" \
+        --socket="$SOCK" --pid-file="$PIDFILE" --port="$PORT" \
+        --bind-address=127.0.0.1 --log-bin=binlog --server-id=1 \
+        --log-error="$DIR/mysqld.log" --innodb-buffer-pool-size=64M \
+        </dev/null >/dev/null 2>&1
+    n=$((READY_SECONDS * 10))
+    until ping_server; do
+        n=$((n - 1))
+        if [ "$n" -le 0 ]; then
+            tail -n 20 "$DIR/mysqld.log" >&2 || true
+            die "server on $DIR not ready after ${READY_SECONDS}s"
+        fi
+        sleep 0.1
+    done
+    emit_env "${DB_ENV_FILE:-}" "MYSQL_DIR=$DIR" "MYSQL_SOCKET=$SOCK" \
+        "MYSQL_PORT=$PORT" "MYSQL_DATADIR=$DATA" "MYSQL_PIDFILE=$PIDFILE" \
+        "MYSQL_DEFAULTS_FILE=$DIR/client.cnf"
+}
+
+stop() {
+    pid=$(cat "$PIDFILE" 2>/dev/null || true)
+    if ! pid_alive "$pid"; then
+        log "no server running on $DIR"
+        return 0
+    fi
+    stop_pid "$pid" TERM "$STOP_SECONDS"
+    rm -f "$PIDFILE"
+}
+
+[ $# -eq 2 ] || { echo "usage: $PROG start|stop DIR" >&2; exit 2; }
+DIR=$(abs_dir "$2")
+DATA=$DIR/data
+SOCK=$DIR/mysqld.sock
+PIDFILE=$DIR/mysqld.pid
+PORT=${MARIADB_PORT:-$(derive_port 33000 "$DIR")}
+case "$1" in
+start) start ;;
+stop) stop ;;
+*) echo "usage: $PROG start|stop DIR" >&2; exit 2 ;;
+esac
