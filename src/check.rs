@@ -2,9 +2,14 @@
 
 use std::path::Path;
 
-use crate::config::Settings;
-use crate::hooks;
+use serde::Serialize;
+
+use crate::config::{Settings, Strategy};
 use crate::mounts::{self, MountEntry, Protected};
+use crate::openstack::cinder::Volume;
+use crate::openstack::swift::ContainerState;
+use crate::openstack::{self, auth, Env, Session};
+use crate::{discover, hooks};
 
 /// The local checks: hooks and mounts. Each problem is one line of text.
 pub fn offline(settings: &Settings, mountinfo: &[MountEntry]) -> Vec<String> {
@@ -49,4 +54,191 @@ pub fn protected_paths(settings: &Settings) -> Vec<Protected<'_>> {
         path: Path::new(&settings.hooks.dir),
     });
     protected
+}
+
+/// One online check and what it found.
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl Check {
+    fn new(name: impl Into<String>, result: Result<String, String>) -> Check {
+        let (ok, detail) = match result {
+            Ok(d) => (true, d),
+            Err(d) => (false, d),
+        };
+        Check {
+            name: name.into(),
+            ok,
+            detail,
+        }
+    }
+}
+
+/// The checks that ask OpenStack: credentials, authentication, the
+/// endpoint, and the strategy's volumes or container. A failing step ends the
+/// list (what follows would fail for the same cause).
+///
+/// `mountinfo` and `sys_root` (`/sys`) serve the discovery of the volumes of
+/// mounts that have no id in `[cinder.volumes]`.
+pub fn online(settings: &Settings, mountinfo: &[MountEntry], sys_root: &Path) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let config = match auth::resolve(&settings.openstack, &Env::from_process()) {
+        Ok(c) => c,
+        Err(e) => {
+            checks.push(Check::new("credentials", Err(format!("{e:#}"))));
+            return checks;
+        }
+    };
+    let describe = format!(
+        "{} at {} (from {})",
+        config.method.describe(),
+        config.auth_url,
+        config.source
+    );
+    let session = match Session::connect(config) {
+        Ok(s) => s,
+        Err(e) => {
+            checks.push(Check::new("authentication", Err(format!("{e:#}"))));
+            return checks;
+        }
+    };
+    checks.push(Check::new("authentication", Ok(describe)));
+    match settings.strategy {
+        Strategy::Cinder => cinder_checks(settings, &session, mountinfo, sys_root, &mut checks),
+        Strategy::Swift => swift_checks(settings, &session, &mut checks),
+    }
+    checks
+}
+
+fn cinder_checks(
+    settings: &Settings,
+    session: &Session,
+    mountinfo: &[MountEntry],
+    sys_root: &Path,
+    checks: &mut Vec<Check>,
+) {
+    let cinder = match openstack::cinder(session) {
+        Ok(c) => c,
+        Err(e) => {
+            checks.push(Check::new("block-storage endpoint", Err(format!("{e:#}"))));
+            return;
+        }
+    };
+    checks.push(Check::new(
+        "block-storage endpoint",
+        Ok(cinder.endpoint().to_string()),
+    ));
+    // The project's volumes, listed once, for the mounts given no id.
+    let mut listed: Option<Result<Vec<Volume>, String>> = None;
+    for mount in &settings.mounts {
+        let name = format!("volume for {}", mount.display());
+        let (id, how) = match settings.cinder.volumes.get(mount) {
+            Some(id) => (id.clone(), String::new()),
+            None => {
+                let volumes = listed.get_or_insert_with(|| {
+                    cinder
+                        .volumes()
+                        .map_err(|e| format!("cannot list volumes: {e}"))
+                });
+                match discover_volume(mount, mountinfo, sys_root, volumes) {
+                    Ok(found) => found,
+                    Err(e) => {
+                        checks.push(Check::new(name, Err(e)));
+                        continue;
+                    }
+                }
+            }
+        };
+        let result = match cinder.volume(&id) {
+            Ok(v) if v.status.starts_with("error") => Err(format!(
+                "volume {id}{how} is in status {:?}: Cinder cannot snapshot it",
+                v.status
+            )),
+            Ok(v) => Ok(format!("{}{how}", describe_volume(&v))),
+            Err(e) if e.is_not_found() => {
+                Err(format!("volume {id} does not exist in this project ({e})"))
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        checks.push(Check::new(name, result));
+    }
+}
+
+/// The volume id of a mount with no id in the config, as a backup would find
+/// it, and how it was found.
+fn discover_volume(
+    mount: &Path,
+    mountinfo: &[MountEntry],
+    sys_root: &Path,
+    volumes: &Result<Vec<Volume>, String>,
+) -> Result<(String, String), String> {
+    let entry = mounts::mount_at(mountinfo, mount).ok_or_else(|| {
+        format!(
+            "{} is not mounted: its volume cannot be discovered",
+            mount.display()
+        )
+    })?;
+    let device = discover::block_device(sys_root, entry).map_err(|e| format!("{e:#}"))?;
+    let volumes = volumes.as_ref().map_err(Clone::clone)?;
+    let candidates: Vec<discover::Candidate> = volumes
+        .iter()
+        .map(|v| discover::Candidate {
+            id: &v.id,
+            servers: v
+                .attachments
+                .iter()
+                .filter_map(|a| a.server_id.as_deref())
+                .collect(),
+        })
+        .collect();
+    let server = discover::server_id(sys_root);
+    let id = discover::match_serial(&device.serial, server.as_deref(), &candidates)
+        .map_err(|e| format!("{e:#}"))?;
+    Ok((
+        id,
+        format!(
+            " (discovered: {} has serial {})",
+            device.disk, device.serial
+        ),
+    ))
+}
+
+fn describe_volume(v: &Volume) -> String {
+    let mut text = format!("volume {} is {}, {} GiB", v.id, v.status, v.size);
+    for a in &v.attachments {
+        text.push_str(&format!(
+            ", attached to server {} as {}",
+            a.server_id.as_deref().unwrap_or("?"),
+            a.device.as_deref().unwrap_or("?")
+        ));
+    }
+    text
+}
+
+fn swift_checks(settings: &Settings, session: &Session, checks: &mut Vec<Check>) {
+    let swift = match openstack::swift(session) {
+        Ok(s) => s,
+        Err(e) => {
+            checks.push(Check::new("object-store endpoint", Err(format!("{e:#}"))));
+            return;
+        }
+    };
+    checks.push(Check::new(
+        "object-store endpoint",
+        Ok(swift.endpoint().to_string()),
+    ));
+    let container = &settings.swift.container;
+    let result = match swift.ensure_container(container, settings.swift.create_container) {
+        Ok(ContainerState::Existed) => Ok(format!("container {container} exists")),
+        Ok(ContainerState::Created) => Ok(format!("container {container} was created")),
+        Err(e) if e.is_not_found() => Err(format!(
+            "container {container} does not exist and create_container = false ({e})"
+        )),
+        Err(e) => Err(e.to_string()),
+    };
+    checks.push(Check::new("container", result));
 }

@@ -9,6 +9,7 @@ pub mod freeze;
 pub mod hooks;
 pub mod logging;
 pub mod mounts;
+pub mod openstack;
 pub mod retention;
 pub mod runtime;
 pub mod secret;

@@ -7,7 +7,9 @@ use crate::{check, exit, mounts};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Only the local checks: configuration, hooks, mounts (no OpenStack calls)
+    /// Only the local checks: configuration, hooks, mounts (no OpenStack calls).
+    /// Without it, also: authentication, the endpoint, and the Cinder volumes
+    /// or the Swift container (created when create_container = true)
     #[arg(long)]
     pub offline: bool,
 }
@@ -19,18 +21,26 @@ struct Report<'a> {
     strategy: &'a str,
     datastore: &'a str,
     problems: &'a [String],
+    /// The online checks, passed or not (empty with --offline).
+    checks: &'a [check::Check],
 }
 
 impl Args {
     pub fn run(self, ctx: &Context) -> anyhow::Result<u8> {
         let settings = ctx.load_settings()?;
         let mountinfo = mounts::read_mountinfo()?;
-        let problems = check::offline(&settings, &mountinfo);
-        if !self.offline {
-            anyhow::bail!(
-                "the online checks (authentication, endpoints, volumes, container) are not built yet; run `volsnap check --offline`"
-            );
-        }
+        let mut problems = check::offline(&settings, &mountinfo);
+        let checks = if self.offline {
+            Vec::new()
+        } else {
+            check::online(&settings, &mountinfo, std::path::Path::new("/sys"))
+        };
+        problems.extend(
+            checks
+                .iter()
+                .filter(|c| !c.ok)
+                .map(|c| format!("{}: {}", c.name, c.detail)),
+        );
         if ctx.json {
             let report = Report {
                 ok: problems.is_empty(),
@@ -38,9 +48,13 @@ impl Args {
                 strategy: settings.strategy.name(),
                 datastore: settings.datastore.name(),
                 problems: &problems,
+                checks: &checks,
             };
             println!("{}", serde_json::to_string(&report)?);
         } else if problems.is_empty() {
+            for c in &checks {
+                println!("ok: {}: {}", c.name, c.detail);
+            }
             println!(
                 "ok: {} ({} strategy, datastore {})",
                 settings.path.display(),
@@ -48,6 +62,9 @@ impl Args {
                 settings.datastore.name()
             );
         } else {
+            for c in checks.iter().filter(|c| c.ok) {
+                println!("ok: {}: {}", c.name, c.detail);
+            }
             for p in &problems {
                 println!("problem: {p}");
             }

@@ -1,0 +1,419 @@
+//! Swift (Object Storage API v1): containers, objects with their MD5,
+//! Static Large Object manifests, streamed GETs and listings.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use bytes::Bytes;
+use md5::{Digest, Md5};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use reqwest::blocking::Response;
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode, Url};
+use serde::{Deserialize, Serialize};
+
+use super::auth::Session;
+use super::http::{self, Error, Request};
+
+/// Everything but RFC 3986 unreserved characters is percent-encoded in a
+/// path segment.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// One path segment (an id, a container name), percent-encoded.
+pub fn encode_segment(s: &str) -> String {
+    utf8_percent_encode(s, SEGMENT).to_string()
+}
+
+/// Object metadata: `X-Object-Meta-<key>: <value>`. Keys are sent as given
+/// and come back lower-cased (HTTP header names are case-insensitive).
+pub type Metadata = BTreeMap<String, String>;
+
+const META_PREFIX: &str = "x-object-meta-";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContainerState {
+    Existed,
+    Created,
+}
+
+/// One segment of a Static Large Object manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SloSegment {
+    /// `/container/object`, not encoded.
+    pub path: String,
+    /// The segment's MD5, hex.
+    pub etag: String,
+    pub size_bytes: u64,
+}
+
+/// What a HEAD (or GET) says about an object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub size: u64,
+    /// Without quotes. For an SLO: the MD5 of its segments' MD5s.
+    pub etag: String,
+    pub static_large_object: bool,
+    pub content_type: Option<String>,
+    pub last_modified: Option<String>,
+    pub metadata: Metadata,
+}
+
+impl ObjectInfo {
+    fn from_headers(headers: &HeaderMap) -> ObjectInfo {
+        let text = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        ObjectInfo {
+            size: text("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            etag: text("etag")
+                .map(|e| e.trim_matches('"').to_string())
+                .unwrap_or_default(),
+            static_large_object: text("x-static-large-object")
+                .is_some_and(|v| v.eq_ignore_ascii_case("true")),
+            content_type: text("content-type"),
+            last_modified: text("last-modified"),
+            metadata: headers
+                .iter()
+                .filter_map(|(name, value)| {
+                    let key = name.as_str().strip_prefix(META_PREFIX)?;
+                    Some((key.to_string(), value.to_str().ok()?.to_string()))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One entry of a container listing.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct ObjectEntry {
+    pub name: String,
+    #[serde(default)]
+    pub bytes: u64,
+    #[serde(default)]
+    pub hash: String,
+    #[serde(default)]
+    pub last_modified: Option<String>,
+    #[serde(default)]
+    pub content_type: Option<String>,
+}
+
+/// An object's body as it arrives; `info` is from the response headers.
+pub struct ObjectReader {
+    pub info: ObjectInfo,
+    response: Response,
+}
+
+impl Read for ObjectReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.response.read(buf)
+    }
+}
+
+/// The MD5 of a buffer, hex, as Swift's `ETag`.
+pub fn md5_hex(data: &[u8]) -> String {
+    Md5::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[derive(Clone, Debug)]
+pub struct Swift {
+    session: Session,
+    endpoint: Url,
+}
+
+impl Swift {
+    /// `endpoint` is the account URL, e.g. `http://host:8080/v1/AUTH_PROJECT_ID`.
+    pub fn new(session: Session, endpoint: Url) -> Swift {
+        Swift { session, endpoint }
+    }
+
+    pub fn endpoint(&self) -> &Url {
+        &self.endpoint
+    }
+
+    /// The URL of a container, or of an object in it. Object names keep
+    /// their `/` (each part encoded on its own); parts `.` and `..` cannot be
+    /// expressed in a URL and are refused.
+    fn url(&self, method: &Method, container: &str, object: Option<&str>) -> Result<Url, Error> {
+        let mut url = self.endpoint.clone();
+        let invalid = |message: String| {
+            let req = Request::new(method.clone(), self.endpoint.clone());
+            Error::invalid(&req, message)
+        };
+        if container.is_empty() || container.contains('/') {
+            return Err(invalid(format!(
+                "{container:?} is not a container name (1 or more characters, no '/')"
+            )));
+        }
+        if let Some(name) = object {
+            if name.is_empty() || name.split('/').any(|p| p == "." || p == "..") {
+                return Err(invalid(format!(
+                    "{name:?} is not an object name volsnap can address (empty, or a '.' or '..' part)"
+                )));
+            }
+        }
+        {
+            let mut segments = url
+                .path_segments_mut()
+                .map_err(|()| invalid(format!("{} cannot be a base URL", self.endpoint)))?;
+            segments.pop_if_empty().push(container);
+            if let Some(name) = object {
+                segments.extend(name.split('/'));
+            }
+        }
+        Ok(url)
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        container: &str,
+        object: Option<&str>,
+    ) -> Result<Request, Error> {
+        let url = self.url(&method, container, object)?;
+        Ok(Request::new(method, url))
+    }
+
+    /// HEAD the container; create it when missing and `create` allows.
+    pub fn ensure_container(&self, container: &str, create: bool) -> Result<ContainerState, Error> {
+        let head = self.request(Method::HEAD, container, None)?;
+        match self.session.send(&head) {
+            Ok(_) => Ok(ContainerState::Existed),
+            Err(e) if e.is_not_found() && create => {
+                let put = self.request(Method::PUT, container, None)?;
+                self.session.send(&put)?;
+                log::info!("created Swift container {container}");
+                Ok(ContainerState::Created)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn delete_container(&self, container: &str) -> Result<(), Error> {
+        let req = self.request(Method::DELETE, container, None)?;
+        self.session.send(&req).map(drop)
+    }
+
+    fn with_metadata(mut req: Request, metadata: &Metadata) -> Result<Request, Error> {
+        for (key, value) in metadata {
+            req = req.header(&format!("{META_PREFIX}{key}"), value)?;
+        }
+        Ok(req)
+    }
+
+    /// PUTs a whole object from a buffer with its MD5 as `ETag` (Swift
+    /// refuses a body that does not match); returns the MD5. A retry
+    /// re-sends the same buffer.
+    pub fn put_object(
+        &self,
+        container: &str,
+        name: &str,
+        body: Bytes,
+        metadata: &Metadata,
+    ) -> Result<String, Error> {
+        let md5 = md5_hex(&body);
+        let req = self
+            .request(Method::PUT, container, Some(name))?
+            .header("etag", &md5)?;
+        let req = Self::with_metadata(req, metadata)?.body(body);
+        let resp = self.session.send(&req)?;
+        let stored = ObjectInfo::from_headers(resp.headers()).etag;
+        if !stored.is_empty() && stored != md5 {
+            return Err(Error::decode(
+                &req,
+                resp.status(),
+                format!("Swift stored MD5 {stored}, volsnap sent {md5}"),
+                http::request_id(resp.headers()),
+            ));
+        }
+        Ok(md5)
+    }
+
+    /// PUTs a Static Large Object manifest over segments already uploaded;
+    /// returns the manifest's ETag (the MD5 of the segment MD5s, as Swift says).
+    pub fn put_slo(
+        &self,
+        container: &str,
+        name: &str,
+        segments: &[SloSegment],
+        metadata: &Metadata,
+    ) -> Result<String, Error> {
+        let mut req = self.request(Method::PUT, container, Some(name))?;
+        req.url
+            .query_pairs_mut()
+            .append_pair("multipart-manifest", "put");
+        let req = Self::with_metadata(req, metadata)?.json(&segments);
+        let resp = self.session.send(&req)?;
+        Ok(ObjectInfo::from_headers(resp.headers()).etag)
+    }
+
+    pub fn head_object(&self, container: &str, name: &str) -> Result<ObjectInfo, Error> {
+        let req = self.request(Method::HEAD, container, Some(name))?;
+        let resp = self.session.send(&req)?;
+        Ok(ObjectInfo::from_headers(resp.headers()))
+    }
+
+    /// GETs an object as a stream (an SLO comes back whole, its segments
+    /// joined by Swift). Each read has the request timeout; nothing is
+    /// retried once the body has started.
+    pub fn get_object(&self, container: &str, name: &str) -> Result<ObjectReader, Error> {
+        let req = self.request(Method::GET, container, Some(name))?;
+        let response = self.session.send(&req)?;
+        Ok(ObjectReader {
+            info: ObjectInfo::from_headers(response.headers()),
+            response,
+        })
+    }
+
+    /// Deletes one object (for an SLO: the manifest only).
+    pub fn delete_object(&self, container: &str, name: &str) -> Result<(), Error> {
+        let req = self.request(Method::DELETE, container, Some(name))?;
+        self.session.send(&req).map(drop)
+    }
+
+    /// Deletes an SLO manifest and all its segments. Swift answers 200 with
+    /// a report even when a segment could not be deleted: that is an error.
+    pub fn delete_slo(&self, container: &str, name: &str) -> Result<(), Error> {
+        let mut req = self
+            .request(Method::DELETE, container, Some(name))?
+            .header("accept", "application/json")?;
+        req.url
+            .query_pairs_mut()
+            .append_pair("multipart-manifest", "delete");
+        let resp = self.session.send(&req)?;
+        let status = resp.status();
+        let id = http::request_id(resp.headers());
+        let report: BulkDeleteReport = http::read_json(&req, resp)?;
+        let failed = !report.errors.is_empty()
+            || !report.response_status.is_empty() && !report.response_status.starts_with('2');
+        if failed || report.number_not_found > 0 && report.number_deleted == 0 {
+            let status_code = report
+                .response_status
+                .split_whitespace()
+                .next()
+                .and_then(|c| c.parse::<u16>().ok())
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(status);
+            return Err(Error::decode(
+                &req,
+                status_code,
+                format!(
+                    "Swift's delete report: {} ({} deleted, {} not found, errors: {:?})",
+                    report.response_status,
+                    report.number_deleted,
+                    report.number_not_found,
+                    report.errors
+                ),
+                id,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every object whose name starts with `prefix` (all if empty), in name
+    /// order, following `marker` pages until an empty one.
+    pub fn list_objects(&self, container: &str, prefix: &str) -> Result<Vec<ObjectEntry>, Error> {
+        let mut all: Vec<ObjectEntry> = Vec::new();
+        loop {
+            let mut req = self.request(Method::GET, container, None)?;
+            {
+                let mut q = req.url.query_pairs_mut();
+                q.append_pair("format", "json");
+                if !prefix.is_empty() {
+                    q.append_pair("prefix", prefix);
+                }
+                if let Some(last) = all.last() {
+                    q.append_pair("marker", &last.name);
+                }
+            }
+            let resp = self.session.send(&req)?;
+            let page: Vec<ObjectEntry> = http::read_json(&req, resp)?;
+            if page.is_empty() {
+                return Ok(all);
+            }
+            all.extend(page);
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct BulkDeleteReport {
+    #[serde(default, rename = "Response Status")]
+    response_status: String,
+    #[serde(default, rename = "Number Deleted")]
+    number_deleted: u64,
+    #[serde(default, rename = "Number Not Found")]
+    number_not_found: u64,
+    #[serde(default)]
+    errors: Vec<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn swift(endpoint: &str) -> Swift {
+        let http = super::http::Http::new(&Default::default()).unwrap();
+        Swift::new(
+            Session::with_token(http, crate::secret::Secret::new("t")),
+            Url::parse(endpoint).unwrap(),
+        )
+    }
+
+    #[test]
+    fn object_names_are_encoded_part_by_part() {
+        let s = swift("http://swift:8080/v1/AUTH_abc");
+        let url = s
+            .url(
+                &Method::GET,
+                "backups",
+                Some("volsnap/db 1/2024-01-01T00:00:00Z?x#y%"),
+            )
+            .unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://swift:8080/v1/AUTH_abc/backups/volsnap/db%201/2024-01-01T00:00:00Z%3Fx%23y%25"
+        );
+        let s = swift("http://swift:8080/v1/AUTH_abc/");
+        assert_eq!(
+            s.url(&Method::GET, "c", Some("ü/é")).unwrap().as_str(),
+            "http://swift:8080/v1/AUTH_abc/c/%C3%BC/%C3%A9"
+        );
+        for bad in ["a/../b", ".", "", "a/./b"] {
+            assert!(s.url(&Method::GET, "c", Some(bad)).is_err(), "{bad}");
+        }
+        assert!(s.url(&Method::GET, "a/b", None).is_err());
+    }
+
+    #[test]
+    fn md5_of_known_strings() {
+        assert_eq!(md5_hex(b""), "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(md5_hex(b"abc"), "900150983cd24fb0d6963f7d28e17f72");
+    }
+
+    #[test]
+    fn info_from_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("content-length", "42".parse().unwrap());
+        h.insert("etag", "\"abc\"".parse().unwrap());
+        h.insert("x-static-large-object", "True".parse().unwrap());
+        h.insert("x-object-meta-sha256", "ff".parse().unwrap());
+        let info = ObjectInfo::from_headers(&h);
+        assert_eq!(info.size, 42);
+        assert_eq!(info.etag, "abc");
+        assert!(info.static_large_object);
+        assert_eq!(info.metadata["sha256"], "ff");
+    }
+}

@@ -1,0 +1,739 @@
+//! The OpenStack clients against the real Keystone, Cinder and Swift of
+//! `tests/cloud/` (started by `tests/cloud/up.sh`, which writes
+//! `tests/cloud/run/env.sh` and `clouds.yaml`; `VOLSNAP_TESTCLOUD_ENV` may
+//! point at another env.sh).
+
+mod support;
+#[path = "support/tls.rs"]
+mod tls;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use volsnap::config::OpenStack;
+use volsnap::openstack::auth::{self, Env, Service, Session};
+use volsnap::openstack::cinder::{NewSnapshot, NewVolume, SnapshotFilter, Target};
+use volsnap::openstack::swift::{md5_hex, ContainerState, SloSegment};
+use volsnap::openstack::{self as os};
+use volsnap::secret::Secret;
+
+/// The values of env.sh: `OS_*` and `VOLSNAP_TESTCLOUD_*`.
+struct Cloud {
+    vars: BTreeMap<String, String>,
+}
+
+impl Cloud {
+    fn load() -> Cloud {
+        let path = std::env::var_os("VOLSNAP_TESTCLOUD_ENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cloud/run/env.sh")
+            });
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "the test cloud is not up: run tests/cloud/up.sh first ({}: {e})",
+                path.display()
+            )
+        });
+        let vars = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), unquote(v)))
+            .collect();
+        Cloud { vars }
+    }
+
+    fn get(&self, name: &str) -> &str {
+        self.vars
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} is not in env.sh"))
+    }
+
+    /// Only the `OS_*` variables: the application credential.
+    fn os_env(&self) -> Env {
+        Env {
+            vars: self
+                .vars
+                .iter()
+                .filter(|(k, _)| k.starts_with("OS_"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            cwd: None,
+        }
+    }
+
+    fn clouds_yaml(&self) -> &str {
+        self.get("VOLSNAP_TESTCLOUD_CLOUDS_YAML")
+    }
+
+    /// An environment naming clouds.yaml and nothing else.
+    fn clouds_env(&self, os_cloud: Option<&str>) -> Env {
+        let mut vars = BTreeMap::new();
+        vars.insert(
+            "OS_CLIENT_CONFIG_FILE".to_string(),
+            self.clouds_yaml().to_string(),
+        );
+        if let Some(c) = os_cloud {
+            vars.insert("OS_CLOUD".to_string(), c.to_string());
+        }
+        Env { vars, cwd: None }
+    }
+
+    fn password_config(&self) -> OpenStack {
+        OpenStack {
+            auth_url: Some(self.get("OS_AUTH_URL").to_string()),
+            username: Some("backup".into()),
+            password: Some(Secret::new(self.get("VOLSNAP_TESTCLOUD_BACKUP_PASSWORD"))),
+            project_name: Some("backup".into()),
+            user_domain_name: Some("Default".into()),
+            project_domain_name: Some("Default".into()),
+            ..OpenStack::default()
+        }
+    }
+
+    fn session(&self) -> Session {
+        Session::connect(auth::resolve(&OpenStack::default(), &self.os_env()).unwrap()).unwrap()
+    }
+}
+
+/// `'abc'` → `abc`, with the shell's `'\''` for a quote inside.
+fn unquote(v: &str) -> String {
+    let v = v.trim();
+    match v.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')) {
+        Some(inner) => inner.replace("'\\''", "'"),
+        None => v.to_string(),
+    }
+}
+
+/// A name no other test (or earlier run) uses.
+fn unique(what: &str) -> String {
+    static COUNT: AtomicU32 = AtomicU32::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!(
+        "volsnap-test-{what}-{}-{}-{}",
+        std::process::id(),
+        now.as_millis(),
+        COUNT.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// The driver's fault knobs are files shared by every snapshot: Cinder tests
+/// run one at a time.
+static CINDER: Mutex<()> = Mutex::new(());
+
+fn assert_endpoints(cloud: &Cloud, session: &Session) {
+    assert_eq!(
+        session.endpoint(Service::BlockStorage).unwrap().as_str(),
+        cloud.get("VOLSNAP_TESTCLOUD_CINDER_ENDPOINT")
+    );
+    assert_eq!(
+        session.endpoint(Service::ObjectStore).unwrap().as_str(),
+        cloud.get("VOLSNAP_TESTCLOUD_SWIFT_ENDPOINT")
+    );
+}
+
+#[test]
+fn password_from_volsnap_toml() {
+    let cloud = Cloud::load();
+    let config = auth::resolve(&cloud.password_config(), &Env::default()).unwrap();
+    assert_eq!(config.source, "volsnap.toml [openstack]");
+    let session = Session::connect(config).unwrap();
+    let info = session.token_info();
+    assert_eq!(info.project.unwrap().name, "backup");
+    assert_eq!(info.user.unwrap().name, "backup");
+    assert_endpoints(&cloud, &session);
+}
+
+#[test]
+fn application_credential_from_the_os_environment() {
+    let cloud = Cloud::load();
+    let config = auth::resolve(&OpenStack::default(), &cloud.os_env()).unwrap();
+    assert_eq!(config.source, "OS_* environment");
+    assert!(
+        config
+            .method
+            .describe()
+            .starts_with("application credential "),
+        "{}",
+        config.method.describe()
+    );
+    let session = Session::connect(config).unwrap();
+    assert_eq!(
+        session.token_info().project.unwrap().id,
+        cloud.get("VOLSNAP_TESTCLOUD_PROJECT_ID")
+    );
+    assert_endpoints(&cloud, &session);
+}
+
+#[test]
+fn clouds_yaml_by_config_and_by_os_cloud() {
+    let cloud = Cloud::load();
+    // cloud = "volsnap-test" in volsnap.toml: the application credential.
+    let toml = OpenStack {
+        cloud: Some("volsnap-test".into()),
+        ..OpenStack::default()
+    };
+    let session = Session::connect(auth::resolve(&toml, &cloud.clouds_env(None)).unwrap()).unwrap();
+    assert_endpoints(&cloud, &session);
+    // OS_CLOUD=volsnap-admin: the admin's password, the admin project.
+    let config = auth::resolve(
+        &OpenStack::default(),
+        &cloud.clouds_env(Some("volsnap-admin")),
+    )
+    .unwrap();
+    assert!(config.source.contains("volsnap-admin"), "{}", config.source);
+    let session = Session::connect(config).unwrap();
+    assert_eq!(session.token_info().project.unwrap().name, "admin");
+    assert!(session
+        .endpoint(Service::BlockStorage)
+        .unwrap()
+        .as_str()
+        .starts_with(cloud.get("VOLSNAP_TESTCLOUD_CINDER_URL")));
+}
+
+#[test]
+fn an_existing_token() {
+    let cloud = Cloud::load();
+    let token = cloud.session().token();
+    let env = Env {
+        vars: [
+            ("OS_AUTH_URL", cloud.get("OS_AUTH_URL")),
+            ("OS_TOKEN", token.expose()),
+            ("OS_PROJECT_ID", cloud.get("VOLSNAP_TESTCLOUD_PROJECT_ID")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        cwd: None,
+    };
+    let config = auth::resolve(&OpenStack::default(), &env).unwrap();
+    assert!(config.method.describe().starts_with("token for project"));
+    let session = Session::connect(config).unwrap();
+    assert_endpoints(&cloud, &session);
+}
+
+#[test]
+fn a_wrong_secret_is_a_clear_401() {
+    let cloud = Cloud::load();
+    let mut env = cloud.os_env();
+    env.vars.insert(
+        "OS_APPLICATION_CREDENTIAL_SECRET".into(),
+        "not-the-secret".into(),
+    );
+    let err = Session::connect(auth::resolve(&OpenStack::default(), &env).unwrap()).unwrap_err();
+    let text = format!("{err:#}");
+    for part in [
+        "cannot authenticate by application credential",
+        &format!("POST {}/auth/tokens", cloud.get("OS_AUTH_URL")),
+        "401 Unauthorized",
+        "The request you have made requires authentication.",
+        "(request id req-",
+    ] {
+        assert!(text.contains(part), "{part:?} not in {text}");
+    }
+    assert!(!text.contains("not-the-secret"), "{text}");
+    let api = err.downcast_ref::<os::Error>().expect("a typed error");
+    assert_eq!(api.status().map(|s| s.as_u16()), Some(401));
+}
+
+#[test]
+fn a_wrong_region_lists_the_regions_there_are() {
+    let cloud = Cloud::load();
+    let toml = OpenStack {
+        region_name: Some("RegionX".into()),
+        ..OpenStack::default()
+    };
+    let session = Session::connect(auth::resolve(&toml, &cloud.os_env()).unwrap()).unwrap();
+    let err = session
+        .endpoint(Service::BlockStorage)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "the catalog has no block-storage endpoint in region \"RegionX\"; regions in the catalog: RegionOne"
+    );
+}
+
+#[test]
+fn cinder_snapshot_round_trip() {
+    let _serial = CINDER.lock().unwrap_or_else(|p| p.into_inner());
+    let cloud = Cloud::load();
+    let cinder = os::cinder(&cloud.session()).unwrap();
+    let deadline = || Instant::now() + Duration::from_secs(60);
+    let volume = cinder
+        .create_volume(&NewVolume {
+            size: 1,
+            name: unique("vol"),
+            ..NewVolume::default()
+        })
+        .unwrap();
+    let volume = cinder
+        .wait_volume(&volume.id, Target::Status("available"), deadline())
+        .unwrap()
+        .unwrap();
+    assert!(cinder.volumes().unwrap().iter().any(|v| v.id == volume.id));
+
+    let tag = unique("run");
+    let metadata: BTreeMap<String, String> = [("volsnap".to_string(), tag.clone())].into();
+    let started = Instant::now();
+    let snap = cinder
+        .create_snapshot(&NewSnapshot {
+            volume_id: volume.id.clone(),
+            name: unique("snap"),
+            description: Some("volsnap integration test".into()),
+            metadata: metadata.clone(),
+        })
+        .unwrap();
+    let snap = cinder
+        .wait_snapshot(&snap.id, Target::Status("available"), deadline())
+        .unwrap()
+        .unwrap();
+    eprintln!(
+        "snapshot available {} ms after the POST",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(snap.metadata, metadata);
+    assert_eq!(cinder.snapshot(&snap.id).unwrap().status, "available");
+
+    // The metadata filter is applied by the server (microversion ≥ 3.22).
+    let filter = SnapshotFilter {
+        volume_id: Some(volume.id.clone()),
+        metadata: metadata.clone(),
+        ..SnapshotFilter::default()
+    };
+    let found = cinder.snapshots(&filter).unwrap();
+    assert_eq!(
+        found.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        [snap.id.as_str()]
+    );
+    let other = SnapshotFilter {
+        metadata: [("volsnap".to_string(), "another-run".to_string())].into(),
+        ..SnapshotFilter::default()
+    };
+    assert!(cinder.snapshots(&other).unwrap().is_empty());
+
+    // A volume from the snapshot.
+    let restored = cinder
+        .volume_from_snapshot(&snap, &unique("restored"), deadline())
+        .unwrap();
+    assert_eq!(restored.snapshot_id.as_deref(), Some(snap.id.as_str()));
+    cinder.delete_volume(&restored.id).unwrap();
+    cinder
+        .wait_volume(&restored.id, Target::Gone, deadline())
+        .unwrap();
+
+    cinder.delete_snapshot(&snap.id).unwrap();
+    assert!(cinder
+        .wait_snapshot(&snap.id, Target::Gone, deadline())
+        .unwrap()
+        .is_none());
+    let gone = cinder.snapshot(&snap.id).unwrap_err();
+    assert!(gone.is_not_found());
+    let text = gone.to_string();
+    assert!(
+        text.contains(&format!("snapshots/{}: 404 Not Found: ", snap.id))
+            && text.contains("could not be found")
+            && text.contains("(request id req-"),
+        "{text}"
+    );
+    cinder.delete_volume(&volume.id).unwrap();
+    cinder
+        .wait_volume(&volume.id, Target::Gone, deadline())
+        .unwrap();
+}
+
+#[test]
+fn a_snapshot_in_error_ends_the_wait() {
+    let _serial = CINDER.lock().unwrap_or_else(|p| p.into_inner());
+    let cloud = Cloud::load();
+    let cinder = os::cinder(&cloud.session()).unwrap();
+    let deadline = || Instant::now() + Duration::from_secs(60);
+    let volume = cinder
+        .create_volume(&NewVolume {
+            size: 1,
+            name: unique("vol"),
+            ..NewVolume::default()
+        })
+        .unwrap();
+    cinder
+        .wait_volume(&volume.id, Target::Status("available"), deadline())
+        .unwrap();
+    // The file-backed test driver fails the next snapshot when this file exists.
+    let knob = Path::new(cloud.get("VOLSNAP_TESTCLOUD_VOLUMES")).join("snapshot-fail-next");
+    std::fs::write(&knob, "").unwrap();
+    let snap = cinder
+        .create_snapshot(&NewSnapshot {
+            volume_id: volume.id.clone(),
+            name: unique("snap"),
+            ..NewSnapshot::default()
+        })
+        .unwrap();
+    let err = cinder
+        .wait_snapshot(&snap.id, Target::Status("available"), deadline())
+        .unwrap_err();
+    let _ = std::fs::remove_file(&knob);
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "snapshot {} went to status \"error\" while waiting for \"available\"",
+            snap.id
+        )
+    );
+    cinder.delete_snapshot(&snap.id).unwrap();
+    cinder
+        .wait_snapshot(&snap.id, Target::Gone, deadline())
+        .unwrap();
+    cinder.delete_volume(&volume.id).unwrap();
+    cinder
+        .wait_volume(&volume.id, Target::Gone, deadline())
+        .unwrap();
+}
+
+#[test]
+fn swift_slo_round_trip() {
+    let cloud = Cloud::load();
+    let swift = os::swift(&cloud.session()).unwrap();
+    let container = unique("c");
+    assert_eq!(
+        swift.ensure_container(&container, true).unwrap(),
+        ContainerState::Created
+    );
+    assert_eq!(
+        swift.ensure_container(&container, false).unwrap(),
+        ContainerState::Existed
+    );
+    let missing = swift.ensure_container(&unique("none"), false).unwrap_err();
+    assert!(missing.is_not_found(), "{missing}");
+
+    // Three segments of different content; the last one short.
+    let mut data = Vec::new();
+    for i in 0..(2 * 1024 * 1024 + 12345u32) {
+        data.push((i.wrapping_mul(2_654_435_761) >> 13) as u8);
+    }
+    let name = "volsnap/db host/2026-01-01T00:00:00Z.zst";
+    let mut segments = Vec::new();
+    for (i, chunk) in data.chunks(1024 * 1024).enumerate() {
+        let seg = format!("{name}/{i:08}");
+        let body = bytes::Bytes::copy_from_slice(chunk);
+        let etag = swift
+            .put_object(&container, &seg, body, &BTreeMap::new())
+            .unwrap();
+        assert_eq!(etag, md5_hex(chunk));
+        segments.push(SloSegment {
+            path: format!("/{container}/{seg}"),
+            etag,
+            size_bytes: chunk.len() as u64,
+        });
+    }
+    assert_eq!(segments.len(), 3);
+    let meta: BTreeMap<String, String> = [
+        ("volsnap-datastore".to_string(), "none".to_string()),
+        ("volsnap-sha256".to_string(), "0123abcd".to_string()),
+    ]
+    .into();
+    swift.put_slo(&container, name, &segments, &meta).unwrap();
+
+    let info = swift.head_object(&container, name).unwrap();
+    assert!(info.static_large_object);
+    assert_eq!(info.size, data.len() as u64);
+    assert_eq!(info.metadata["volsnap-sha256"], "0123abcd");
+
+    let mut reader = swift.get_object(&container, name).unwrap();
+    let mut back = Vec::new();
+    reader.read_to_end(&mut back).unwrap();
+    assert!(back == data, "the SLO read back differs");
+
+    let listed = swift.list_objects(&container, "volsnap/").unwrap();
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    assert_eq!(listed[0].name, name);
+
+    swift.delete_slo(&container, name).unwrap();
+    assert!(swift.list_objects(&container, "").unwrap().is_empty());
+    let gone = swift.head_object(&container, name).unwrap_err();
+    assert!(gone.is_not_found(), "{gone}");
+    assert!(gone.to_string().contains("(request id tx"), "{gone}");
+    swift.delete_container(&container).unwrap();
+}
+
+/// Over real TLS (rustls on both ends) to the real Keystone: with the CA as
+/// `cacert` it authenticates; without it, the certificate is refused.
+#[test]
+fn tls_with_the_ca_from_cacert() {
+    let cloud = Cloud::load();
+    let keystone: std::net::SocketAddr = cloud
+        .get("VOLSNAP_TESTCLOUD_KEYSTONE_URL")
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let proxy = tls::start(keystone);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &proxy.ca_pem).unwrap();
+
+    let mut env = cloud.os_env();
+    env.vars
+        .insert("OS_AUTH_URL".into(), format!("{}/v3", proxy.url));
+    let without = auth::resolve(&OpenStack::default(), &env).unwrap();
+    let started = Instant::now();
+    let err = format!("{:#}", Session::connect(without).unwrap_err());
+    // A refused certificate is not retried.
+    assert!(started.elapsed() < Duration::from_secs(1), "{err}");
+    assert!(!err.contains("gave up"), "{err}");
+    assert!(
+        err.contains("certificate") && err.contains("UnknownIssuer"),
+        "{err}"
+    );
+
+    env.vars
+        .insert("OS_CACERT".into(), ca.display().to_string());
+    let with = auth::resolve(&OpenStack::default(), &env).unwrap();
+    assert_eq!(with.http.cacert.as_deref(), Some(ca.as_path()));
+    let session = Session::connect(with).unwrap();
+    assert_endpoints(&cloud, &session);
+}
+
+fn volsnap(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_volsnap"));
+    cmd.arg("--config").arg(config).args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("OS_") || k == "RUST_LOG" || k == "VOLSNAP_CONFIG" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    cmd.output().unwrap()
+}
+
+fn write_config(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("volsnap.toml");
+    std::fs::write(&path, body).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_online_swift_through_the_binary() {
+    let cloud = Cloud::load();
+    let tmp = tempfile::tempdir().unwrap();
+    let hooks = support::hooks_dir(tmp.path(), &[("none", support::NONE_HOOK)]);
+    let container = unique("check");
+    let config = write_config(
+        tmp.path(),
+        &format!(
+            "datastore = \"none\"\nruntime_dir = {:?}\n[openstack]\ncloud = \"volsnap-test\"\n\
+             [swift]\ncontainer = {container:?}\n[hooks]\ndir = {:?}\n",
+            tmp.path().join("run").display().to_string(),
+            hooks.display().to_string()
+        ),
+    );
+    let env = [("OS_CLIENT_CONFIG_FILE", cloud.clouds_yaml())];
+    let out = volsnap(&config, &["check"], &env);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("ok: authentication: application credential")
+            && stdout.contains(&format!("ok: container: container {container} was created")),
+        "{stdout}"
+    );
+    let out = volsnap(&config, &["--json", "check"], &env);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], true);
+    let checks = report["checks"].as_array().unwrap();
+    assert_eq!(
+        checks
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["authentication", "object-store endpoint", "container"]
+    );
+    assert_eq!(checks[2]["detail"], format!("container {container} exists"));
+
+    // A container that does not exist and may not be created: exit 1.
+    let config = write_config(
+        tmp.path(),
+        &format!(
+            "datastore = \"none\"\nruntime_dir = {:?}\n[openstack]\ncloud = \"volsnap-test\"\n\
+             [swift]\ncontainer = \"{container}-absent\"\ncreate_container = false\n[hooks]\ndir = {:?}\n",
+            tmp.path().join("run").display().to_string(),
+            hooks.display().to_string()
+        ),
+    );
+    let out = volsnap(&config, &["check"], &env);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "problem: container: container {container}-absent does not exist and create_container = false (HEAD "
+        )),
+        "{stdout}"
+    );
+    os::swift(&cloud.session())
+        .unwrap()
+        .delete_container(&container)
+        .unwrap();
+}
+
+#[test]
+fn check_online_cinder_through_the_binary() {
+    let _serial = CINDER.lock().unwrap_or_else(|p| p.into_inner());
+    let cloud = Cloud::load();
+    let cinder = os::cinder(&cloud.session()).unwrap();
+    let volume = cinder
+        .create_volume(&NewVolume {
+            size: 1,
+            name: unique("check"),
+            ..NewVolume::default()
+        })
+        .unwrap();
+    cinder
+        .wait_volume(
+            &volume.id,
+            Target::Status("available"),
+            Instant::now() + Duration::from_secs(60),
+        )
+        .unwrap();
+    let fs = support::LoopFs::new("ext4", 32);
+    let tmp = tempfile::tempdir().unwrap();
+    let hooks = support::hooks_dir(tmp.path(), &[("none", support::NONE_HOOK)]);
+    let write = |id: Option<&str>| {
+        let volumes = id
+            .map(|id| {
+                format!(
+                    "[cinder.volumes]\n{:?} = {id:?}\n",
+                    fs.mount.display().to_string()
+                )
+            })
+            .unwrap_or_default();
+        write_config(
+            tmp.path(),
+            &format!(
+                "storage_strategy = \"Cinder\"\ndatastore = \"none\"\nmounts = [{:?}]\n\
+                 runtime_dir = {:?}\n[openstack]\nregion_name = \"RegionOne\"\n\
+                 {volumes}[hooks]\ndir = {:?}\n",
+                fs.mount.display().to_string(),
+                tmp.path().join("run").display().to_string(),
+                hooks.display().to_string(),
+            ),
+        )
+    };
+    let os_env: Vec<(String, String)> = cloud.os_env().vars.into_iter().collect();
+    let env: Vec<(&str, &str)> = os_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+
+    let out = volsnap(&write(Some(&volume.id)), &["check"], &env);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "ok: volume for {}: volume {} is available, 1 GiB",
+            fs.mount.display(),
+            volume.id
+        )),
+        "{stdout}"
+    );
+
+    let absent = "00000000-0000-4000-8000-000000000000";
+    let out = volsnap(&write(Some(absent)), &["check"], &env);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "problem: volume for {}: volume {absent} does not exist in this project (GET ",
+            fs.mount.display()
+        )) && stdout.contains("404 Not Found")
+            && stdout.contains("request id req-"),
+        "{stdout}"
+    );
+
+    // No id: discovery from the disk's serial, which a loop device has not.
+    let out = volsnap(&write(None), &["check"], &env);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("problem: volume for {}: ", fs.mount.display()))
+            && stdout.contains("which has no serial"),
+        "{stdout}"
+    );
+    cinder.delete_volume(&volume.id).unwrap();
+}
+
+/// `-vvv` logs every request; none of the secrets may be in them.
+#[test]
+fn no_secret_in_trace_logs() {
+    let cloud = Cloud::load();
+    let token = cloud.session().token();
+    let tmp = tempfile::tempdir().unwrap();
+    let hooks = support::hooks_dir(tmp.path(), &[("none", support::NONE_HOOK)]);
+    let container = unique("trace");
+    let base = format!(
+        "datastore = \"none\"\nruntime_dir = {:?}\n[swift]\ncontainer = {container:?}\n\
+         [hooks]\ndir = {:?}\n[openstack]\n",
+        tmp.path().join("run").display().to_string(),
+        hooks.display().to_string()
+    );
+    let password = cloud.get("VOLSNAP_TESTCLOUD_BACKUP_PASSWORD").to_string();
+    let app_secret = cloud.get("OS_APPLICATION_CREDENTIAL_SECRET").to_string();
+    let auth_url = cloud.get("OS_AUTH_URL").to_string();
+    let project_id = cloud.get("VOLSNAP_TESTCLOUD_PROJECT_ID").to_string();
+    let os_env: Vec<(String, String)> = cloud.os_env().vars.into_iter().collect();
+    let runs: Vec<(String, Vec<(&str, &str)>)> = vec![
+        (
+            format!(
+                "{base}auth_url = {auth_url:?}\nusername = \"backup\"\npassword = {password:?}\n\
+                 project_name = \"backup\"\nuser_domain_name = \"Default\"\nproject_domain_name = \"Default\"\n"
+            ),
+            vec![],
+        ),
+        (
+            base.clone(),
+            os_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+        ),
+        (
+            base.clone(),
+            vec![
+                ("OS_AUTH_URL", auth_url.as_str()),
+                ("OS_TOKEN", token.expose()),
+                ("OS_PROJECT_ID", project_id.as_str()),
+            ],
+        ),
+    ];
+    for (body, env) in runs {
+        let config = write_config(tmp.path(), &body);
+        let out = volsnap(&config, &["-vvv", "check"], &env);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+        assert!(
+            stderr.contains("TRACE") || stderr.contains("DEBUG"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("/auth/tokens -> 201"), "{stderr}");
+        for secret in [password.as_str(), app_secret.as_str(), token.expose()] {
+            assert!(
+                !stderr.contains(secret) && !stdout.contains(secret),
+                "a secret in the output:\n{stdout}\n{stderr}"
+            );
+        }
+    }
+    os::swift(&cloud.session())
+        .unwrap()
+        .delete_container(&container)
+        .unwrap();
+}
