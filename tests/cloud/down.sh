@@ -22,7 +22,7 @@ GRACE=${VOLSNAP_TESTCLOUD_STOP_GRACE:-10}
 stop_group() {
     local pid=$1 name=$2 deadline=$((SECONDS + GRACE))
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || return 0
-    while kill -0 "$pid" 2>/dev/null || kill -0 -- "-$pid" 2>/dev/null; do
+    while running "$pid"; do
         if ((SECONDS >= deadline)); then
             log "$name ($pid) did not stop in ${GRACE}s: SIGKILL"
             kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
@@ -38,7 +38,7 @@ release_loops() {
     while read -r dev; do
         [[ -n $dev ]] || continue
         log "releasing $dev"
-        release_device "$dev"
+        release_device "$dev" || log "could not detach $dev"
     done < <(loops_under "$RUN")
     rm -f "$ATTACHMENTS"/* 2>/dev/null || true
 }

@@ -35,11 +35,18 @@ SERVICES=(memcached swift-logsink keystone swift-account swift-container
 log() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# running PID: true while PID, or any process of the session PID leads, is
+# alive. Zombies do not count: they are dead, only not yet reaped by PID 1
+# (which can take seconds on these machines).
+running() {
+    ps --no-headers -o stat= --sid "$1" -p "$1" 2>/dev/null | grep -qv '^Z'
+}
+
 # pid_of NAME: the PID recorded for a service, if that process is alive.
 pid_of() {
     local pid
     pid=$(cat "$PIDS/$1.pid" 2>/dev/null) || return 1
-    [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+    [[ $pid =~ ^[0-9]+$ ]] && running "$pid" && echo "$pid"
 }
 
 # listeners: "port pid" for every TCP listener on our port range.
@@ -58,6 +65,7 @@ loops_under() {
 }
 
 # release_device DEV: thaw (in case), unmount every mount, detach the loop.
+# Fails if the loop device cannot be detached.
 release_device() {
     local dev=$1 target
     while read -r target; do
@@ -65,7 +73,7 @@ release_device() {
         fsfreeze -u "$target" 2>/dev/null || true
         umount "$target" || umount -l "$target" || true
     done < <(findmnt --list --noheadings --output TARGET --source "$dev" 2>/dev/null | sort -r)
-    losetup -d "$dev" 2>/dev/null || true
+    losetup -d "$dev"
 }
 
 ctl() { "$VENV/bin/python" "$CLOUD_DIR/py/testcloud_ctl.py" "$@"; }

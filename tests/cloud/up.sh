@@ -154,7 +154,7 @@ log_name = proxy-server
 log_udp_host = 127.0.0.1
 log_udp_port = $PORT_SWIFT_LOG
 [pipeline:main]
-pipeline = catch_errors gatekeeper healthcheck proxy-logging cache listing_formats authtoken keystoneauth copy slo dlo proxy-logging proxy-server
+pipeline = catch_errors gatekeeper healthcheck proxy-logging cache listing_formats authtoken keystoneauth copy slo dlo versioned_writes proxy-logging proxy-server
 [app:proxy-server]
 use = egg:swift#proxy
 account_autocreate = true
@@ -189,6 +189,8 @@ use = egg:swift#copy
 use = egg:swift#slo
 [filter:dlo]
 use = egg:swift#dlo
+[filter:versioned_writes]
+use = egg:swift#versioned_writes
 EOF
 
     cat >"$RUN/cinder/cinder.conf" <<EOF
@@ -273,6 +275,9 @@ on_exit() {
     fi
 }
 
+STARTED=$SECONDS
+progress() { log "$1 (+$((SECONDS - STARTED))s)"; }
+
 wait_port() {
     local name=$1 port=$2 deadline=$((SECONDS + TIMEOUT))
     until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
@@ -326,7 +331,7 @@ main() {
     find "$RUN" -mindepth 1 -maxdepth 1 ! -name cache -exec rm -rf {} +
     write_configs
 
-    local started=$SECONDS
+    STARTED=$SECONDS
     start memcached "$CACHE/memcached/usr/bin/memcached" -u root \
         -l 127.0.0.1 -p "$PORT_MEMCACHED" -U 0 -m 64
     start swift-logsink "$VENV/bin/python" "$CLOUD_DIR/py/testcloud_logsink.py" \
@@ -341,6 +346,7 @@ main() {
 
     join keystone-keys
     join keystone-db
+    progress "keystone database and keys"
     start keystone "$VENV/bin/gunicorn" --bind "127.0.0.1:$PORT_KEYSTONE" \
         --workers 1 --threads 4 --timeout 120 --graceful-timeout 5 \
         --no-control-socket --chdir "$CLOUD_DIR/py" testcloud_keystone:application
@@ -359,6 +365,7 @@ main() {
     wait_port memcached "$PORT_MEMCACHED"
     wait_port keystone "$PORT_KEYSTONE"
     ctl wait-keystone "$TIMEOUT" || fail keystone "keystone not ready"
+    progress "keystone ready"
     ctl bootstrap "$RUN" >>"$LOGS/keystone-bootstrap.log" 2>&1 ||
         fail keystone "creating users, catalog and application credential failed"
 
@@ -368,10 +375,12 @@ main() {
         pid_of "$server" >/dev/null || fail "$server" "$server exited"
     done
     ctl wait-swift "$TIMEOUT" || fail swift "swift not ready"
+    progress "swift ready"
     ctl wait-cinder "$TIMEOUT" || fail cinder "cinder not ready"
+    progress "cinder ready"
 
     trap - EXIT
-    log "up in $((SECONDS - started))s (+ deps/venv check); source $RUN/env.sh" \
+    log "up in $((SECONDS - STARTED))s (+ deps/venv check); source $RUN/env.sh" \
         "or use OS_CLIENT_CONFIG_FILE=$RUN/clouds.yaml OS_CLOUD=volsnap-test"
 }
 

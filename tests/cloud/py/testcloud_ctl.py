@@ -216,6 +216,10 @@ def bootstrap(run_dir):
         'OS_IDENTITY_API_VERSION': '3',
         'VOLSNAP_TESTCLOUD_BACKUP_USER_ID': user['id'],
         'VOLSNAP_TESTCLOUD_PROJECT_ID': backup['id'],
+        'VOLSNAP_TESTCLOUD_SWIFT_ENDPOINT':
+            '%s/v1/AUTH_%s' % (swift_url, backup['id']),
+        'VOLSNAP_TESTCLOUD_CINDER_ENDPOINT':
+            '%s/v3/%s' % (cinder_url, backup['id']),
         'VOLSNAP_TESTCLOUD_ADMIN_PASSWORD': admin_password,
         'VOLSNAP_TESTCLOUD_BACKUP_PASSWORD': backup_password,
     }
@@ -309,8 +313,8 @@ def attach(volume_id, device):
                  'multipath': False, 'do_local_attach': False,
                  'mountpoint': device}
     att = sess.post(url + '/attachments', headers=headers, json={
-        'attachment': {'volume_uuid': volume_id, 'connector': connector,
-                       'mode': 'rw'}}).json()['attachment']
+        'attachment': {'volume_uuid': volume_id,
+                       'connector': connector}}).json()['attachment']
     try:
         sess.post('%s/attachments/%s/action' % (url, att['id']),
                   headers=headers, json={'os-complete': None})
@@ -345,5 +349,6 @@ if __name__ == '__main__':
     try:
         COMMANDS[sys.argv[1]](*sys.argv[2:])
     except ks_exc.HttpError as e:
-        sys.exit('testcloud_ctl %s: %s %s: %s' % (
-            sys.argv[1], e.method, e.url, e.details or e.message))
+        body = e.response.text if e.response is not None else ''
+        sys.exit('testcloud_ctl %s: %s %s: HTTP %s %s' % (
+            sys.argv[1], e.method, e.url, e.http_status, body or e.message))
