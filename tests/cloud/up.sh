@@ -208,6 +208,7 @@ resource_query_filters_file = $VENV/etc/cinder/resource_filters.json
 rootwrap_config = $VENV/etc/cinder/rootwrap.conf
 enabled_backends = file
 scheduler_driver_init_wait_time = 1
+graceful_shutdown_timeout = 3
 quota_volumes = -1
 quota_snapshots = -1
 quota_gigabytes = -1
