@@ -52,7 +52,7 @@ fi
 if [[ ! -x $MEMCACHED_BIN ]]; then
     apt_update
     tmp=$(mktemp -d)
-    chmod 755 "$tmp"  # readable by the _apt user that downloads
+    chown _apt "$tmp" 2>/dev/null || true  # apt downloads as user _apt
     trap 'rm -rf "$tmp"' EXIT
     log "apt-get download memcached"
     (cd "$tmp" && apt-get download -qq memcached)
