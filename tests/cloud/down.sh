@@ -7,7 +7,7 @@
 # 1. every loop device backed by a file under run/ (volumes, snapshot copies):
 #    thaw its filesystems, unmount them, detach the loop device;
 # 2. every service up.sh started, by the PID in run/pids/: SIGTERM to its
-#    process group, a bounded wait, then SIGKILL;
+#    process group (all services at once), a bounded wait, then SIGKILL;
 # 3. any listener still on the port range whose command line points into this
 #    tests/cloud/ directory (a process whose PID file was lost), the same way.
 # Exits non-zero if something still listens on the port range.
@@ -17,20 +17,29 @@ set -euo pipefail
 
 GRACE=${VOLSNAP_TESTCLOUD_STOP_GRACE:-10}
 
-# stop_group PID NAME: TERM the process group led by PID (or PID alone),
-# wait up to GRACE seconds, then KILL.
-stop_group() {
-    local pid=$1 name=$2 deadline=$((SECONDS + GRACE))
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || return 0
-    while running "$pid"; do
-        if ((SECONDS >= deadline)); then
-            log "$name ($pid) did not stop in ${GRACE}s: SIGKILL"
-            kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-            sleep 0.2
-            break
-        fi
+# stop_groups NAME=PID...: TERM each process group led by PID (or PID alone),
+# wait up to GRACE seconds for all of them, then KILL what is left.
+stop_groups() {
+    local entry pid deadline=$((SECONDS + GRACE)) left
+    for entry in "$@"; do
+        pid=${entry#*=}
+        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    done
+    while :; do
+        left=()
+        for entry in "$@"; do
+            running "${entry#*=}" && left+=("$entry")
+        done
+        ((${#left[@]})) || return 0
+        ((SECONDS < deadline)) || break
         sleep 0.1
     done
+    for entry in "${left[@]}"; do
+        pid=${entry#*=}
+        log "${entry%%=*} ($pid) did not stop in ${GRACE}s: SIGKILL"
+        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    done
+    sleep 0.2
 }
 
 release_loops() {
@@ -44,28 +53,29 @@ release_loops() {
 }
 
 stop_services() {
-    local i name pid
-    for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do
-        name=${SERVICES[i]}
+    local name pid started=()
+    for name in "${SERVICES[@]}"; do
         if pid=$(pid_of "$name"); then
-            stop_group "$pid" "$name"
+            started+=("$name=$pid")
         fi
-        rm -f "$PIDS/$name.pid"
     done
+    ((${#started[@]} == 0)) || stop_groups "${started[@]}"
+    rm -f "$PIDS"/*.pid
 }
 
 # Listeners on our ports that belong to this checkout but lost their PID file.
 stop_strays() {
-    local port pid cmd
+    local port pid cmd strays=()
     while read -r port pid; do
         cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
         case $cmd in
             *"$CLOUD_DIR"/*)
                 log "stray listener on $port: $pid $cmd"
-                stop_group "$pid" "pid $pid"
+                strays+=("pid=$pid")
                 ;;
         esac
     done < <(listeners | sort -u)
+    ((${#strays[@]} == 0)) || stop_groups "${strays[@]}"
 }
 
 main() {

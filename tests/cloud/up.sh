@@ -64,7 +64,7 @@ already_up() {
     (
         # shellcheck source=/dev/null
         . "$RUN/env.sh"
-        ctl wait-keystone 5 && ctl wait-swift 5 && ctl wait-cinder 5
+        ctl ready 5
     ) >/dev/null 2>&1
 }
 
@@ -104,6 +104,10 @@ key_repository = $RUN/keystone/credential-keys
 [identity]
 # bcrypt's minimum cost: fast logins and application credentials
 password_hash_rounds = 4
+[cache]
+# In-process cache: one gunicorn worker, so it is always consistent.
+enabled = true
+backend = oslo_cache.dict
 EOF
 
     cat >"$RUN/swift/swift.conf" <<EOF
@@ -307,6 +311,36 @@ keystone_db() {
             --bootstrap-public-url "$KEYSTONE_URL/v3"
 }
 
+# What keystone-manage, cinder-manage and the ring builder produce depends
+# only on the pinned packages and these scripts: it is kept in run/cache and
+# copied on later fresh starts (saves ~10 s of CPU). Fernet and credential
+# keys are reused with it, which is fine for a test cloud.
+STATE_FILES=(keystone/keystone.db keystone/fernet-keys keystone/credential-keys
+             cinder/cinder.db swift/account.ring.gz swift/container.ring.gz
+             swift/object.ring.gz)
+
+state_key() {
+    cat "$CLOUD_DIR"/{requirements.txt,constraints.txt,lib.sh,up.sh} \
+        "$CLOUD_DIR"/py/testcloud_rings.py | sha256sum | cut -c1-16
+}
+
+save_state() {
+    local dest=$1 tmp=$1.tmp.$$ file
+    rm -rf "$CACHE"/state-*
+    for file in "${STATE_FILES[@]}"; do
+        mkdir -p "$tmp/$(dirname "$file")"
+        cp -a "$RUN/$file" "$tmp/$file"
+    done
+    mv "$tmp" "$dest"
+}
+
+restore_state() {
+    local file
+    for file in "${STATE_FILES[@]}"; do
+        cp -a "$1/$file" "$RUN/$file"
+    done
+}
+
 # --- main -------------------------------------------------------------------
 
 main() {
@@ -338,29 +372,37 @@ main() {
     start swift-logsink "$VENV/bin/python" "$CLOUD_DIR/py/testcloud_logsink.py" \
         "$PORT_SWIFT_LOG" "$LOGS/swift.log"
 
-    job swift-rings "$VENV/bin/python" "$CLOUD_DIR/py/testcloud_rings.py" \
-        "$RUN/swift" "$PORT_SWIFT_ACCOUNT" "$PORT_SWIFT_CONTAINER" "$PORT_SWIFT_OBJECT"
-    job cinder-dbsync "$VENV/bin/cinder-manage" \
-        --config-file "$RUN/cinder/cinder.conf" db sync
-    job keystone-keys keystone_keys
-    job keystone-db keystone_db
+    local state
+    state=$CACHE/state-$(state_key)
+    if [[ -d $state ]]; then
+        restore_state "$state"
+    else
+        job swift-rings "$VENV/bin/python" "$CLOUD_DIR/py/testcloud_rings.py" \
+            "$RUN/swift" "$PORT_SWIFT_ACCOUNT" "$PORT_SWIFT_CONTAINER" "$PORT_SWIFT_OBJECT"
+        job cinder-dbsync "$VENV/bin/cinder-manage" \
+            --config-file "$RUN/cinder/cinder.conf" db sync
+        job keystone-keys keystone_keys
+        job keystone-db keystone_db
+        join keystone-keys
+        join keystone-db
+        join swift-rings
+        join cinder-dbsync
+        save_state "$state"
+    fi
+    progress "databases, keys and rings"
 
-    join keystone-keys
-    join keystone-db
-    progress "keystone database and keys"
     start keystone "$VENV/bin/gunicorn" --bind "127.0.0.1:$PORT_KEYSTONE" \
         --workers 1 --threads 4 --timeout 120 --graceful-timeout 5 \
-        --no-control-socket --chdir "$CLOUD_DIR/py" testcloud_keystone:application
+        --no-control-socket --access-logfile - --access-logformat '%(h)s "%(r)s" %(s)s %(b)s %(L)ss' \
+        --chdir "$CLOUD_DIR/py" testcloud_keystone:application
 
-    join swift-rings
-    local server
+        local server
     for server in account container object; do
         start "swift-$server" "$VENV/bin/swift-$server-server" "$RUN/swift/$server-server.conf"
     done
     start swift-proxy "$VENV/bin/swift-proxy-server" "$RUN/swift/proxy-server.conf"
 
-    join cinder-dbsync
-    start cinder "$VENV/bin/python" "$CLOUD_DIR/py/testcloud_cinder.py" \
+        start cinder "$VENV/bin/python" "$CLOUD_DIR/py/testcloud_cinder.py" \
         --config-file "$RUN/cinder/cinder.conf"
 
     wait_port memcached "$PORT_MEMCACHED"

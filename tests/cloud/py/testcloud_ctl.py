@@ -7,6 +7,7 @@
   wait-swift SECONDS             the backup user creates and deletes a container
   wait-cinder SECONDS            cinder-volume and cinder-scheduler are up, the
                                  pool is listed, and the backup user lists volumes
+  ready SECONDS                  the three waits above, one after the other
   attach VOLUME_ID DEVICE        attachment create (no instance) + os-complete;
                                  prints the attachment id
   detach ATTACHMENT_ID           attachment delete
@@ -334,7 +335,14 @@ def detach(attachment_id):
               file=sys.stderr)
 
 
+def ready(seconds):
+    wait_keystone(seconds)
+    wait_swift(seconds)
+    wait_cinder(seconds)
+
+
 COMMANDS = {
+    'ready': ready,
     'wait-keystone': wait_keystone,
     'wait-swift': wait_swift,
     'wait-cinder': wait_cinder,
