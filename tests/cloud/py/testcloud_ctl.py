@@ -40,30 +40,31 @@ def env(name):
                  % name)
 
 
-def admin_session():
+def admin_session(timeout=30):
     auth = v3.Password(auth_url=env('VOLSNAP_TESTCLOUD_KEYSTONE_URL') + '/v3',
                        username='admin', password=env(
                            'VOLSNAP_TESTCLOUD_ADMIN_PASSWORD'),
                        user_domain_id='default', project_name='admin',
                        project_domain_id='default')
-    return ks_session.Session(auth=auth, timeout=30)
+    return ks_session.Session(auth=auth, timeout=timeout)
 
 
-def appcred_session():
+def appcred_session(timeout=30):
     auth = v3.ApplicationCredential(
         auth_url=env('OS_AUTH_URL'),
         application_credential_id=env('OS_APPLICATION_CREDENTIAL_ID'),
         application_credential_secret=env('OS_APPLICATION_CREDENTIAL_SECRET'))
-    return ks_session.Session(auth=auth, timeout=30)
+    return ks_session.Session(auth=auth, timeout=timeout)
 
 
 def until(deadline_s, what, probe):
-    """Call probe() until it returns a true value or the deadline passes."""
+    """Call probe(timeout) until it returns a true value or the deadline
+    passes; timeout (for each HTTP request) is what is left, at most 10 s."""
     deadline = time.monotonic() + deadline_s
     delay, last = 0.1, None
     while True:
         try:
-            result = probe()
+            result = probe(min(10.0, max(1.0, deadline - time.monotonic())))
             if result:
                 return result
             last = 'not yet'
@@ -80,12 +81,12 @@ def until(deadline_s, what, probe):
 
 def wait_keystone(seconds):
     until(float(seconds), 'keystone (admin token)',
-          lambda: admin_session().get_token())
+          lambda timeout: admin_session(timeout).get_token())
 
 
 def wait_swift(seconds):
-    def probe():
-        sess = appcred_session()
+    def probe(timeout):
+        sess = appcred_session(timeout)
         url = sess.get_endpoint(service_type='object-store',
                                 interface='public', region_name=REGION)
         name = 'testcloud-ready-%s' % uuid.uuid4().hex[:8]
@@ -96,8 +97,8 @@ def wait_swift(seconds):
 
 
 def wait_cinder(seconds):
-    def probe():
-        sess = admin_session()
+    def probe(timeout):
+        sess = admin_session(timeout)
         url = sess.get_endpoint(service_type='block-storage',
                                 interface='public', region_name=REGION)
         services = sess.get(url + '/os-services').json()['services']
@@ -108,7 +109,7 @@ def wait_cinder(seconds):
         pools = sess.get(url + '/scheduler-stats/get_pools').json()['pools']
         if not pools:
             return False
-        user = appcred_session()
+        user = appcred_session(timeout)
         url = user.get_endpoint(service_type='block-storage',
                                 interface='public', region_name=REGION)
         user.get(url + '/volumes')
