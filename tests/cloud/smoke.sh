@@ -62,11 +62,18 @@ check() {
     fi
 }
 
-# status KIND ID: status of a volume or snapshot ("gone" if deleted).
+# status KIND ID: status of a volume or snapshot: "gone" once Cinder says
+# it does not exist, "unknown" if the request failed otherwise.
 status() {
-    local cmd=(volume)
+    local cmd=(volume) err
     [[ $1 == snapshot ]] && cmd=(volume snapshot)
-    openstack "${cmd[@]}" show "$2" -f value -c status 2>/dev/null || echo gone
+    if ! openstack "${cmd[@]}" show "$2" -f value -c status 2>"$WORK/status.err"; then
+        err=$(<"$WORK/status.err")
+        case $err in
+            "No Volume found"* | "No Snapshot found"*) echo gone ;;
+            *) echo unknown; echo "status $1 $2: $err" >>"$LOGS/smoke.log" ;;
+        esac
+    fi
 }
 
 # wait_status KIND ID WANT [SECONDS]: poll until WANT; stop early on "error"
