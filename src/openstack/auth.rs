@@ -129,9 +129,11 @@ pub enum AuthMethod {
         credential: AppCredRef,
         secret: Secret,
     },
+    /// An existing token, used as it is when it is scoped to `project` (or
+    /// no project is asked for); otherwise exchanged for one that is.
     Token {
         token: Secret,
-        project: NamedRef,
+        project: Option<NamedRef>,
     },
 }
 
@@ -158,9 +160,10 @@ impl AuthMethod {
                     format!("application credential {name:?} of user {}", who(user))
                 }
             },
-            AuthMethod::Token { project, .. } => {
-                format!("token for project {}", who(project))
-            }
+            AuthMethod::Token { project, .. } => match project {
+                Some(p) => format!("token for project {}", who(p)),
+                None => "token".to_string(),
+            },
         }
     }
 }
@@ -627,10 +630,11 @@ fn build(o: OpenStack, source: String) -> anyhow::Result<AuthConfig> {
             let Some(token) = o.token.clone() else {
                 bail!("{whence}: token authentication needs a token");
             };
-            AuthMethod::Token {
-                token,
-                project: project("token authentication")?,
-            }
+            let project = match (&o.project_id, &o.project_name) {
+                (None, None) => None,
+                _ => Some(project("token authentication")?),
+            };
+            AuthMethod::Token { token, project }
         }
     };
     let endpoint =
@@ -702,10 +706,15 @@ fn auth_body(method: &AuthMethod) -> serde_json::Value {
                 "application_credential": cred,
             }}})
         }
-        AuthMethod::Token { token, project } => json!({ "auth": {
-            "identity": { "methods": ["token"], "token": { "id": token.expose() } },
-            "scope": { "project": named_json(project) },
-        }}),
+        AuthMethod::Token { token, project } => {
+            let mut body = json!({ "auth": {
+                "identity": { "methods": ["token"], "token": { "id": token.expose() } },
+            }});
+            if let Some(project) = project {
+                body["auth"]["scope"] = json!({ "project": named_json(project) });
+            }
+            body
+        }
     }
 }
 
@@ -755,10 +764,64 @@ pub struct IdName {
     pub id: String,
     #[serde(default)]
     pub name: String,
+    #[serde(default)]
+    pub domain: Option<Box<IdName>>,
 }
 
-/// `POST /v3/auth/tokens`: the token (from `X-Subject-Token`) and the body.
+impl IdName {
+    fn is(&self, r: &NamedRef) -> bool {
+        match r {
+            NamedRef::Id(id) => &self.id == id,
+            NamedRef::Name { name, domain } => {
+                &self.name == name
+                    && match (&self.domain, domain) {
+                        (None, _) => true,
+                        (Some(d), DomainRef::Id(id)) => &d.id == id,
+                        (Some(d), DomainRef::Name(name)) => &d.name == name,
+                    }
+            }
+        }
+    }
+}
+
+/// `GET /v3/auth/tokens` on a token with itself: its scope and catalog.
+/// This works for every token, including the delegated ones (from an
+/// application credential or a trust) that Keystone refuses to exchange.
+fn inspect_token(http: &Http, config: &AuthConfig, token: &Secret) -> Result<TokenInfo, Error> {
+    let mut req = Request::get(config.tokens_url());
+    let mut subject = reqwest::header::HeaderValue::from_str(token.expose()).map_err(|_| {
+        Error::invalid(
+            &req,
+            "the token holds characters an HTTP header cannot carry".into(),
+        )
+    })?;
+    subject.set_sensitive(true);
+    req.headers.insert("x-subject-token", subject);
+    let resp = http.send(&req, Some(token))?;
+    let body: TokenBody = http::read_json(&req, resp)?;
+    Ok(body.token)
+}
+
+/// A token for the configured method, with its scope and catalog: `POST
+/// /v3/auth/tokens` (the token comes in `X-Subject-Token`), except for a
+/// given token that already has the scope asked for, which is used as it is.
 pub fn authenticate(http: &Http, config: &AuthConfig) -> Result<(Secret, TokenInfo), Error> {
+    if let AuthMethod::Token { token, project } = &config.method {
+        let info = inspect_token(http, config, token)?;
+        let scoped = match (project, &info.project) {
+            (None, _) => true,
+            (Some(wanted), Some(has)) => has.is(wanted),
+            (Some(_), None) => false,
+        };
+        if scoped {
+            log::debug!(
+                "using the given token as it is (project {}, expires {})",
+                info.project.as_ref().map_or("none", |p| p.name.as_str()),
+                info.expires_at.as_deref().unwrap_or("?")
+            );
+            return Ok((token.clone(), info));
+        }
+    }
     // Asking for a token twice is harmless: the request may be retried.
     let req = Request::new(Method::POST, config.tokens_url())
         .json(&auth_body(&config.method))
