@@ -1,5 +1,6 @@
 //! volsnap: application-consistent backups from inside an OpenStack guest.
 
+pub mod agent;
 pub mod check;
 pub mod cli;
 pub mod config;

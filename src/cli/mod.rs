@@ -1,7 +1,11 @@
 //! The command line: one file per subcommand, each with `run`.
 
+mod backup;
 mod check;
 mod hook;
+mod list;
+mod prune;
+mod restore;
 mod thaw;
 
 use std::path::PathBuf;
@@ -52,6 +56,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Take a backup with the configured strategy
+    Backup(backup::Args),
+    /// List this host's backups, newest first
+    List(list::Args),
+    /// Restore a backup (Cinder: a new volume from a snapshot; Swift: through the datastore hook)
+    Restore(restore::Args),
+    /// Delete old backups by the [retention] policy
+    Prune(prune::Args),
     /// Check the configuration, the hooks and the mounts
     Check(check::Args),
     /// Run the datastore hook's freeze or thaw, as the QEMU guest agent's fsfreeze hook
@@ -75,6 +87,20 @@ pub struct Context {
 }
 
 impl Context {
+    /// Prints `value` as one JSON object with `--json`, else runs `human`.
+    pub fn print<T: serde::Serialize>(
+        &self,
+        value: &T,
+        human: impl FnOnce(),
+    ) -> anyhow::Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string(value)?);
+        } else {
+            human();
+        }
+        Ok(())
+    }
+
     pub fn load_settings(&self) -> Result<Settings, config::ConfigError> {
         config::load(&self.config_path)
     }
@@ -88,6 +114,10 @@ impl Cli {
             json: self.json,
         };
         match self.command {
+            Command::Backup(args) => args.run(&ctx),
+            Command::List(args) => args.run(&ctx),
+            Command::Restore(args) => args.run(&ctx),
+            Command::Prune(args) => args.run(&ctx),
             Command::Check(args) => args.run(&ctx),
             Command::Hook(args) => args.run(&ctx),
             Command::Thaw(args) => args.run(&ctx),

@@ -246,6 +246,22 @@ impl Cinder {
         })
     }
 
+    /// Adds or replaces metadata keys of a snapshot (others stay).
+    pub fn update_snapshot_metadata(
+        &self,
+        id: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), Error> {
+        let req = self
+            .request(
+                Method::POST,
+                &format!("snapshots/{}/metadata", seg(id)),
+                &[],
+            )
+            .json(&serde_json::json!({ "metadata": metadata }));
+        self.session.send(&req).map(drop)
+    }
+
     pub fn delete_snapshot(&self, id: &str) -> Result<(), Error> {
         let req = self.request(Method::DELETE, &format!("snapshots/{}", seg(id)), &[]);
         self.session.send(&req).map(drop)

@@ -1,0 +1,46 @@
+//! `volsnap prune`: apply the `[retention]` policy to volsnap's own backups.
+
+use anyhow::Result;
+
+use super::Context;
+use crate::agent;
+use crate::config::Strategy;
+use crate::exit;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print what would be deleted, delete nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+impl Args {
+    pub fn run(self, ctx: &Context) -> Result<u8> {
+        let settings = ctx.load_settings()?;
+        if !settings.retention.is_set() {
+            anyhow::bail!(
+                "no retention policy in {}: set keep_last, keep_daily or keep_weekly in [retention]",
+                settings.path.display()
+            );
+        }
+        let deleted = match settings.strategy {
+            Strategy::Cinder => {
+                let cinder = agent::cinder::connect(&settings)?;
+                agent::cinder::prune(&settings, &cinder, self.dry_run)?
+            }
+            Strategy::Swift => agent::swift::prune(&settings, self.dry_run)?,
+        };
+        ctx.print(
+            &serde_json::json!({"dry_run": self.dry_run, "deleted": deleted}),
+            || {
+                let verb = if self.dry_run {
+                    "would delete"
+                } else {
+                    "deleted"
+                };
+                println!("{verb} {} backup(s)", deleted.len());
+            },
+        )?;
+        Ok(exit::SUCCESS)
+    }
+}

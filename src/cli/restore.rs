@@ -1,0 +1,93 @@
+//! `volsnap restore`: a Cinder snapshot into a new volume, or a Swift backup
+//! through the datastore hook.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use super::Context;
+use crate::agent;
+use crate::config::Strategy;
+use crate::exit::{self, Exit};
+
+/// How long a new volume may take to become `available`.
+const VOLUME_WAIT: Duration = Duration::from_secs(1800);
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Cinder: the snapshot to turn into a new volume
+    #[arg(long, value_name = "ID")]
+    pub snapshot: Option<String>,
+
+    /// Cinder: the new volume's name (default: volsnap-restore-SNAPSHOT)
+    #[arg(long, value_name = "NAME", requires = "snapshot")]
+    pub name: Option<String>,
+
+    /// Swift: the backup (manifest name) to restore
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["latest", "snapshot"])]
+    pub backup: Option<String>,
+
+    /// Swift: restore this host's newest backup
+    #[arg(long, conflicts_with = "snapshot")]
+    pub latest: bool,
+}
+
+#[derive(Serialize)]
+struct Restored {
+    volume_id: String,
+    snapshot_id: String,
+    name: String,
+    size_gib: u64,
+    status: String,
+}
+
+impl Args {
+    pub fn run(self, ctx: &Context) -> Result<u8> {
+        let settings = ctx.load_settings()?;
+        match settings.strategy {
+            Strategy::Cinder => {
+                let Some(snapshot_id) = self.snapshot else {
+                    return Err(Exit::new(
+                        exit::USAGE,
+                        "the Cinder strategy restores with --snapshot ID (see `volsnap list`)",
+                    )
+                    .into());
+                };
+                let cinder = agent::cinder::connect(&settings)?;
+                let snapshot = cinder
+                    .snapshot(&snapshot_id)
+                    .with_context(|| format!("snapshot {snapshot_id}"))?;
+                if snapshot.status != "available" {
+                    anyhow::bail!(
+                        "snapshot {snapshot_id} is {}, not available",
+                        snapshot.status
+                    );
+                }
+                let name = self
+                    .name
+                    .unwrap_or_else(|| format!("volsnap-restore-{snapshot_id}"));
+                let volume =
+                    cinder.volume_from_snapshot(&snapshot, &name, Instant::now() + VOLUME_WAIT)?;
+                let done = Restored {
+                    volume_id: volume.id.clone(),
+                    snapshot_id,
+                    name,
+                    size_gib: volume.size,
+                    status: volume.status.clone(),
+                };
+                ctx.print(&done, || {
+                    println!("{}", done.volume_id);
+                    log::info!("volume {} ({}, {} GiB) restored from snapshot {}: attach it to a server to use it", done.volume_id, done.name, done.size_gib, done.snapshot_id);
+                })?;
+                Ok(exit::SUCCESS)
+            }
+            Strategy::Swift => {
+                if self.snapshot.is_some() {
+                    return Err(Exit::new(exit::USAGE, "--snapshot is for the Cinder strategy; the Swift strategy restores with --backup NAME or --latest").into());
+                }
+                agent::swift::restore_command(&settings, ctx, self.backup.as_deref(), self.latest)
+            }
+        }
+    }
+}

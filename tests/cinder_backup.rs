@@ -1,0 +1,615 @@
+//! `volsnap backup` with the Cinder strategy against the real loopback cloud
+//! (tests/cloud), on real ext4 and XFS filesystems on attached volumes.
+//! Every DataVolume thaws, unmounts, detaches and deletes when dropped.
+
+#[path = "support/cloud.rs"]
+mod cloud;
+mod support;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use cloud::{cinder_config, Cloud, DataVolume};
+use support::{hooks_dir, run};
+use volsnap::freeze;
+use volsnap::openstack::cinder::{NewSnapshot, Target};
+
+/// A `none`-like hook that records each action (off the frozen filesystems)
+/// and prints a key=value on freeze; `freeze_exit` makes freeze fail.
+fn marking_hook(dir: &Path, freeze_exit: i32) -> (PathBuf, PathBuf) {
+    let marks = dir.join("marks");
+    let body = format!(
+        "#!/bin/sh\necho \"$1\" >> {marks}\ncase \"$1\" in freeze) echo hook_said=hello; exit {freeze_exit};; esac\nexit 0\n",
+        marks = marks.display()
+    );
+    (hooks_dir(dir, &[("none", &body)]), marks)
+}
+
+fn marks(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn volsnap(cloud: &Cloud, config: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_volsnap"));
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("VOLSNAP_CONFIG")
+        .envs(cloud.os_vars());
+    cmd
+}
+
+fn output(cmd: &mut Command) -> (Option<i32>, String, String) {
+    let out: Output = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Writes a file and does not sync it: only a freeze puts it on the disk
+/// before the snapshot.
+fn write_unsynced(mount: &Path, name: &str, size: usize) -> Vec<u8> {
+    let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let mut f = std::fs::File::create(mount.join(name)).unwrap();
+    f.write_all(&data).unwrap();
+    data
+}
+
+fn debugfs_cat(image: &Path, file: &str) -> Vec<u8> {
+    Command::new("debugfs")
+        .args(["-R", &format!("cat /{file}")])
+        .arg(image)
+        .output()
+        .unwrap()
+        .stdout
+}
+
+fn needs_recovery(image: &Path) -> bool {
+    let out = run("dumpe2fs", &["-h", image.to_str().unwrap()]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with("Filesystem features:") && l.contains("needs_recovery"))
+}
+
+fn assert_thawed(mount: &Path) {
+    assert!(
+        !freeze::is_frozen(mount).unwrap(),
+        "{} left frozen",
+        mount.display()
+    );
+}
+
+/// Waits (bounded) until the run has POSTed a snapshot: it is frozen then.
+fn wait_for_snapshot(volume: &DataVolume, limit: Duration) {
+    let start = Instant::now();
+    while volume.snapshots().is_empty() {
+        assert!(start.elapsed() < limit, "no snapshot after {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("volsnap did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn ext4_snapshot_holds_unsynced_data_and_the_unfrozen_control_does_not() {
+    let cloud = Cloud::load();
+    let _knobs = cloud.knobs();
+    let volume = DataVolume::new(&cloud, "ext4");
+    let tmp = tempfile::tempdir().unwrap();
+    let (hooks, marks_file) = marking_hook(tmp.path(), 0);
+    let config = cinder_config(tmp.path(), &[&volume], &hooks, "none", "");
+
+    let data = write_unsynced(volume.path(), "data.bin", 3 << 20);
+    let (code, stdout, stderr) = output(&mut volsnap(&cloud, &config, &["--json", "backup"]));
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert_thawed(volume.path());
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["strategy"], "cinder");
+    assert_eq!(report["consistency"], "filesystem");
+    let freeze_ms = report["freeze_ms"].as_u64().unwrap();
+    let lock_ms = report["lock_ms"].as_u64().unwrap();
+    assert!(freeze_ms > 0 && lock_ms >= freeze_ms, "{report}");
+    assert!(report["total_ms"].as_u64().unwrap() >= lock_ms);
+    let snap = &report["snapshots"][0];
+    assert_eq!(snap["status"], "available");
+    assert_eq!(snap["volume_id"], volume.id.as_str());
+    assert_eq!(snap["mount"], volume.path().display().to_string());
+    assert_eq!(marks(&marks_file), "freeze\nthaw\n");
+
+    let stored = cloud
+        .cinder()
+        .snapshot(snap["id"].as_str().unwrap())
+        .unwrap();
+    for (k, v) in [
+        ("created_by", "volsnap"),
+        ("consistency", "filesystem"),
+        ("datastore", "none"),
+        ("hook_said", "hello"),
+    ] {
+        assert_eq!(
+            stored.metadata.get(k).map(String::as_str),
+            Some(v),
+            "{:?}",
+            stored.metadata
+        );
+    }
+    assert_eq!(stored.metadata["freeze_ms"], freeze_ms.to_string());
+    assert_eq!(
+        stored.metadata["volsnap_version"],
+        env!("CARGO_PKG_VERSION")
+    );
+
+    let image = cloud.snapshot_image(&stored.id);
+    assert!(
+        debugfs_cat(&image, "data.bin") == data,
+        "the snapshot lacks the unsynced data"
+    );
+    assert!(
+        !needs_recovery(&image),
+        "a frozen snapshot must not need journal recovery"
+    );
+    run("e2fsck", &["-fn", image.to_str().unwrap()]);
+
+    // The control: the same kind of write, a snapshot without the freeze.
+    let control = write_unsynced(volume.path(), "control.bin", 3 << 20);
+    let cinder = cloud.cinder();
+    let raw = cinder
+        .create_snapshot(&NewSnapshot {
+            volume_id: volume.id.clone(),
+            name: cloud::unique("control"),
+            ..NewSnapshot::default()
+        })
+        .unwrap();
+    cinder
+        .wait_snapshot(
+            &raw.id,
+            Target::Status("available"),
+            Instant::now() + Duration::from_secs(60),
+        )
+        .unwrap();
+    let image = cloud.snapshot_image(&raw.id);
+    let has_data = debugfs_cat(&image, "control.bin") == control;
+    assert!(
+        !has_data || needs_recovery(&image),
+        "the unfrozen control snapshot looks as good as a frozen one: this test could not tell them apart"
+    );
+}
+
+/// Mounts a copy of a snapshot image (XFS replays its log on mount).
+struct ImageCopy {
+    dir: tempfile::TempDir,
+    device: String,
+}
+
+impl ImageCopy {
+    fn mount(image: &Path) -> ImageCopy {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("copy.img");
+        run(
+            "cp",
+            &[
+                "--sparse=always",
+                image.to_str().unwrap(),
+                copy.to_str().unwrap(),
+            ],
+        );
+        let device =
+            String::from_utf8(run("losetup", &["--find", "--show", copy.to_str().unwrap()]).stdout)
+                .unwrap()
+                .trim()
+                .to_string();
+        let m = ImageCopy { dir, device };
+        std::fs::create_dir(m.path()).unwrap();
+        run(
+            "mount",
+            &["-o", "nouuid", &m.device, m.path().to_str().unwrap()],
+        );
+        m
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+}
+
+impl Drop for ImageCopy {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.path()).status();
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+    }
+}
+
+#[test]
+fn xfs_snapshot_mounts_with_the_data() {
+    let cloud = Cloud::load();
+    let _knobs = cloud.knobs();
+    let volume = DataVolume::new(&cloud, "xfs");
+    let tmp = tempfile::tempdir().unwrap();
+    let (hooks, _) = marking_hook(tmp.path(), 0);
+    let config = cinder_config(tmp.path(), &[&volume], &hooks, "none", "");
+    let data = write_unsynced(volume.path(), "data.bin", 2 << 20);
+    let (code, stdout, stderr) = output(&mut volsnap(&cloud, &config, &["--json", "backup"]));
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert_thawed(volume.path());
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let image = cloud.snapshot_image(report["snapshots"][0]["id"].as_str().unwrap());
+    let copy = ImageCopy::mount(&image);
+    assert!(
+        std::fs::read(copy.path().join("data.bin")).unwrap() == data,
+        "the XFS snapshot lacks the data"
+    );
+}
+
+#[test]
+fn sigkill_while_frozen_the_watchdog_thaws_within_a_second() {
+    let cloud = Cloud::load();
+    let knobs = cloud.knobs();
+    let volume = DataVolume::new(&cloud, "ext4");
+    let tmp = tempfile::tempdir().unwrap();
+    let (hooks, marks_file) = marking_hook(tmp.path(), 0);
+    let config = cinder_config(tmp.path(), &[&volume], &hooks, "none", "");
+    knobs.delay(6.0);
+    let mut child = volsnap(&cloud, &config, &["backup"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_snapshot(&volume, Duration::from_secs(20));
+    assert!(
+        tmp.path().join("run/frozen.json").exists(),
+        "the frozen set is recorded before the freeze"
+    );
+    child.kill().unwrap();
+    let killed = Instant::now();
+    child.wait().unwrap();
+    loop {
+        if !freeze::is_frozen(volume.path()).unwrap() {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(1),
+            "still frozen 1 s after SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let thawed_after = killed.elapsed();
+    // The hook's thaw runs right after the filesystems thaw.
+    let start = Instant::now();
+    while !marks(&marks_file).contains("thaw") && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        marks(&marks_file),
+        "freeze\nthaw\n",
+        "thawed after {thawed_after:?}"
+    );
+    let log = std::fs::read_to_string(tmp.path().join("run/watchdog.log")).unwrap();
+    assert!(log.contains("volsnap exited without thawing"), "{log}");
+    assert!(!tmp.path().join("run/frozen.json").exists());
+}
+
+#[test]
+fn max_freeze_shorter_than_the_snapshot_thaws_at_the_deadline_and_deletes_it() {
+    let cloud = Cloud::load();
+    let knobs = cloud.knobs();
+    let volume = DataVolume::new(&cloud, "ext4");
+    let tmp = tempfile::tempdir().unwrap();
+    let (hooks, marks_file) = marking_hook(tmp.path(), 0);
+    let config = cinder_config(
+        tmp.path(),
+        &[&volume],
+        &hooks,
+        "none",
+        "[cinder]\nmax_freeze = \"1s\"\n",
+    );
+    knobs.delay(4.0);
+    let (code, stdout, stderr) = output(&mut volsnap(&cloud, &config, &["backup"]));
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("still creating at max_freeze (1 s)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("deleted this run's snapshots"), "{stderr}");
+    let frozen_ms: u64 = stderr
+        .lines()
+        .find_map(|l| l.split("thawed after ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no 'thawed after' line: {stderr}"));
+    assert!(
+        (1000..1500).contains(&frozen_ms),
+        "frozen {frozen_ms} ms with max_freeze 1 s"
+    );
+    assert_thawed(volume.path());
+    assert!(
+        volume.snapshots().is_empty(),
+        "the run's snapshot was left behind"
+    );
+    assert_eq!(marks(&marks_file), "freeze\nthaw\n");
+}
+
+#[test]
+fn a_snapshot_in_error_fails_the_run_and_is_deleted() {
+    let cloud = Cloud::load();
+    let knobs = cloud.knobs();
+    let volume = DataVolume::new(&cloud, "ext4");
+    let tmp = tempfile::tempdir().unwrap();
+    let (hooks, marks_file) = marking_hook(tmp.path(), 0);
+    let config = cinder_config(tmp.path(), &[&volume], &hooks, "none", "");
+    knobs.fail_next();
+    let (code, stdout, stderr) = output(&mut volsnap(&cloud, &config, &["backup"]));
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("as error"), "{stderr}");
+    assert_thawed(volume.path());
+    assert!(
+        volume.snapshots().is_empty(),
+        "the failed snapshot was left behind"
+    );
+    assert_eq!(marks(&marks_file), "freeze\nthaw\n");
+}
+
+#[test]
+fn sigterm_and_sigint_mid_freeze_thaw_at_once_and_clean_up() {
+    let cloud = Cloud::load();
+    let knobs = cloud.knobs();
+    let volume = DataVolume::new(&cloud, "ext4");
+    for signal in ["-TERM", "-INT"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (hooks, marks_file) = marking_hook(tmp.path(), 0);
+        let config = cinder_config(tmp.path(), &[&volume], &hooks, "none", "");
+        knobs.delay(3.0);
+        let mut child = volsnap(&cloud, &config, &["backup"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_snapshot(&volume, Duration::from_secs(20));
+        run("kill", &[signal, &child.id().to_string()]);
+        let signalled = Instant::now();
+        // Thawed at once: well before the snapshot could finish.
+        loop {
+            if !freeze::is_frozen(volume.path()).unwrap() {
+                break;
+            }
+            assert!(
+                signalled.elapsed() < Duration::from_secs(1),
+                "{signal}: still frozen after 1 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let status = wait_exit(&mut child, Duration::from_secs(60));
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(1), "{signal}: {stderr}");
+        assert!(stderr.contains("interrupted by a signal"), "{stderr}");
+        assert!(
+            volume.snapshots().is_empty(),
+            "{signal}: the run's snapshot was left behind"
+        );
+        assert_eq!(marks(&marks_file), "freeze\nthaw\n");
+    }
+}
+
+#[test]
+fn a_second_run_exits_75_while_the_first_holds_the_lock() {
+    let cloud = Cloud::load();
+    let knobs = cloud.knobs();
+    let volume = DataVolume::new(&cloud, "ext4");
+    let tmp = tempfile::tempdir().unwrap();
+    let (hooks, _) = marking_hook(tmp.path(), 0);
+    let config = cinder_config(tmp.path(), &[&volume], &hooks, "none", "");
+    knobs.delay(2.0);
+    let mut first = volsnap(&cloud, &config, &["backup"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_snapshot(&volume, Duration::from_secs(20));
+    let (code, _, stderr) = output(&mut volsnap(&cloud, &config, &["backup"]));
+    assert_eq!(code, Some(75), "{stderr}");
+    assert!(
+        stderr.contains(&format!("(pid {})", first.id())),
+        "{stderr}"
+    );
+    assert_eq!(
+        wait_exit(&mut first, Duration::from_secs(60)).code(),
+        Some(0)
+    );
+    assert_eq!(volume.snapshots().len(), 1);
+}
+
+#[test]
+fn bad_input_freezes_and_creates_nothing() {
+    let cloud = Cloud::load();
+    let volume = DataVolume::new(&cloud, "ext4");
+    let tmp = tempfile::tempdir().unwrap();
+    let (hooks, marks_file) = marking_hook(tmp.path(), 0);
+    let config = cinder_config(tmp.path(), &[&volume], &hooks, "none", "");
+    // A typo in a key.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("timeout = ", "timeuot = ");
+    std::fs::write(&config, text).unwrap();
+    let (code, _, stderr) = output(&mut volsnap(&cloud, &config, &["backup"]));
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("hooks.timeuot: unknown field"), "{stderr}");
+    // The root filesystem, reached through a symlink the config cannot see through.
+    let link = tmp.path().join("root");
+    std::os::unix::fs::symlink("/", &link).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "storage_strategy = \"Cinder\"\ndatastore = \"none\"\nmounts = [{:?}]\nruntime_dir = {:?}\n[hooks]\ndir = {:?}\n",
+            link.display().to_string(),
+            tmp.path().join("run").display().to_string(),
+            hooks.display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, _, stderr) = output(&mut volsnap(&cloud, &config, &["backup"]));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("is the root filesystem"), "{stderr}");
+    assert!(volume.snapshots().is_empty());
+    assert_eq!(marks(&marks_file), "", "no hook may run on bad input");
+    assert_thawed(volume.path());
+}
+
+#[test]
+fn hook_failure_aborts_or_takes_a_crash_consistent_snapshot() {
+    let cloud = Cloud::load();
+    let _knobs = cloud.knobs();
+    let volume = DataVolume::new(&cloud, "ext4");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (hooks, marks_file) = marking_hook(tmp.path(), 1);
+    let config = cinder_config(tmp.path(), &[&volume], &hooks, "none", "");
+    let (code, _, stderr) = output(&mut volsnap(&cloud, &config, &["backup"]));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no snapshot was taken (on_hook_failure = \"abort\")"),
+        "{stderr}"
+    );
+    assert!(volume.snapshots().is_empty());
+    assert_eq!(
+        marks(&marks_file),
+        "freeze\nthaw\n",
+        "thaw runs once freeze was attempted"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (hooks, marks_file) = marking_hook(tmp.path(), 1);
+    let config = cinder_config(
+        tmp.path(),
+        &[&volume],
+        &hooks,
+        "none",
+        "[cinder]\non_hook_failure = \"crash-consistent\"\n",
+    );
+    let (code, stdout, stderr) = output(&mut volsnap(&cloud, &config, &["--json", "backup"]));
+    assert_eq!(code, Some(3), "{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["consistency"], "crash");
+    let snaps = volume.snapshots();
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(snaps[0].metadata["consistency"], "crash");
+    assert_eq!(marks(&marks_file), "freeze\nthaw\n");
+    assert_thawed(volume.path());
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_touches_nothing() {
+    let cloud = Cloud::load();
+    let volume = DataVolume::new(&cloud, "ext4");
+    let tmp = tempfile::tempdir().unwrap();
+    let (hooks, marks_file) = marking_hook(tmp.path(), 0);
+    let config = cinder_config(tmp.path(), &[&volume], &hooks, "none", "");
+    let (code, stdout, stderr) = output(&mut volsnap(&cloud, &config, &["backup", "--dry-run"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains(&format!("snapshot volume {} (in-use)", volume.id)),
+        "{stdout}"
+    );
+    assert!(volume.snapshots().is_empty());
+    assert_eq!(marks(&marks_file), "");
+}
+
+#[test]
+fn list_restore_and_prune() {
+    let cloud = Cloud::load();
+    let _knobs = cloud.knobs();
+    let volume = DataVolume::new(&cloud, "ext4");
+    let tmp = tempfile::tempdir().unwrap();
+    let (hooks, _) = marking_hook(tmp.path(), 0);
+    let config = cinder_config(
+        tmp.path(),
+        &[&volume],
+        &hooks,
+        "none",
+        "[retention]\nkeep_last = 1\nafter_backup = false\n",
+    );
+    let first = write_unsynced(volume.path(), "first.bin", 1 << 20);
+    assert_eq!(
+        output(&mut volsnap(&cloud, &config, &["backup"])).0,
+        Some(0)
+    );
+    // Cinder's created_at has one-second resolution.
+    std::thread::sleep(Duration::from_millis(1100));
+    write_unsynced(volume.path(), "second.bin", 1 << 20);
+    assert_eq!(
+        output(&mut volsnap(&cloud, &config, &["backup"])).0,
+        Some(0)
+    );
+
+    let (code, stdout, stderr) = output(&mut volsnap(&cloud, &config, &["--json", "list"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    let ours: Vec<&serde_json::Value> = rows
+        .iter()
+        .filter(|r| r["volume_id"] == volume.id.as_str())
+        .collect();
+    assert_eq!(ours.len(), 2, "{stdout}");
+    assert!(
+        ours[0]["created_at"].as_str() >= ours[1]["created_at"].as_str(),
+        "newest first: {stdout}"
+    );
+    assert_eq!(ours[0]["consistency"], "filesystem");
+    let (code, human, _) = output(&mut volsnap(&cloud, &config, &["list"]));
+    assert_eq!(code, Some(0));
+    assert!(
+        human.contains("CONSISTENCY") && human.contains(ours[0]["id"].as_str().unwrap()),
+        "{human}"
+    );
+
+    // The older snapshot into a new volume: it has the first file only.
+    let older = ours[1]["id"].as_str().unwrap().to_string();
+    let (code, stdout, stderr) = output(&mut volsnap(
+        &cloud,
+        &config,
+        &["restore", "--snapshot", &older],
+    ));
+    assert_eq!(code, Some(0), "{stderr}");
+    let restored_id = stdout.trim().to_string();
+    {
+        let restored = DataVolume::existing(&cloud, &restored_id);
+        assert!(std::fs::read(restored.path().join("first.bin")).unwrap() == first);
+        assert!(!restored.path().join("second.bin").exists());
+    }
+
+    let (code, stdout, _) = output(&mut volsnap(&cloud, &config, &["prune", "--dry-run"]));
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains(&format!("would delete snapshot {older}")),
+        "{stdout}"
+    );
+    assert_eq!(volume.snapshots().len(), 2);
+    let (code, stdout, stderr) = output(&mut volsnap(&cloud, &config, &["--json", "prune"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    let pruned: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(pruned["deleted"], serde_json::json!([older]));
+    let start = Instant::now();
+    while volume.snapshots().len() != 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "prune did not delete"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
