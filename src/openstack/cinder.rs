@@ -258,7 +258,9 @@ impl Cinder {
                 &format!("snapshots/{}/metadata", seg(id)),
                 &[],
             )
-            .json(&serde_json::json!({ "metadata": metadata }));
+            .json(&serde_json::json!({ "metadata": metadata }))
+            // Setting the same keys again changes nothing: safe to retry.
+            .idempotent(true);
         self.session.send(&req).map(drop)
     }
 
