@@ -292,7 +292,10 @@ fn sigkill_while_frozen_the_watchdog_thaws_within_a_second() {
     let thawed_after = killed.elapsed();
     // The hook's thaw runs right after the filesystems thaw.
     let start = Instant::now();
-    while !marks(&marks_file).contains("thaw") && start.elapsed() < Duration::from_secs(5) {
+    let log_file = tmp.path().join("run/watchdog.log");
+    while !(marks(&marks_file).contains("thaw") && log_file.exists())
+        && start.elapsed() < Duration::from_secs(5)
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(
@@ -300,7 +303,7 @@ fn sigkill_while_frozen_the_watchdog_thaws_within_a_second() {
         "freeze\nthaw\n",
         "thawed after {thawed_after:?}"
     );
-    let log = std::fs::read_to_string(tmp.path().join("run/watchdog.log")).unwrap();
+    let log = std::fs::read_to_string(&log_file).unwrap();
     assert!(log.contains("volsnap exited without thawing"), "{log}");
     assert!(!tmp.path().join("run/frozen.json").exists());
 }
