@@ -12,4 +12,5 @@ pub mod mounts;
 pub mod retention;
 pub mod runtime;
 pub mod secret;
+pub mod stream;
 pub mod watchdog;
