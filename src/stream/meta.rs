@@ -88,7 +88,8 @@ impl BackupMeta {
             size: summary.plain_bytes,
             stored_size: summary.stored_bytes,
             segments: summary.segments.len() as u32,
-            duration: summary.duration,
+            // What the header can hold: milliseconds.
+            duration: Duration::from_millis(summary.duration.as_millis() as u64),
             hook,
         }
     }
