@@ -103,10 +103,14 @@ impl std::error::Error for BackupFailure {}
 /// segment is uploaded, the uploads in flight finish, and the error comes back
 /// in a [`BackupFailure`] with the segments that were uploaded.
 ///
-/// To abort from outside (the hook failed, a deadline passed), make `source`
-/// return an error: the pipeline stops the same way. An empty stream is an
-/// error too: no datastore's backup is zero bytes, so it means the hook
-/// failed, and nothing is uploaded for it.
+/// To abort from outside (a deadline passed), make `source` return an error:
+/// the pipeline stops the same way. A source that just ends (a killed hook's
+/// pipe reads EOF) looks complete here: a summary is a backup only once the
+/// hook has exited 0; if it did not, delete `summary.segments` and write no
+/// manifest. An empty stream is an error: no datastore's backup is zero
+/// bytes, so it means the hook failed, and nothing is uploaded for it. (This
+/// also means no segment is ever empty: Swift refuses zero-byte segments in
+/// an SLO of more than one.)
 ///
 /// Memory: about `segment_size × (concurrency + 1)` plus the compressor's
 /// state (a few MiB for zstd), whatever the stream's length.

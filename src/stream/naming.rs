@@ -24,6 +24,9 @@
 
 use anyhow::{bail, Result};
 use jiff::Timestamp;
+use serde::Serialize;
+
+use super::segments::SegmentInfo;
 
 /// The UTC time in an object name: `20261125T224600Z`.
 pub const TIMESTAMP_FORMAT: &str = "%Y%m%dT%H%M%SZ";
@@ -96,6 +99,27 @@ impl BackupName {
         format!("{}/seg/", self.manifest())
     }
 
+    /// The body of the manifest PUT (`?multipart-manifest=put`): each
+    /// segment's `/container/object` path, MD5 and size, in order. Swift
+    /// checks every one against the segment it finds before it accepts.
+    pub fn slo_manifest(&self, segments_container: &str, segments: &[SegmentInfo]) -> String {
+        #[derive(Serialize)]
+        struct Entry<'a> {
+            path: String,
+            etag: &'a str,
+            size_bytes: u64,
+        }
+        let entries: Vec<Entry> = segments
+            .iter()
+            .map(|s| Entry {
+                path: format!("/{segments_container}/{}", self.segment(s.index)),
+                etag: &s.md5,
+                size_bytes: s.size,
+            })
+            .collect();
+        serde_json::to_string(&entries).expect("serializing strings and numbers")
+    }
+
     /// The name back from a manifest's object name found by listing
     /// [`BackupName::host_prefix`]; `None` for anything volsnap did not name.
     pub fn parse(prefix: &str, object: &str) -> Option<BackupName> {
@@ -143,6 +167,30 @@ mod tests {
         assert_eq!(bare.manifest(), "db1/20260102T030405Z");
         assert_eq!(segments_container("volsnap").unwrap(), "volsnap_segments");
         assert!(segments_container(&"c".repeat(250)).is_err());
+    }
+
+    #[test]
+    fn slo_manifest_lists_segments_in_order() {
+        let name = BackupName::new("volsnap", "db1", at("2026-11-25T22:46:00Z")).unwrap();
+        let segments = [
+            SegmentInfo {
+                index: 0,
+                size: 1048576,
+                md5: "0cc175b9c0f1b6a831c399e269772661".into(),
+            },
+            SegmentInfo {
+                index: 1,
+                size: 7,
+                md5: "92eb5ffee6ae2fec3ad71c777531578f".into(),
+            },
+        ];
+        assert_eq!(
+            name.slo_manifest("volsnap_segments", &segments),
+            "[{\"path\":\"/volsnap_segments/volsnap/db1/20261125T224600Z/seg/00000000\",\
+             \"etag\":\"0cc175b9c0f1b6a831c399e269772661\",\"size_bytes\":1048576},\
+             {\"path\":\"/volsnap_segments/volsnap/db1/20261125T224600Z/seg/00000001\",\
+             \"etag\":\"92eb5ffee6ae2fec3ad71c777531578f\",\"size_bytes\":7}]"
+        );
     }
 
     #[test]

@@ -147,7 +147,22 @@ impl<R: Read> Read for Decrypted<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Decrypted::Plain(r) => r.read(buf),
-            Decrypted::Age(r) => r.read(buf),
+            // age authenticates every 64 KiB chunk, and the last one as the
+            // last: a damaged, cut or reordered stream fails here, before any
+            // byte of the bad chunk is given out.
+            Decrypted::Age(r) => r.read(buf).map_err(|e| {
+                if e.kind() == io::ErrorKind::InvalidData {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "age authentication failed ({e}): the stored stream is damaged, \
+                             truncated or was tampered with"
+                        ),
+                    )
+                } else {
+                    e
+                }
+            }),
         }
     }
 }
