@@ -3,7 +3,9 @@
 # Idempotent: a second run only checks.
 set -euo pipefail
 
-packages=(file e2fsprogs xfsprogs util-linux)
+# age, zstd, gzip and ssh-keygen: tests/stream.rs restores a backup by hand
+# with the standard tools, as an operator would.
+packages=(file e2fsprogs xfsprogs util-linux age zstd gzip openssh-client)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -14,4 +14,5 @@ pub mod openstack;
 pub mod retention;
 pub mod runtime;
 pub mod secret;
+pub mod stream;
 pub mod watchdog;

@@ -1,0 +1,363 @@
+//! Cutting the stored stream into segments and uploading them in parallel,
+//! with bounded memory.
+//!
+//! The producer (the thread that reads, compresses and encrypts) fills one
+//! buffer of `segment_size` bytes; a full buffer goes through a rendezvous
+//! channel to one of `concurrency` upload threads, so it is handed over only
+//! when a thread is free. At most `concurrency` buffers are uploading and one
+//! is filling: memory is about `segment_size × (concurrency + 1)` whatever the
+//! stream's length. Buffers come back to the producer after their upload and
+//! are reused, so the allocator is not asked for big blocks again and again.
+
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Mutex;
+
+use anyhow::{anyhow, Context, Result};
+use bytes::{Bytes, BytesMut};
+use md5::{Digest, Md5};
+use serde::Serialize;
+
+use super::hex;
+
+/// Swift's default `max_manifest_segments`: an SLO lists at most this many.
+pub const DEFAULT_MAX_SEGMENTS: u32 = 1000;
+
+/// One segment handed to the uploader.
+#[derive(Clone, Debug)]
+pub struct Segment {
+    /// 0, 1, 2, …: the position in the stored stream.
+    pub index: u32,
+    /// Exactly `segment_size` bytes, except the last segment (1 byte or
+    /// more: there is never an empty segment). Cloning is cheap (a reference
+    /// count); retries re-send a clone. Keep no clone after returning, or the
+    /// buffer cannot be reused and memory grows by a segment per copy kept.
+    pub data: Bytes,
+    /// Lower-case hex MD5 of `data`: send it as the PUT's `ETag` so that
+    /// Swift checks it, and put it in the SLO manifest.
+    pub md5: String,
+}
+
+/// A segment that is in Swift: what the SLO manifest lists.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SegmentInfo {
+    pub index: u32,
+    pub size: u64,
+    pub md5: String,
+}
+
+/// What the upload threads share.
+struct Shared<'u, U> {
+    upload: &'u U,
+    /// Set by the first failure: later segments are not uploaded.
+    failed: AtomicBool,
+    first_error: Mutex<Option<anyhow::Error>>,
+    uploaded: Mutex<Vec<SegmentInfo>>,
+    /// Buffers whose upload is over, back to the producer.
+    free: Mutex<Vec<BytesMut>>,
+}
+
+impl<U> Shared<'_, U>
+where
+    U: Fn(&Segment) -> Result<String> + Sync,
+{
+    fn work(&self, queue: &Mutex<Receiver<Segment>>) {
+        loop {
+            // The lock is held only while waiting for the next segment.
+            let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+            let Ok(segment) = next else { return };
+            if !self.failed.load(Ordering::SeqCst) {
+                self.upload_one(&segment);
+            }
+            // Recycle the buffer before waiting for more, so a free thread
+            // never leaves its old buffer unaccounted for.
+            if let Ok(mut buf) = segment.data.try_into_mut() {
+                buf.clear();
+                self.free
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(buf);
+            }
+        }
+    }
+
+    fn upload_one(&self, segment: &Segment) {
+        let size = segment.data.len() as u64;
+        let result = (self.upload)(segment)
+            .with_context(|| format!("uploading segment {} ({size} bytes)", segment.index))
+            .and_then(|etag| {
+                // The segment is in Swift whatever its ETag says: list it for
+                // deletion either way.
+                self.record(segment, size);
+                let etag = etag.trim().trim_matches('"');
+                if etag.eq_ignore_ascii_case(&segment.md5) {
+                    Ok(())
+                } else {
+                    Err(anyhow!(
+                        "segment {}: Swift answered ETag {etag:?}, but the MD5 of what was \
+                         sent is {}",
+                        segment.index,
+                        segment.md5
+                    ))
+                }
+            });
+        if let Err(e) = result {
+            self.fail(e);
+        }
+    }
+
+    fn record(&self, segment: &Segment, size: u64) {
+        self.uploaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(SegmentInfo {
+                index: segment.index,
+                size,
+                md5: segment.md5.clone(),
+            });
+    }
+
+    fn fail(&self, e: anyhow::Error) {
+        self.failed.store(true, Ordering::SeqCst);
+        let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
+        if first.is_none() {
+            *first = Some(e);
+        }
+    }
+}
+
+/// Runs `produce` with a writer whose bytes become segments, uploaded by
+/// `concurrency` threads calling `upload`. Returns `produce`'s result (or the
+/// first upload error, which wins: it is the cause) and the segments that
+/// reached Swift, sorted, once every upload in flight has finished.
+pub(crate) fn with_uploads<U, T>(
+    segment_size: usize,
+    concurrency: usize,
+    max_segments: u32,
+    upload: &U,
+    produce: impl FnOnce(&mut SegmentWriter) -> Result<T>,
+) -> (Result<T>, Vec<SegmentInfo>)
+where
+    U: Fn(&Segment) -> Result<String> + Sync,
+{
+    let shared = Shared {
+        upload,
+        failed: AtomicBool::new(false),
+        first_error: Mutex::new(None),
+        uploaded: Mutex::new(Vec::new()),
+        free: Mutex::new(Vec::new()),
+    };
+    let (sender, receiver) = mpsc::sync_channel::<Segment>(0);
+    let queue = Mutex::new(receiver);
+    let result = std::thread::scope(|scope| {
+        for i in 0..concurrency.max(1) {
+            let (shared, queue) = (&shared, &queue);
+            std::thread::Builder::new()
+                .name(format!("upload-{i}"))
+                .spawn_scoped(scope, move || shared.work(queue))
+                .expect("spawning an upload thread");
+        }
+        let mut writer = SegmentWriter {
+            segment_size,
+            max_segments,
+            buf: BytesMut::new(),
+            md5: Md5::new(),
+            next_index: 0,
+            stored: 0,
+            sender: Some(sender),
+            failed: &shared.failed,
+            free: &shared.free,
+            error: None,
+        };
+        let mut result = produce(&mut writer).and_then(|t| writer.finish().map(|()| t));
+        if let Some(e) = writer.error.take() {
+            // The writer's own reason beats the I/O error it surfaced as.
+            result = Err(e);
+        }
+        // Closing the channel lets the threads go once their upload is done;
+        // the scope joins them.
+        drop(writer);
+        result
+    });
+    let upload_error = shared
+        .first_error
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+    let mut uploaded = shared
+        .uploaded
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+    uploaded.sort_by_key(|s| s.index);
+    let result = match upload_error {
+        Some(e) => Err(e),
+        None => result,
+    };
+    (result, uploaded)
+}
+
+/// The end of the encoding chain: bytes in, segments out.
+pub(crate) struct SegmentWriter<'s> {
+    segment_size: usize,
+    max_segments: u32,
+    buf: BytesMut,
+    md5: Md5,
+    next_index: u32,
+    stored: u64,
+    sender: Option<SyncSender<Segment>>,
+    failed: &'s AtomicBool,
+    free: &'s Mutex<Vec<BytesMut>>,
+    /// Why this writer refused bytes, when the reason is its own.
+    error: Option<anyhow::Error>,
+}
+
+impl SegmentWriter<'_> {
+    /// Bytes written so far: the size of the stored object.
+    pub(crate) fn stored(&self) -> u64 {
+        self.stored
+    }
+
+    /// Hands the full (or last) buffer to an upload thread; blocks until one
+    /// is free.
+    fn ship(&mut self) -> io::Result<()> {
+        if self.next_index >= self.max_segments {
+            return Err(self.refuse(anyhow!(
+                "the stored stream needs more than {} segments of {} bytes, more than a \
+                 Swift SLO may list (max_manifest_segments); raise swift.segment_size",
+                self.max_segments,
+                self.segment_size
+            )));
+        }
+        let data = std::mem::take(&mut self.buf).freeze();
+        let md5 = hex(&std::mem::take(&mut self.md5).finalize());
+        let segment = Segment {
+            index: self.next_index,
+            data,
+            md5,
+        };
+        self.next_index += 1;
+        let sent = self.sender.as_ref().map(|s| s.send(segment));
+        if !matches!(sent, Some(Ok(()))) {
+            return Err(io::Error::other("the upload threads are gone"));
+        }
+        Ok(())
+    }
+
+    /// Ships what is left (never an empty segment) and closes the channel.
+    fn finish(&mut self) -> Result<()> {
+        if !self.buf.is_empty() {
+            self.ship().context("uploading the last segment")?;
+        }
+        self.sender = None;
+        Ok(())
+    }
+
+    fn refuse(&mut self, e: anyhow::Error) -> io::Error {
+        let err = io::Error::other(e.to_string());
+        self.error = Some(e);
+        err
+    }
+
+    fn fresh_buffer(&mut self) {
+        let reused = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        self.buf = reused.unwrap_or_else(|| BytesMut::with_capacity(self.segment_size));
+    }
+}
+
+impl Write for SegmentWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(io::Error::other("stopped: an upload failed"));
+        }
+        if data.is_empty() {
+            return Ok(0);
+        }
+        if self.buf.capacity() == 0 {
+            self.fresh_buffer();
+        }
+        let n = data.len().min(self.segment_size - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        self.md5.update(&data[..n]);
+        self.stored += n as u64;
+        if self.buf.len() == self.segment_size {
+            self.ship()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn segments_are_exact_and_buffers_reused() {
+        let store = Mutex::new(BTreeMap::new());
+        let ptrs = Mutex::new(std::collections::BTreeSet::new());
+        let upload = |s: &Segment| {
+            ptrs.lock().unwrap().insert(s.data.as_ptr() as usize);
+            store.lock().unwrap().insert(s.index, s.data.to_vec());
+            Ok(hex(&Md5::digest(&s.data)))
+        };
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        let (result, uploaded) = with_uploads(1000, 2, 100, &upload, |w| {
+            for chunk in data.chunks(333) {
+                w.write_all(chunk)?;
+            }
+            Ok(w.stored())
+        });
+        assert_eq!(result.unwrap(), 10_000);
+        assert_eq!(uploaded.len(), 10);
+        assert!(uploaded.iter().all(|s| s.size == 1000));
+        let store = store.into_inner().unwrap();
+        assert_eq!(store.values().flatten().copied().collect::<Vec<_>>(), data);
+        // Two threads and one filling buffer: at most three distinct buffers.
+        assert!(ptrs.lock().unwrap().len() <= 3, "{:?}", ptrs);
+    }
+
+    #[test]
+    fn the_last_segment_is_shorter_never_empty() {
+        let upload = |s: &Segment| Ok(s.md5.clone());
+        for len in [1, 999, 1000, 1001, 2000] {
+            let (result, uploaded) = with_uploads(1000, 3, 100, &upload, |w| {
+                w.write_all(&vec![1u8; len])?;
+                Ok(())
+            });
+            result.unwrap();
+            let sizes: Vec<u64> = uploaded.iter().map(|s| s.size).collect();
+            let expected: Vec<u64> = (0..len.div_ceil(1000))
+                .map(|i| (len - i * 1000).min(1000) as u64)
+                .collect();
+            assert_eq!(sizes, expected, "{len}");
+        }
+    }
+
+    #[test]
+    fn too_many_segments_is_a_clear_error() {
+        let upload = |s: &Segment| Ok(s.md5.clone());
+        let (result, uploaded) = with_uploads(10, 2, 3, &upload, |w| {
+            w.write_all(&[0u8; 35])?;
+            Ok(())
+        });
+        let msg = format!("{:#}", result.unwrap_err());
+        assert!(msg.contains("more than 3 segments"), "{msg}");
+        assert_eq!(uploaded.len(), 3);
+    }
+
+    #[test]
+    fn a_wrong_etag_fails_but_lists_the_segment() {
+        let upload = |_: &Segment| Ok("\"0123\"".to_string());
+        let (result, uploaded) = with_uploads(10, 1, 100, &upload, |w| {
+            w.write_all(&[0u8; 5])?;
+            Ok(())
+        });
+        let msg = format!("{:#}", result.unwrap_err());
+        assert!(msg.contains("Swift answered ETag \"0123\""), "{msg}");
+        assert_eq!(uploaded.len(), 1);
+    }
+}
