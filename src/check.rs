@@ -24,7 +24,14 @@ pub fn offline(settings: &Settings, mountinfo: &[MountEntry]) -> Vec<String> {
     }
     let protected = protected_paths(settings);
     for mount in &settings.mounts {
-        if let Err(p) = mounts::check_freezable(mount, mountinfo, &protected) {
+        // Only the Cinder strategy freezes; for Swift they are the hook's paths.
+        let result = match settings.strategy {
+            Strategy::Cinder => mounts::check_freezable(mount, mountinfo, &protected).map(drop),
+            Strategy::Swift => std::fs::metadata(mount)
+                .map(drop)
+                .map_err(|e| format!("{}: {e}", mount.display())),
+        };
+        if let Err(p) = result {
             problems.push(format!("mount {p}"));
         }
     }

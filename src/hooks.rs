@@ -262,3 +262,109 @@ fn log_lines(reader: impl Read + Send + 'static, prefix: String) -> Pending<Opti
     });
     Pending { rx, partial }
 }
+
+/// A `backup` or `restore` action running with its data on a pipe. It has
+/// `stream_timeout` to finish; past that its process group is killed.
+pub struct Streaming {
+    child: std::process::Child,
+    action: &'static str,
+    path: PathBuf,
+    datastore: String,
+    stderr: Pending<Option<String>>,
+    cancel_timer: mpsc::Sender<()>,
+    timed_out: Arc<std::sync::atomic::AtomicBool>,
+    limit: Duration,
+}
+
+impl Hook {
+    /// Starts `backup`; read the stream from the returned stdout.
+    pub fn spawn_backup(&self, limit: Duration) -> Result<(Streaming, std::process::ChildStdout)> {
+        let mut cmd = self.command("backup");
+        let mut streaming = self.spawn_streaming(&mut cmd, "backup", limit)?;
+        let stdout = streaming.child.stdout.take().expect("piped");
+        Ok((streaming, stdout))
+    }
+
+    /// Starts `restore`; write the stream to the returned stdin and drop it
+    /// only once the whole stream was verified.
+    pub fn spawn_restore(&self, limit: Duration) -> Result<(Streaming, std::process::ChildStdin)> {
+        let mut cmd = self.command("restore");
+        cmd.stdin(Stdio::piped()).stdout(Stdio::null());
+        let mut streaming = self.spawn_streaming(&mut cmd, "restore", limit)?;
+        let stdin = streaming.child.stdin.take().expect("piped");
+        Ok((streaming, stdin))
+    }
+
+    fn spawn_streaming(
+        &self,
+        cmd: &mut Command,
+        action: &'static str,
+        limit: Duration,
+    ) -> Result<Streaming> {
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot run hook {} {action}", self.path.display()))?;
+        let stderr = log_lines(
+            child.stderr.take().expect("piped"),
+            format!("hook {} {action}", self.datastore),
+        );
+        let (cancel_timer, cancelled) = mpsc::channel::<()>();
+        let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pid = child.id() as i32;
+        let flag = timed_out.clone();
+        std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = cancelled.recv_timeout(limit) {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        });
+        Ok(Streaming {
+            child,
+            action,
+            path: self.path.clone(),
+            datastore: self.datastore.clone(),
+            stderr,
+            cancel_timer,
+            timed_out,
+            limit,
+        })
+    }
+}
+
+impl Streaming {
+    /// Waits for the hook to exit and says whether it succeeded.
+    pub fn finish(mut self) -> Result<()> {
+        let status = self
+            .child
+            .wait()
+            .with_context(|| format!("waiting for hook {}", self.path.display()))?;
+        let _ = self.cancel_timer.send(());
+        let last_error = self.stderr.take(Duration::from_millis(200));
+        if self.timed_out.load(std::sync::atomic::Ordering::SeqCst) {
+            bail!(
+                "hook {} {} did not finish within {}s (hooks.stream_timeout); its process group was killed",
+                self.path.display(),
+                self.action,
+                self.limit.as_secs()
+            );
+        }
+        if !status.success() {
+            let why = last_error.map_or(String::new(), |line| format!(": {line}"));
+            bail!(
+                "hook {} {} failed ({status}){why}",
+                self.path.display(),
+                self.action
+            );
+        }
+        log::debug!("hook {} {}: {status}", self.datastore, self.action);
+        Ok(())
+    }
+
+    /// Kills the hook and everything it started, so that a stream known to be
+    /// bad is never taken as complete.
+    pub fn kill(mut self) {
+        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        let _ = self.child.wait();
+        let _ = self.cancel_timer.send(());
+    }
+}

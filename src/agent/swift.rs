@@ -1,31 +1,617 @@
-//! The Swift strategy.
+//! The Swift strategy, the one place that knows the order of its steps:
+//!
+//! backup: lock → checks, authentication, containers → hook `backup` →
+//! compress → encrypt → segments PUT in parallel → hook exit status → SLO
+//! manifest with the metadata → HEAD to verify → retention. Any failure
+//! deletes what this run uploaded: no half backup ever looks complete.
+//!
+//! restore: HEAD (metadata) → GET → decrypt → decompress → SHA-256 → hook
+//! `restore`, which swaps the data in only once volsnap closes its stdin,
+//! which it does only after the SHA-256 and size matched.
 
-use std::sync::atomic::AtomicBool;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde::Serialize;
 
 use crate::cli::Context;
 use crate::config::Settings;
+use crate::exit;
+use crate::hooks::{self, Hook};
+use crate::openstack::swift::{Metadata, SloSegment, Swift};
+use crate::openstack::{self, Error as ApiError};
+use crate::retention;
+use crate::runtime::{self, RunLock};
+use crate::stream::{
+    self, segments_container, BackupMeta, BackupName, BackupPlan, Encryption, Identities, Progress,
+    Segment, META_PREFIX,
+};
+
+/// Where the `backup` action leaves its `key=value` lines (stdout is data).
+const BACKUP_META_FILE: &str = "backup.meta";
+
+pub fn connect(settings: &Settings) -> Result<Swift> {
+    let session = openstack::connect(&settings.openstack)?;
+    openstack::swift(&session)
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackupReport {
+    pub strategy: &'static str,
+    pub dry_run: bool,
+    pub container: String,
+    pub segments_container: String,
+    pub name: String,
+    pub datastore: String,
+    pub datastore_version: Option<String>,
+    pub compression: String,
+    pub encryption: Vec<String>,
+    pub size: u64,
+    pub stored_size: u64,
+    pub segments: usize,
+    pub sha256: String,
+    pub bytes_per_sec: f64,
+    pub total_ms: u64,
+    pub metadata: BTreeMap<String, String>,
+    pub pruned: Vec<String>,
+}
 
 pub fn backup_command(
-    _settings: &Settings,
-    _ctx: &Context,
-    _dry_run: bool,
-    _stop: &AtomicBool,
+    settings: &Settings,
+    ctx: &Context,
+    dry_run: bool,
+    stop: &AtomicBool,
 ) -> Result<u8> {
-    bail!("WIP")
+    let report = backup(settings, dry_run, ctx.quiet, stop)?;
+    ctx.print(&report, || {
+        if report.dry_run {
+            println!(
+                "dry run: would stream hook {} backup into {}/{} ({} segments, {}, {})",
+                report.datastore,
+                report.container,
+                report.name,
+                report.segments_container,
+                report.compression,
+                if report.encryption.is_empty() {
+                    "not encrypted".to_string()
+                } else {
+                    format!("age to {}", report.encryption.join(", "))
+                }
+            );
+            return;
+        }
+        println!(
+            "backup done: {}/{} — {} plain, {} stored in {} segment(s), {}, {}, {:.1} MiB/s, {} ms",
+            report.container,
+            report.name,
+            crate::config::human_bytes(report.size),
+            crate::config::human_bytes(report.stored_size),
+            report.segments,
+            report.compression,
+            if report.encryption.is_empty() {
+                "not encrypted".to_string()
+            } else {
+                "age-encrypted".to_string()
+            },
+            report.bytes_per_sec / (1 << 20) as f64,
+            report.total_ms
+        );
+        println!("  sha256 {}", report.sha256);
+        if !report.pruned.is_empty() {
+            println!(
+                "  retention deleted {} older backup(s): {}",
+                report.pruned.len(),
+                report.pruned.join(", ")
+            );
+        }
+    })?;
+    Ok(exit::SUCCESS)
 }
-pub fn list_command(_settings: &Settings, _ctx: &Context) -> Result<u8> {
-    bail!("WIP")
+
+pub fn backup(
+    settings: &Settings,
+    dry_run: bool,
+    quiet: bool,
+    stop: &AtomicBool,
+) -> Result<BackupReport> {
+    let started = Instant::now();
+    let _lock = RunLock::acquire(&settings.runtime_dir)?;
+    hooks::check_dir(&settings.hooks.dir).map_err(anyhow::Error::msg)?;
+    hooks::check_file(&hooks::hook_path(settings)).map_err(anyhow::Error::msg)?;
+    let plan = BackupPlan::from_settings(&settings.swift)?;
+    let s = &settings.swift;
+    let seg_container = segments_container(&s.container)?;
+    let host = crate::agent::cinder::hostname();
+    let name = BackupName::new(&s.prefix, &host, jiff::Timestamp::now())?;
+    let swift = connect(settings)?;
+    for container in [&s.container, &seg_container] {
+        swift
+            .ensure_container(container, s.create_container)
+            .with_context(|| {
+                format!(
+                    "Swift container {container} (create_container = {})",
+                    s.create_container
+                )
+            })?;
+    }
+    let mut report = BackupReport {
+        strategy: "swift",
+        dry_run,
+        container: s.container.clone(),
+        segments_container: seg_container.clone(),
+        name: name.manifest(),
+        datastore: settings.datastore.name().to_string(),
+        datastore_version: None,
+        compression: stream::compression_name(plan.compression).to_string(),
+        encryption: plan
+            .recipients
+            .as_ref()
+            .map(|r| r.labels().to_vec())
+            .unwrap_or_default(),
+        size: 0,
+        stored_size: 0,
+        segments: 0,
+        sha256: String::new(),
+        bytes_per_sec: 0.0,
+        total_ms: 0,
+        metadata: BTreeMap::new(),
+        pruned: Vec::new(),
+    };
+    if dry_run {
+        return Ok(report);
+    }
+    if stop.load(Ordering::SeqCst) {
+        bail!("interrupted by a signal");
+    }
+
+    runtime::ensure_dir(&settings.runtime_dir)?;
+    let meta_file = settings.runtime_dir.join(BACKUP_META_FILE);
+    let _ = std::fs::remove_file(&meta_file);
+    let hook = Hook::new(settings, settings.hooks.timeout);
+    let (running, stdout) = hook.spawn_backup(settings.hooks.stream_timeout)?;
+    let source = Interruptible {
+        inner: stdout,
+        stop,
+    };
+    let upload = |segment: &Segment| -> Result<String> {
+        let object = name.segment(segment.index);
+        swift
+            .put_object(
+                &seg_container,
+                &object,
+                segment.data.clone(),
+                &Metadata::new(),
+            )
+            .with_context(|| format!("uploading segment {} ({object})", segment.index))
+    };
+    let mut progress = Progress::new("backup", quiet);
+    let streamed = stream::backup(source, &plan, upload, &mut progress);
+    let hook_result = match &streamed {
+        Ok(_) => running.finish(),
+        Err(_) => {
+            running.kill();
+            Ok(())
+        }
+    };
+    let summary = match (streamed, hook_result) {
+        (Ok(summary), Ok(())) => summary,
+        (Ok(summary), Err(e)) => {
+            let names: Vec<String> = summary
+                .segments
+                .iter()
+                .map(|s| name.segment(s.index))
+                .collect();
+            return Err(cleanup(
+                &swift,
+                &seg_container,
+                &names,
+                e.context("the backup stream is incomplete"),
+            ));
+        }
+        (Err(failure), _) => {
+            let names: Vec<String> = failure
+                .uploaded
+                .iter()
+                .map(|s| name.segment(s.index))
+                .collect();
+            return Err(cleanup(&swift, &seg_container, &names, failure.error));
+        }
+    };
+    let hook_values = read_meta_file(&meta_file);
+    let meta = BackupMeta::new(settings.datastore.name(), &hook_values, &plan, &summary);
+    let metadata: Metadata = meta
+        .to_headers()
+        .into_iter()
+        .map(|(k, v)| (k.strip_prefix(META_PREFIX).unwrap_or(&k).to_string(), v))
+        .collect();
+    let slo: Vec<SloSegment> = summary
+        .segments
+        .iter()
+        .map(|s| SloSegment {
+            path: format!("/{seg_container}/{}", name.segment(s.index)),
+            etag: s.md5.clone(),
+            size_bytes: s.size,
+        })
+        .collect();
+    let segment_names: Vec<String> = summary
+        .segments
+        .iter()
+        .map(|s| name.segment(s.index))
+        .collect();
+    if let Err(e) = swift.put_slo(&s.container, &name.manifest(), &slo, &metadata) {
+        return Err(cleanup(
+            &swift,
+            &seg_container,
+            &segment_names,
+            anyhow!(e).context("writing the SLO manifest"),
+        ));
+    }
+    // Trust, then verify: the manifest Swift serves must be the one written.
+    let verified = swift.head_object(&s.container, &name.manifest()).map_err(anyhow::Error::from).and_then(|info| {
+        let expected_etag = slo_etag(&summary.segments.iter().map(|s| s.md5.as_str()).collect::<Vec<_>>());
+        if !info.static_large_object || info.size != summary.stored_bytes || info.etag != expected_etag {
+            bail!(
+                "Swift serves {} bytes (etag {}, SLO {}), volsnap uploaded {} bytes (etag {expected_etag})",
+                info.size,
+                info.etag,
+                info.static_large_object,
+                summary.stored_bytes
+            );
+        }
+        Ok(())
+    });
+    if let Err(e) = verified {
+        let _ = swift.delete_slo(&s.container, &name.manifest());
+        return Err(e.context("the stored backup does not match what was uploaded; deleted it"));
+    }
+    log::info!(
+        "backup {}/{}: {} plain bytes, {} stored, {} segments",
+        s.container,
+        name.manifest(),
+        summary.plain_bytes,
+        summary.stored_bytes,
+        summary.segments.len()
+    );
+
+    report.datastore_version = meta.datastore_version.clone();
+    report.size = summary.plain_bytes;
+    report.stored_size = summary.stored_bytes;
+    report.segments = summary.segments.len();
+    report.sha256 = summary.sha256.clone();
+    report.bytes_per_sec = summary.progress.bytes_per_sec;
+    report.metadata = metadata;
+    if settings.retention.is_set() && settings.retention.after_backup {
+        match prune_with(settings, &swift, false) {
+            Ok(pruned) => report.pruned = pruned,
+            Err(e) => log::warn!("backup done, but retention failed: {e:#}"),
+        }
+    }
+    report.total_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
 }
+
+/// The hook's stdout, failing once a signal asked volsnap to stop: the
+/// pipeline then stops and the uploaded segments are deleted.
+struct Interruptible<'a, R> {
+    inner: R,
+    stop: &'a AtomicBool,
+}
+
+impl<R: std::io::Read> std::io::Read for Interruptible<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.stop.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("interrupted by a signal"));
+        }
+        self.inner.read(buf)
+    }
+}
+
+/// Deletes the segments a failed run uploaded; returns the run's error,
+/// saying what was cleaned up or what is left.
+fn cleanup(
+    swift: &Swift,
+    container: &str,
+    objects: &[String],
+    error: anyhow::Error,
+) -> anyhow::Error {
+    let mut left = Vec::new();
+    for object in objects {
+        match swift.delete_object(container, object) {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                log::error!("{e}");
+                left.push(object.clone());
+            }
+        }
+    }
+    if left.is_empty() {
+        error.context(format!(
+            "backup failed; deleted the {} segment(s) it had uploaded, no manifest was written",
+            objects.len()
+        ))
+    } else {
+        error.context(format!("backup failed; no manifest was written, but these segments could not be deleted from {container}: {}", left.join(", ")))
+    }
+}
+
+/// An SLO's ETag: the MD5 of its segments' MD5s (hex) concatenated.
+fn slo_etag(md5s: &[&str]) -> String {
+    crate::openstack::swift::md5_hex(md5s.concat().as_bytes())
+}
+
+fn read_meta_file(path: &Path) -> BTreeMap<String, String> {
+    let values = std::fs::read_to_string(path)
+        .map(|t| hooks::parse_key_values(&t))
+        .unwrap_or_default();
+    let _ = std::fs::remove_file(path);
+    values
+}
+
+/// One backup in a listing.
+#[derive(Debug, Serialize)]
+pub struct Listed {
+    pub name: String,
+    pub created: String,
+    pub size: Option<u64>,
+    pub stored_size: u64,
+    pub datastore: Option<String>,
+    pub compression: Option<String>,
+    pub encryption: Option<String>,
+}
+
+/// This host's backups, newest first.
+pub fn list(settings: &Settings, swift: &Swift) -> Result<Vec<(BackupName, Listed)>> {
+    let s = &settings.swift;
+    let host = crate::agent::cinder::hostname();
+    let prefix = BackupName::host_prefix(&s.prefix, &host);
+    let entries = match swift.list_objects(&s.container, &prefix) {
+        Ok(entries) => entries,
+        Err(e) if e.is_not_found() => Vec::new(),
+        Err(e) => return Err(anyhow!(e).context(format!("listing {}", s.container))),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let Some(name) = BackupName::parse(&s.prefix, &entry.name) else {
+            continue;
+        };
+        let info = swift
+            .head_object(&s.container, &entry.name)
+            .map_err(|e| anyhow!(e))?;
+        let get = |k: &str| info.metadata.get(k).cloned();
+        out.push((
+            name.clone(),
+            Listed {
+                created: name.created.to_string(),
+                name: entry.name.clone(),
+                size: get("volsnap-size").and_then(|v| v.parse().ok()),
+                stored_size: info.size,
+                datastore: get("volsnap-datastore"),
+                compression: get("volsnap-compression"),
+                encryption: get("volsnap-encryption"),
+            },
+        ));
+    }
+    out.sort_by_key(|(name, _)| std::cmp::Reverse(name.created));
+    Ok(out)
+}
+
+pub fn list_command(settings: &Settings, ctx: &Context) -> Result<u8> {
+    let swift = connect(settings)?;
+    let rows: Vec<Listed> = list(settings, &swift)?
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
+    ctx.print(&rows, || {
+        if rows.is_empty() {
+            println!(
+                "no volsnap backups of this host in {}",
+                settings.swift.container
+            );
+            return;
+        }
+        println!(
+            "{:<44}  {:<20}  {:>10}  {:<10}  {:<11}  ENCRYPTION",
+            "BACKUP", "CREATED", "SIZE", "DATASTORE", "COMPRESSION"
+        );
+        for r in &rows {
+            println!(
+                "{:<44}  {:<20}  {:>10}  {:<10}  {:<11}  {}",
+                r.name,
+                r.created,
+                r.size.map_or("?".into(), crate::config::human_bytes),
+                r.datastore.as_deref().unwrap_or("?"),
+                r.compression.as_deref().unwrap_or("?"),
+                r.encryption.as_deref().unwrap_or("?")
+            );
+        }
+    })?;
+    Ok(exit::SUCCESS)
+}
+
+/// Which backup: by name, or this host's newest.
+fn choose(
+    settings: &Settings,
+    swift: &Swift,
+    backup: Option<&str>,
+    latest: bool,
+) -> Result<String> {
+    match (backup, latest) {
+        (Some(name), _) => Ok(name.to_string()),
+        (None, true) => list(settings, swift)?
+            .into_iter()
+            .next()
+            .map(|(_, l)| l.name)
+            .ok_or_else(|| {
+                anyhow!(
+                    "no volsnap backups of this host in {}",
+                    settings.swift.container
+                )
+            }),
+        (None, false) => Err(exit::Exit::new(
+            exit::USAGE,
+            "say which backup: --backup NAME (see `volsnap list`) or --latest",
+        )
+        .into()),
+    }
+}
+
+fn read_meta(swift: &Swift, container: &str, name: &str) -> Result<BackupMeta> {
+    let info = swift
+        .head_object(container, name)
+        .map_err(|e: ApiError| anyhow!(e))
+        .with_context(|| format!("backup {container}/{name}"))?;
+    let headers: Vec<(String, String)> = info
+        .metadata
+        .iter()
+        .map(|(k, v)| (format!("{META_PREFIX}{k}"), v.clone()))
+        .collect();
+    BackupMeta::from_headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .with_context(|| format!("{container}/{name}"))
+}
+
+fn identities(
+    settings: &Settings,
+    meta: &BackupMeta,
+    identity: Option<&Path>,
+) -> Result<Option<Identities>> {
+    if meta.encryption == Encryption::None {
+        return Ok(None);
+    }
+    let path: Option<PathBuf> = identity
+        .map(Path::to_path_buf)
+        .or_else(|| settings.swift.age_identity_file.clone());
+    match path {
+        Some(p) => Ok(Some(Identities::from_file(&p)?)),
+        None => Ok(None), // restore_into says which recipients it was encrypted to
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct RestoreReport {
+    pub name: String,
+    pub verified: stream::Verified,
+    pub restored: bool,
+}
+
+/// `restore` (through the hook) or, with `into_hook = false`, `verify`.
+pub fn restore(
+    settings: &Settings,
+    backup: Option<&str>,
+    latest: bool,
+    identity: Option<&Path>,
+    into_hook: bool,
+    quiet: bool,
+) -> Result<RestoreReport> {
+    let _lock = RunLock::acquire(&settings.runtime_dir)?;
+    if into_hook {
+        hooks::check_dir(&settings.hooks.dir).map_err(anyhow::Error::msg)?;
+        hooks::check_file(&hooks::hook_path(settings)).map_err(anyhow::Error::msg)?;
+    }
+    let swift = connect(settings)?;
+    let container = &settings.swift.container;
+    let name = choose(settings, &swift, backup, latest)?;
+    let meta = read_meta(&swift, container, &name)?;
+    if meta.datastore != settings.datastore.name() && into_hook {
+        bail!(
+            "{container}/{name} is a {} backup; this host's datastore is {}",
+            meta.datastore,
+            settings.datastore.name()
+        );
+    }
+    let ids = identities(settings, &meta, identity)?;
+    let stored = swift
+        .get_object(container, &name)
+        .map_err(|e| anyhow!(e))
+        .with_context(|| format!("downloading {container}/{name}"))?;
+    let label = if into_hook { "restore" } else { "verify" };
+    let mut progress = Progress::new(label, quiet);
+    let verified = if into_hook {
+        let hook = Hook::new(settings, settings.hooks.timeout);
+        runtime::ensure_dir(&settings.runtime_dir)?;
+        let (running, mut stdin) = hook.spawn_restore(settings.hooks.stream_timeout)?;
+        match stream::restore_into(stored, &mut stdin, &meta, ids.as_ref(), &mut progress) {
+            Ok(v) => {
+                drop(stdin); // only now: the hook may swap the data in
+                running
+                    .finish()
+                    .context("the backup verified, but the hook's restore failed")?;
+                v
+            }
+            Err(e) => {
+                // Killed before its stdin closes: the hook never sees a
+                // complete stream, and swaps nothing in.
+                running.kill();
+                drop(stdin);
+                return Err(e.context(format!("restore of {container}/{name} failed; the hook was stopped before it swapped anything in")));
+            }
+        }
+    } else {
+        stream::restore_into(
+            stored,
+            &mut std::io::sink(),
+            &meta,
+            ids.as_ref(),
+            &mut progress,
+        )
+        .with_context(|| format!("verify of {container}/{name} failed"))?
+    };
+    Ok(RestoreReport {
+        name,
+        verified,
+        restored: into_hook,
+    })
+}
+
 pub fn restore_command(
-    _settings: &Settings,
-    _ctx: &Context,
-    _backup: Option<&str>,
-    _latest: bool,
+    settings: &Settings,
+    ctx: &Context,
+    backup: Option<&str>,
+    latest: bool,
+    identity: Option<&Path>,
+    into_hook: bool,
 ) -> Result<u8> {
-    bail!("WIP")
+    let report = restore(settings, backup, latest, identity, into_hook, ctx.quiet)?;
+    ctx.print(&report, || {
+        let verb = if report.restored {
+            "restored"
+        } else {
+            "verified"
+        };
+        println!(
+            "{verb} {}: {} , sha256 {} matches",
+            report.name,
+            crate::config::human_bytes(report.verified.plain_bytes),
+            report.verified.sha256
+        );
+    })?;
+    Ok(exit::SUCCESS)
 }
-pub fn prune(_settings: &Settings, _dry_run: bool) -> Result<Vec<String>> {
-    bail!("WIP")
+
+pub fn prune(settings: &Settings, dry_run: bool) -> Result<Vec<String>> {
+    let swift = connect(settings)?;
+    prune_with(settings, &swift, dry_run)
+}
+
+fn prune_with(settings: &Settings, swift: &Swift, dry_run: bool) -> Result<Vec<String>> {
+    let backups = list(settings, swift)?;
+    let times: Vec<jiff::Timestamp> = backups.iter().map(|(n, _)| n.created).collect();
+    let mut deleted = Vec::new();
+    for i in retention::to_delete(&settings.retention, &times) {
+        let name = &backups[i].1.name;
+        if dry_run {
+            println!("would delete {name}");
+        } else {
+            swift
+                .delete_slo(&settings.swift.container, name)
+                .map_err(|e| anyhow!(e))
+                .with_context(|| format!("deleting {name} with its segments"))?;
+            log::info!("retention: deleted {name}");
+        }
+        deleted.push(name.clone());
+    }
+    Ok(deleted)
 }

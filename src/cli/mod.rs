@@ -7,6 +7,7 @@ mod list;
 mod prune;
 mod restore;
 mod thaw;
+mod verify;
 
 use std::path::PathBuf;
 
@@ -64,6 +65,8 @@ pub enum Command {
     Restore(restore::Args),
     /// Delete old backups by the [retention] policy
     Prune(prune::Args),
+    /// Download a Swift backup and check it decrypts, decompresses and matches its SHA-256
+    Verify(verify::Args),
     /// Check the configuration, the hooks and the mounts
     Check(check::Args),
     /// Run the datastore hook's freeze or thaw, as the QEMU guest agent's fsfreeze hook
@@ -84,6 +87,8 @@ pub enum Command {
 pub struct Context {
     pub config_path: PathBuf,
     pub json: bool,
+    /// `-q`: no progress line.
+    pub quiet: bool,
 }
 
 impl Context {
@@ -112,12 +117,14 @@ impl Cli {
         let ctx = Context {
             config_path: self.config,
             json: self.json,
+            quiet: self.quiet > 0,
         };
         match self.command {
             Command::Backup(args) => args.run(&ctx),
             Command::List(args) => args.run(&ctx),
             Command::Restore(args) => args.run(&ctx),
             Command::Prune(args) => args.run(&ctx),
+            Command::Verify(args) => args.run(&ctx),
             Command::Check(args) => args.run(&ctx),
             Command::Hook(args) => args.run(&ctx),
             Command::Thaw(args) => args.run(&ctx),

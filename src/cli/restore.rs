@@ -31,6 +31,10 @@ pub struct Args {
     /// Swift: restore this host's newest backup
     #[arg(long, conflicts_with = "snapshot")]
     pub latest: bool,
+
+    /// Swift: the age identity file to decrypt with (default: swift.age_identity_file)
+    #[arg(long, value_name = "FILE", conflicts_with = "snapshot")]
+    pub identity: Option<std::path::PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -86,7 +90,14 @@ impl Args {
                 if self.snapshot.is_some() {
                     return Err(Exit::new(exit::USAGE, "--snapshot is for the Cinder strategy; the Swift strategy restores with --backup NAME or --latest").into());
                 }
-                agent::swift::restore_command(&settings, ctx, self.backup.as_deref(), self.latest)
+                agent::swift::restore_command(
+                    &settings,
+                    ctx,
+                    self.backup.as_deref(),
+                    self.latest,
+                    self.identity.as_deref(),
+                    true,
+                )
             }
         }
     }

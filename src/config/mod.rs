@@ -206,6 +206,7 @@ struct SwiftFile {
     #[serde(default)]
     age_recipients: Vec<String>,
     age_recipients_file: Option<PathBuf>,
+    age_identity_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -277,6 +278,8 @@ pub struct SwiftSettings {
     pub compression_level: i32,
     pub age_recipients: Vec<String>,
     pub age_recipients_file: Option<PathBuf>,
+    /// The age identity (private key) that `restore` and `verify` decrypt with.
+    pub age_identity_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -640,6 +643,7 @@ fn validate_swift(err: &ErrAt, file: SwiftFile) -> Result<SwiftSettings, ConfigE
     }
     let age_recipients_file =
         absolute_path(err, "swift.age_recipients_file", file.age_recipients_file)?;
+    let age_identity_file = absolute_path(err, "swift.age_identity_file", file.age_identity_file)?;
     Ok(SwiftSettings {
         container,
         prefix,
@@ -650,6 +654,7 @@ fn validate_swift(err: &ErrAt, file: SwiftFile) -> Result<SwiftSettings, ConfigE
         compression_level,
         age_recipients: file.age_recipients,
         age_recipients_file,
+        age_identity_file,
     })
 }
 
