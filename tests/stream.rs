@@ -340,6 +340,7 @@ fn swift_settings(compression: Compression, recipients_file: PathBuf) -> SwiftSe
         },
         age_recipients: Vec::new(),
         age_recipients_file: Some(recipients_file),
+        age_identity_file: None,
     }
 }
 
