@@ -1,0 +1,79 @@
+//! The shipped units, cloud-config and qemu-ga wiring are checked by the
+//! tools that will read them.
+
+use std::path::Path;
+use std::process::Command;
+
+fn repo(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+#[test]
+fn systemd_units_verify() {
+    // systemd-analyze wants ExecStart's binary to exist: point it at the build.
+    let tmp = tempfile::tempdir().unwrap();
+    let service = std::fs::read_to_string(repo("packaging/systemd/volsnap.service")).unwrap();
+    assert!(service.contains("ExecStart=/usr/bin/volsnap backup"));
+    std::fs::write(
+        tmp.path().join("volsnap.service"),
+        service.replace("/usr/bin/volsnap", env!("CARGO_BIN_EXE_volsnap")),
+    )
+    .unwrap();
+    std::fs::copy(
+        repo("packaging/systemd/volsnap.timer"),
+        tmp.path().join("volsnap.timer"),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(tmp.path().join("volsnap.service"))
+        .arg(tmp.path().join("volsnap.timer"))
+        .output()
+        .expect("systemd-analyze (Debian systemd) is installed by scripts/install-deps.sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+}
+
+#[test]
+fn cloud_config_is_valid() {
+    let out = Command::new("cloud-init")
+        .args(["schema", "-c"])
+        .arg(repo("etc/cloud-init.yaml"))
+        .output()
+        .expect("cloud-init is installed by scripts/install-deps.sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("Valid cloud-config"), "{text}");
+}
+
+#[test]
+fn the_cloud_config_carries_a_config_volsnap_accepts() {
+    let yaml = std::fs::read_to_string(repo("etc/cloud-init.yaml")).unwrap();
+    let start = yaml.find("content: |\n").unwrap() + "content: |\n".len();
+    let end = yaml.find("runcmd:").unwrap();
+    let toml: String = yaml[start..end]
+        .lines()
+        .map(|l| l.strip_prefix("      ").unwrap_or(l).to_string() + "\n")
+        .collect();
+    let settings = volsnap::config::parse(Path::new("/etc/volsnap/volsnap.toml"), &toml).unwrap();
+    assert_eq!(settings.strategy, volsnap::config::Strategy::Cinder);
+}
+
+#[test]
+fn the_qemu_ga_drop_in_runs_volsnap_hook() {
+    let script = std::fs::read_to_string(repo("etc/qemu-ga/volsnap")).unwrap();
+    assert!(script.contains("exec /usr/bin/volsnap hook \"$1\""));
+    let out = Command::new("shellcheck")
+        .arg(repo("etc/qemu-ga/volsnap"))
+        .output()
+        .expect("shellcheck");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
