@@ -189,22 +189,9 @@ fn discover_volume(
             mount.display()
         )
     })?;
-    let device = discover::block_device(sys_root, entry).map_err(|e| format!("{e:#}"))?;
     let volumes = volumes.as_ref().map_err(Clone::clone)?;
-    let candidates: Vec<discover::Candidate> = volumes
-        .iter()
-        .map(|v| discover::Candidate {
-            id: &v.id,
-            servers: v
-                .attachments
-                .iter()
-                .filter_map(|a| a.server_id.as_deref())
-                .collect(),
-        })
-        .collect();
-    let server = discover::server_id(sys_root);
-    let id = discover::match_serial(&device.serial, server.as_deref(), &candidates)
-        .map_err(|e| format!("{e:#}"))?;
+    let (id, device) =
+        discover::volume_of(sys_root, entry, volumes).map_err(|e| format!("{e:#}"))?;
     Ok((
         id,
         format!(

@@ -106,6 +106,36 @@ pub fn match_serial(
     }
 }
 
+/// The volume a mount lives on, among the project's volumes: the disk's
+/// serial, matched against the volume ids.
+pub fn volume_of(
+    sys_root: &Path,
+    mount: &MountEntry,
+    volumes: &[crate::openstack::cinder::Volume],
+) -> Result<(String, BlockDevice)> {
+    let device = block_device(sys_root, mount)?;
+    let candidates: Vec<Candidate> = volumes
+        .iter()
+        .map(|v| Candidate {
+            id: &v.id,
+            servers: v
+                .attachments
+                .iter()
+                .filter_map(|a| a.server_id.as_deref())
+                .collect(),
+        })
+        .collect();
+    let server = server_id(sys_root);
+    let id = match_serial(&device.serial, server.as_deref(), &candidates).with_context(|| {
+        format!(
+            "discovering the volume of {} ({})",
+            mount.mount_point.display(),
+            device.disk
+        )
+    })?;
+    Ok((id, device))
+}
+
 /// This server's Nova id as the guest sees it: KVM guests get it as the
 /// SMBIOS system UUID.
 pub fn server_id(sys_root: &Path) -> Option<String> {

@@ -3,6 +3,8 @@
 //! `tests/cloud/run/env.sh` and `clouds.yaml`; `VOLSNAP_TESTCLOUD_ENV` may
 //! point at another env.sh).
 
+#[path = "support/cloud.rs"]
+mod cloud;
 mod support;
 #[path = "support/tls.rs"]
 mod tls;
@@ -12,7 +14,6 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -23,52 +24,10 @@ use volsnap::openstack::swift::{md5_hex, ContainerState, SloSegment};
 use volsnap::openstack::{self as os};
 use volsnap::secret::Secret;
 
-/// The values of env.sh: `OS_*` and `VOLSNAP_TESTCLOUD_*`.
-struct Cloud {
-    vars: BTreeMap<String, String>,
-}
+use cloud::{unique, Cloud};
 
+/// What these tests need of the cloud beyond the shared support.
 impl Cloud {
-    fn load() -> Cloud {
-        let path = std::env::var_os("VOLSNAP_TESTCLOUD_ENV")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cloud/run/env.sh")
-            });
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "the test cloud is not up: run tests/cloud/up.sh first ({}: {e})",
-                path.display()
-            )
-        });
-        let vars = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("export "))
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), unquote(v)))
-            .collect();
-        Cloud { vars }
-    }
-
-    fn get(&self, name: &str) -> &str {
-        self.vars
-            .get(name)
-            .unwrap_or_else(|| panic!("{name} is not in env.sh"))
-    }
-
-    /// Only the `OS_*` variables: the application credential.
-    fn os_env(&self) -> Env {
-        Env {
-            vars: self
-                .vars
-                .iter()
-                .filter(|(k, _)| k.starts_with("OS_"))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            cwd: None,
-        }
-    }
-
     fn clouds_yaml(&self) -> &str {
         self.get("VOLSNAP_TESTCLOUD_CLOUDS_YAML")
     }
@@ -97,33 +56,6 @@ impl Cloud {
             ..OpenStack::default()
         }
     }
-
-    fn session(&self) -> Session {
-        Session::connect(auth::resolve(&OpenStack::default(), &self.os_env()).unwrap()).unwrap()
-    }
-}
-
-/// `'abc'` → `abc`, with the shell's `'\''` for a quote inside.
-fn unquote(v: &str) -> String {
-    let v = v.trim();
-    match v.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')) {
-        Some(inner) => inner.replace("'\\''", "'"),
-        None => v.to_string(),
-    }
-}
-
-/// A name no other test (or earlier run) uses.
-fn unique(what: &str) -> String {
-    static COUNT: AtomicU32 = AtomicU32::new(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    format!(
-        "volsnap-test-{what}-{}-{}-{}",
-        std::process::id(),
-        now.as_millis(),
-        COUNT.fetch_add(1, Ordering::SeqCst)
-    )
 }
 
 /// The driver's fault knobs are files shared by every snapshot: Cinder tests

@@ -623,31 +623,11 @@ fn resolve_volumes(
         let id = match settings.cinder.volumes.get(configured) {
             Some(id) => id.clone(),
             None => {
-                let dev = discover::block_device(sys_root, entry)?;
                 if all_volumes.is_none() {
                     all_volumes = Some(cinder.volumes().context("listing volumes for discovery")?);
                 }
                 let list = all_volumes.as_ref().expect("just listed");
-                let candidates: Vec<discover::Candidate> = list
-                    .iter()
-                    .map(|v| discover::Candidate {
-                        id: &v.id,
-                        servers: v
-                            .attachments
-                            .iter()
-                            .filter_map(|a| a.server_id.as_deref())
-                            .collect(),
-                    })
-                    .collect();
-                let server = discover::server_id(sys_root);
-                let id = discover::match_serial(&dev.serial, server.as_deref(), &candidates)
-                    .with_context(|| {
-                        format!(
-                            "discovering the volume of {} ({})",
-                            configured.display(),
-                            dev.disk
-                        )
-                    })?;
+                let (id, dev) = discover::volume_of(sys_root, entry, list)?;
                 log::info!("{} is on {} → volume {id}", configured.display(), dev.disk);
                 id
             }

@@ -220,8 +220,11 @@ impl DataVolume {
         );
         data.device = String::from_utf8(out.stdout).unwrap().trim().to_string();
         match mkfs {
-            Some("ext4") => drop(super::run("mkfs.ext4", &["-q", "-F", &data.device])),
-            Some("xfs") => drop(super::run("mkfs.xfs", &["-q", "-f", &data.device])),
+            Some("ext4") => drop(crate::support::run(
+                "mkfs.ext4",
+                &["-q", "-F", &data.device],
+            )),
+            Some("xfs") => drop(crate::support::run("mkfs.xfs", &["-q", "-f", &data.device])),
             Some(other) => panic!("unsupported filesystem {other}"),
             None => {}
         };
@@ -232,7 +235,7 @@ impl DataVolume {
             .is_ok_and(|s| s.success());
         if !plain {
             // A restored XFS carries its original's UUID, which is mounted too.
-            super::run("mount", &["-o", "nouuid", &data.device, &target]);
+            crate::support::run("mount", &["-o", "nouuid", &data.device, &target]);
         }
         data.mount = std::fs::canonicalize(&data.mount).unwrap();
         data
