@@ -765,13 +765,7 @@ pub fn prune(settings: &Settings, cinder: &Cinder, dry_run: bool) -> Result<Vec<
     let mut deleted = Vec::new();
     for i in retention::to_delete(&settings.retention, &times) {
         for s in &runs[keys[i]] {
-            if dry_run {
-                println!(
-                    "would delete snapshot {} ({})",
-                    s.id,
-                    s.created_at.as_deref().unwrap_or("?")
-                );
-            } else {
+            if !dry_run {
                 cinder
                     .delete_snapshot(&s.id)
                     .with_context(|| format!("deleting snapshot {}", s.id))?;

@@ -602,9 +602,7 @@ fn prune_with(settings: &Settings, swift: &Swift, dry_run: bool) -> Result<Vec<S
     let mut deleted = Vec::new();
     for i in retention::to_delete(&settings.retention, &times) {
         let name = &backups[i].1.name;
-        if dry_run {
-            println!("would delete {name}");
-        } else {
+        if !dry_run {
             swift
                 .delete_slo(&settings.swift.container, name)
                 .map_err(|e| anyhow!(e))

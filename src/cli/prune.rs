@@ -23,6 +23,10 @@ impl Args {
                 settings.path.display()
             );
         }
+        let kind = match settings.strategy {
+            Strategy::Cinder => "snapshot",
+            Strategy::Swift => "backup",
+        };
         let deleted = match settings.strategy {
             Strategy::Cinder => {
                 let cinder = agent::cinder::connect(&settings)?;
@@ -38,7 +42,10 @@ impl Args {
                 } else {
                     "deleted"
                 };
-                println!("{verb} {} backup(s)", deleted.len());
+                for d in &deleted {
+                    println!("{verb} {kind} {d}");
+                }
+                println!("{verb} {} {kind}(s)", deleted.len());
             },
         )?;
         Ok(exit::SUCCESS)
