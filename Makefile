@@ -34,6 +34,11 @@ install: static
 	install -d -m 0755 $(DESTDIR)$(PREFIX)/lib/volsnap/hooks
 	for h in hooks/*; do [ -x "$$h" ] && install -m 0755 "$$h" $(DESTDIR)$(PREFIX)/lib/volsnap/hooks/; done; true
 	install -D -m 0644 etc/volsnap.toml $(DESTDIR)/etc/volsnap/volsnap.toml.sample
+	install -D -m 0644 packaging/systemd/volsnap.service $(DESTDIR)$(PREFIX)/lib/systemd/system/volsnap.service
+	install -D -m 0644 packaging/systemd/volsnap.timer $(DESTDIR)$(PREFIX)/lib/systemd/system/volsnap.timer
+	install -D -m 0755 etc/qemu-ga/volsnap $(DESTDIR)$(PREFIX)/share/volsnap/qemu-ga/fsfreeze-hook.d-volsnap
+	install -D -m 0644 etc/qemu-ga/qemu-guest-agent.service.d-volsnap.conf $(DESTDIR)$(PREFIX)/share/volsnap/qemu-ga/qemu-guest-agent.service.d-volsnap.conf
+	install -D -m 0644 etc/cloud-init.yaml $(DESTDIR)$(PREFIX)/share/volsnap/cloud-init.yaml
 
 clean:
 	$(CARGO) clean
