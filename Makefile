@@ -6,7 +6,7 @@ STATIC := target/$(TARGET)/release/volsnap
 PREFIX ?= /usr
 DESTDIR ?=
 
-.PHONY: all build static test lint unit install clean
+.PHONY: all build static test lint unit install clean demo bench
 
 all: build
 
@@ -19,6 +19,17 @@ static:
 	RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --release --target $(TARGET)
 	@file $(STATIC) | grep -q 'static-pie linked' || { echo "not static: $$(file $(STATIC))"; exit 1; }
 	@echo "$(STATIC): $$(stat -c %s $(STATIC)) bytes stripped ($$(( $$(stat -c %s $(STATIC)) / 1024 )) KiB)"
+
+# The whole Cinder strategy in a minute, against the loopback cloud of
+# tests/cloud (brought up if needed, left running: tests/cloud/down.sh stops
+# it). Needs root. KEEP=1 keeps what it made and says how to remove it.
+demo: build
+	scripts/demo.sh
+
+# volsnap's freeze window against the openstack CLI and the curl floor
+# (results in bench/results/; see bench/RESULTS.md). BENCH_RUNS=N for N rounds.
+bench: build
+	bench/freeze-window --volsnap target/release/volsnap
 
 lint:
 	$(CARGO) fmt --check

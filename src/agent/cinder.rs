@@ -369,13 +369,24 @@ fn frozen_window(
 
     let freeze_started = Instant::now();
     let frozen = Frozen::freeze(opened)?;
+    let froze_in = freeze_started.elapsed();
     let deadline = freeze_started + max_freeze;
     let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
         let handles: Vec<_> = volumes
             .iter()
             .map(|v| {
                 scope.spawn(move || {
-                    snapshot_one(settings, cinder, v, metadata, host, run_id, deadline, stop)
+                    snapshot_one(
+                        settings,
+                        cinder,
+                        v,
+                        metadata,
+                        host,
+                        run_id,
+                        freeze_started,
+                        deadline,
+                        stop,
+                    )
                 })
             })
             .collect();
@@ -387,8 +398,20 @@ fn frozen_window(
             })
             .collect()
     });
+    let thaw_started = Instant::now();
     let thawed = frozen.thaw();
+    let thawed_in = thaw_started.elapsed();
     let freeze_ms = ms(freeze_started.elapsed());
+    log::debug!(
+        "freeze window {freeze_ms} ms: FIFREEZE {:.1} ms; {}; FITHAW {:.1} ms",
+        millis(froze_in),
+        outcomes
+            .iter()
+            .map(|o| o.timing.describe())
+            .collect::<Vec<_>>()
+            .join("; "),
+        millis(thawed_in)
+    );
     match dog.disarm() {
         Ok(None) => {}
         Ok(Some(fired)) => log::error!("the watchdog fired before volsnap thawed: {fired}"),
@@ -437,6 +460,7 @@ struct Outcome {
     /// Set once Cinder accepted the snapshot (even if it later failed).
     report: Option<SnapshotReport>,
     error: Option<anyhow::Error>,
+    timing: Timing,
 }
 
 impl Outcome {
@@ -444,8 +468,40 @@ impl Outcome {
         Outcome {
             report,
             error: Some(error),
+            timing: Timing::default(),
         }
     }
+}
+
+/// Where one snapshot's share of the freeze window went, from the FIFREEZE
+/// (for the debug log: `-v`).
+#[derive(Default)]
+struct Timing {
+    /// The POST's 202 was in.
+    accepted: Option<Duration>,
+    /// The poll that saw `available` was in.
+    available: Option<Duration>,
+    polls: u32,
+    /// Time spent inside the polls' requests (the rest is sleeping).
+    in_polls: Duration,
+}
+
+impl Timing {
+    fn describe(&self) -> String {
+        let at =
+            |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.1} ms", millis(d)));
+        format!(
+            "POST 202 at {}, available seen at {} after {} polls ({:.1} ms in requests)",
+            at(self.accepted),
+            at(self.available),
+            self.polls,
+            millis(self.in_polls)
+        )
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -456,6 +512,7 @@ fn snapshot_one(
     metadata: &BTreeMap<String, String>,
     host: &str,
     run_id: &str,
+    freeze_started: Instant,
     deadline: Instant,
     stop: &AtomicBool,
 ) -> Outcome {
@@ -479,6 +536,10 @@ fn snapshot_one(
                 anyhow!(e).context(format!("cannot snapshot volume {}", volume.volume_id)),
             )
         }
+    };
+    let mut timing = Timing {
+        accepted: Some(freeze_started.elapsed()),
+        ..Timing::default()
     };
     let mut report = SnapshotReport {
         id: created.id.clone(),
@@ -509,8 +570,13 @@ fn snapshot_one(
         if started.elapsed() > POLL_FAST_FOR {
             pause = (pause * 3 / 2).min(POLL_CAP);
         }
-        match cinder.snapshot(&created.id) {
+        let poll_started = Instant::now();
+        let polled = cinder.snapshot(&created.id);
+        timing.polls += 1;
+        timing.in_polls += poll_started.elapsed();
+        match polled {
             Ok(s) if s.status == "available" => {
+                timing.available = Some(freeze_started.elapsed());
                 log::debug!(
                     "snapshot {} available after {} ms",
                     s.id,
@@ -520,6 +586,7 @@ fn snapshot_one(
                 return Outcome {
                     report: Some(report),
                     error: None,
+                    timing,
                 };
             }
             Ok(s) if s.status.starts_with("error") => {
