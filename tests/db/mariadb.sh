@@ -9,6 +9,10 @@
 #   DIR/mysqld.log     the error log
 #   DIR/client.cnf     a defaults file for clients, mariadb-backup and the hook
 # Port: $MARIADB_PORT, or derived from DIR (33000-33999); bound to 127.0.0.1.
+# $DB_DATA_DIR puts the data directory elsewhere (e.g. on a data volume while
+# socket, pid file and log stay in DIR); give it to `stop` too.
+# $MARIADB_LOG_BIN=off starts without the binary log (a copy of a data
+# directory, started without its original's binlog).
 # Prints the connection info as shell assignments on stdout, and writes them
 # to $DB_ENV_FILE too when it is set.
 set -eu
@@ -56,9 +60,11 @@ start() {
     write_client_cnf
     # Relative --log-bin: binlog.index then holds relative names, so a copy
     # of the data directory (snapshot, restore) starts with its own binlog.
+    log_bin=--log-bin=binlog
+    [ "${MARIADB_LOG_BIN:-on}" != off ] || log_bin=--skip-log-bin
     setsid -f mariadbd --no-defaults --user=root --datadir="$DATA" \
         --socket="$SOCK" --pid-file="$PIDFILE" --port="$PORT" \
-        --bind-address=127.0.0.1 --log-bin=binlog --server-id=1 \
+        --bind-address=127.0.0.1 "$log_bin" --server-id=1 \
         --log-error="$DIR/mysqld.log" --innodb-buffer-pool-size=64M \
         </dev/null >/dev/null 2>&1
     n=$((READY_SECONDS * 10))
@@ -87,7 +93,8 @@ stop() {
 
 [ $# -eq 2 ] || { echo "usage: $PROG start|stop DIR" >&2; exit 2; }
 DIR=$(abs_dir "$2")
-DATA=$DIR/data
+DATA=${DB_DATA_DIR:-$DIR/data}
+DATA=${DATA%/}
 SOCK=$DIR/mysqld.sock
 PIDFILE=$DIR/mysqld.pid
 PORT=${MARIADB_PORT:-$(derive_port 33000 "$DIR")}
