@@ -58,6 +58,9 @@ start() {
     rm -f "$PIDFILE" "$SOCK"
     init_datadir
     write_client_cnf
+    # Only this start's part of the error log counts when looking for an abort.
+    log_from=1
+    [ ! -f "$DIR/mysqld.log" ] || log_from=$(($(wc -c <"$DIR/mysqld.log") + 1))
     # Relative --log-bin: binlog.index then holds relative names, so a copy
     # of the data directory (snapshot, restore) starts with its own binlog.
     log_bin=--log-bin=binlog
@@ -70,6 +73,10 @@ start() {
     n=$((READY_SECONDS * 10))
     until ping_server; do
         n=$((n - 1))
+        if tail -c "+$log_from" "$DIR/mysqld.log" 2>/dev/null | grep -q '\[ERROR\] Aborting'; then
+            tail -c "+$log_from" "$DIR/mysqld.log" | grep '\[ERROR\]' | tail -n 5 >&2
+            die "server on $DIR aborted at start"
+        fi
         if [ "$n" -le 0 ]; then
             tail -n 20 "$DIR/mysqld.log" >&2 || true
             die "server on $DIR not ready after ${READY_SECONDS}s"
