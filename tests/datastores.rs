@@ -20,6 +20,7 @@
 //!   * every id acknowledged before `started` is in the snapshot;
 //!   * no id whose INSERT was sent after `exited` is in it;
 //!   * the ids in the copy are exactly 1..=max (no holes).
+//!
 //! Ids acknowledged between the two may go either way; the test prints how
 //! many there were. For MariaDB the boundary is pinned exactly by another
 //! route: the copy's rows are exactly the INSERTs of the binary log up to the
@@ -128,6 +129,33 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// A volsnap run in the background. If the test fails while it runs, Drop
+/// kills it (SIGKILL: its watchdog thaws and runs the hook's thaw) and reaps
+/// it, before the server and the volume are taken down.
+struct Background(Child);
+
+impl std::ops::Deref for Background {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Background {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let start = Instant::now();
     loop {
@@ -144,7 +172,9 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
 
 /// Waits (bounded) until the run has POSTed a snapshot: it is frozen then.
 fn wait_for_snapshot(volume: &DataVolume, limit: Duration) {
-    wait_until("the run's snapshot", limit, || !volume.snapshots().is_empty());
+    wait_until("the run's snapshot", limit, || {
+        !volume.snapshots().is_empty()
+    });
 }
 
 fn ms(d: Duration) -> u128 {
@@ -322,7 +352,9 @@ impl Server {
         match out.status.code() {
             Some(0) => false,
             Some(124) => {
-                eprintln!("lock probe: no answer in 10 s (blocked on the frozen disk, not on a lock)");
+                eprintln!(
+                    "lock probe: no answer in 10 s (blocked on the frozen disk, not on a lock)"
+                );
                 false
             }
             _ if stderr.contains("1205") => true,
@@ -627,20 +659,20 @@ impl Writer {
 
     /// Stops after the id in flight; returns every acknowledgement.
     fn finish(mut self) -> Vec<Ack> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.end();
+        self.end(Duration::from_secs(30));
         self.check();
         let acks = self.acks.lock().unwrap().clone();
         acks
     }
 
-    fn end(&mut self) {
+    /// Stops, waiting `grace` for the id in flight before killing the client.
+    fn end(&mut self, grace: Duration) {
         let Some(thread) = self.thread.take() else {
             return;
         };
         self.stop.store(true, Ordering::SeqCst);
         let start = Instant::now();
-        while !thread.is_finished() && start.elapsed() < Duration::from_secs(30) {
+        while !thread.is_finished() && start.elapsed() < grace {
             std::thread::sleep(Duration::from_millis(10));
         }
         if !thread.is_finished() {
@@ -656,7 +688,8 @@ impl Writer {
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        self.end();
+        // A failed test: its id in flight may be stuck behind a frozen disk.
+        self.end(Duration::from_secs(1));
     }
 }
 
@@ -751,8 +784,7 @@ fn restore_and_check_ext4(cloud: &Cloud, config: &Path, snapshot_id: &str) -> Da
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
     let restored: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
     assert_eq!(restored["snapshot_id"], snapshot_id);
-    let mut volume =
-        DataVolume::existing_unmounted(cloud, restored["volume_id"].as_str().unwrap());
+    let mut volume = DataVolume::existing_unmounted(cloud, restored["volume_id"].as_str().unwrap());
     let header = String::from_utf8(run("dumpe2fs", &["-h", &volume.device]).stdout).unwrap();
     let features = header
         .lines()
@@ -838,9 +870,7 @@ fn mariadb_on(volume: &DataVolume) -> Server {
         &volume.path().join("mysql"),
         &[],
     );
-    server.sql_ok(
-        "CREATE DATABASE d; CREATE TABLE d.t (id BIGINT PRIMARY KEY) ENGINE=InnoDB",
-    );
+    server.sql_ok("CREATE DATABASE d; CREATE TABLE d.t (id BIGINT PRIMARY KEY) ENGINE=InnoDB");
     server
 }
 
@@ -989,11 +1019,13 @@ fn mariadb_lock_is_held_through_the_freeze_and_released_after() {
 
     let knobs = cloud.knobs();
     knobs.delay(5.0);
-    let mut child = volsnap(&cloud, &config, &["--json", "backup"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Background(
+        volsnap(&cloud, &config, &["--json", "backup"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     wait_for_snapshot(&volume, Duration::from_secs(30));
     // Frozen now, and for ~5 s: the snapshot stays `creating`.
     assert!(freeze::is_frozen(volume.path()).unwrap());
@@ -1061,10 +1093,7 @@ fn mariadb_lock_is_held_through_the_freeze_and_released_after() {
                 ms(exited.saturating_duration_since(ended))
             )
         } else {
-            format!(
-                "failed: {}",
-                why.lines().last().unwrap_or_default().trim()
-            )
+            format!("failed: {}", why.lines().last().unwrap_or_default().trim())
         }
     );
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
@@ -1088,11 +1117,13 @@ fn mariadb_sigkill_mid_freeze_the_watchdog_releases_the_database_within_2s() {
 
     let knobs = cloud.knobs();
     knobs.delay(6.0);
-    let mut child = volsnap(&cloud, &config, &["backup"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Background(
+        volsnap(&cloud, &config, &["backup"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_for_snapshot(&volume, Duration::from_secs(30));
     assert!(freeze::is_frozen(volume.path()).unwrap());
     assert!(server.backup_lock_held(), "the hook's lock is not held");
@@ -1237,12 +1268,7 @@ fn redis_snapshot_rdb_holds_every_key_written_before_the_freeze() {
     let version = info_field(&mut server.redis(), "redis_version");
     assert_eq!(backup.metadata["datastore_version"], version);
     let last_save: i64 = backup.metadata["rdb_last_save"].parse().unwrap();
-    assert!(last_save > 0);
-    assert!(
-        info_field(&mut server.redis(), "rdb_saves").parse::<u64>().unwrap()
-            > saves_before.parse::<u64>().unwrap(),
-        "the hook did not save"
-    );
+    let saves_after = info_field(&mut server.redis(), "rdb_saves");
 
     let restored = restore_and_check_ext4(&cloud, &config, &backup.snapshot_id);
     let copy = Server::start(
@@ -1269,6 +1295,11 @@ fn redis_snapshot_rdb_holds_every_key_written_before_the_freeze() {
         other => panic!("{other:?}"),
     }
     check_bounds("redis", &acks, &backup, keys);
+    assert!(last_save > 0);
+    assert!(
+        saves_after.parse::<u64>().unwrap() > saves_before.parse::<u64>().unwrap(),
+        "the hook did not save"
+    );
 }
 
 fn info_field(conn: &mut Resp, name: &str) -> String {
@@ -1397,7 +1428,8 @@ fn qemu_ga_with_volsnap_as_fsfreeze_hook_locks_mariadb_while_frozen() {
     let hook = tmp.path().join("fsfreeze-hook");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_volsnap"), &hook).unwrap();
     let agent = Agent::start(tmp.path(), &hook, &config, fs.path());
-    let volsnap_log = || std::fs::read_to_string(tmp.path().join("volsnap.log")).unwrap_or_default();
+    let volsnap_log =
+        || std::fs::read_to_string(tmp.path().join("volsnap.log")).unwrap_or_default();
 
     let sync = agent.call("guest-sync", Some(serde_json::json!({ "id": 4242 })));
     assert_eq!(sync["return"], 4242, "{sync}");
@@ -1410,7 +1442,10 @@ fn qemu_ga_with_volsnap_as_fsfreeze_hook_locks_mariadb_while_frozen() {
         took < Duration::from_secs(15),
         "freeze-list took {took:?}: qemu-ga waited on the hook's lock holder"
     );
-    assert_eq!(agent.call("guest-fsfreeze-status", None)["return"], "frozen");
+    assert_eq!(
+        agent.call("guest-fsfreeze-status", None)["return"],
+        "frozen"
+    );
     assert!(freeze::is_frozen(fs.path()).unwrap());
     assert!(
         server.backup_lock_held(),
@@ -1448,6 +1483,9 @@ fn qemu_ga_with_volsnap_as_fsfreeze_hook_locks_mariadb_while_frozen() {
             .contains("fsfreeze hook has failed"),
         "{refused}"
     );
-    assert_eq!(agent.call("guest-fsfreeze-status", None)["return"], "thawed");
+    assert_eq!(
+        agent.call("guest-fsfreeze-status", None)["return"],
+        "thawed"
+    );
     assert!(!freeze::is_frozen(fs.path()).unwrap());
 }
