@@ -8,6 +8,7 @@
 #   DIR/mysqld.pid     the pid file
 #   DIR/mysqld.log     the error log
 #   DIR/client.cnf     a defaults file for clients, mariadb-backup and the hook
+#   DIR/tmp/           the server's tmpdir
 # Port: $MARIADB_PORT, or derived from DIR (33000-33999); bound to 127.0.0.1.
 # $DB_DATA_DIR puts the data directory elsewhere (e.g. on a data volume while
 # socket, pid file and log stay in DIR); give it to `stop` too.
@@ -28,7 +29,7 @@ init_datadir() {
     log "initialising $DATA"
     mkdir -p "$DATA"
     timeout 120 mariadb-install-db --no-defaults --datadir="$DATA" --user=root \
-        --auth-root-authentication-method=socket --skip-test-db \
+        --auth-root-authentication-method=socket --skip-test-db --tmpdir="$TMP" \
         >"$DIR/install-db.log" 2>&1 || {
         cat "$DIR/install-db.log" >&2
         die "mariadb-install-db failed"
@@ -56,6 +57,7 @@ start() {
         die "a server is already running on $DIR (pid $(cat "$PIDFILE"))"
     fi
     rm -f "$PIDFILE" "$SOCK"
+    mkdir -p "$TMP"
     init_datadir
     write_client_cnf
     # Only this start's part of the error log counts when looking for an abort.
@@ -68,7 +70,7 @@ start() {
     setsid -f mariadbd --no-defaults --user=root --datadir="$DATA" \
         --socket="$SOCK" --pid-file="$PIDFILE" --port="$PORT" \
         --bind-address=127.0.0.1 "$log_bin" --server-id=1 \
-        --log-error="$DIR/mysqld.log" --innodb-buffer-pool-size=64M \
+        --log-error="$DIR/mysqld.log" --innodb-buffer-pool-size=64M --tmpdir="$TMP" \
         </dev/null >/dev/null 2>&1
     n=$((READY_SECONDS * 10))
     until ping_server; do
@@ -104,6 +106,9 @@ DATA=${DB_DATA_DIR:-$DIR/data}
 DATA=${DATA%/}
 SOCK=$DIR/mysqld.sock
 PIDFILE=$DIR/mysqld.pid
+# A private tmpdir: servers bootstrapping at the same time must not share
+# (or clean up) each other's temporary tables in /tmp.
+TMP=$DIR/tmp
 PORT=${MARIADB_PORT:-$(derive_port 33000 "$DIR")}
 case "$1" in
 start) start ;;
