@@ -78,6 +78,7 @@ pub struct Hook {
     /// `VOLSNAP_*` and `[hooks] env`, passed to every action.
     env: Vec<(String, crate::secret::Secret)>,
     pub timeout: Duration,
+    lock_timeout: Duration,
 }
 
 /// What a finished action printed.
@@ -118,7 +119,14 @@ impl Hook {
             datastore: settings.datastore.name().to_string(),
             env,
             timeout: settings.hooks.timeout,
+            lock_timeout: Duration::from_secs(lock_timeout.as_secs().max(1)),
         }
+    }
+
+    /// How long the hook may hold the database if `thaw` never comes
+    /// (`VOLSNAP_TIMEOUT`).
+    pub fn lock_timeout(&self) -> Duration {
+        self.lock_timeout
     }
 
     fn command(&self, action: &str) -> Command {

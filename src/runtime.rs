@@ -107,6 +107,55 @@ pub fn clear_frozen(dir: &Path) -> Result<()> {
     }
 }
 
+/// qemu-ga's quiesce: `volsnap hook freeze` (qemu-ga's fsfreeze hook) left
+/// the datastore hook's lock held for a snapshot that is not volsnap's (Nova's
+/// quiesced snapshot). Written once that freeze succeeded, removed by `volsnap
+/// hook thaw`; a backup refuses to start while it stands, since its hook
+/// `freeze` would take the database over from qemu-ga's. `until_unix_ms` is
+/// when the hook's lock releases by itself if the thaw never comes: after it
+/// the record is stale.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct QuiescedRecord {
+    pub since_unix_ms: u128,
+    pub until_unix_ms: u128,
+}
+
+const QUIESCED: &str = "fsfreeze-hook.quiesced";
+
+pub fn write_quiesced(dir: &Path, record: &QuiescedRecord) -> Result<()> {
+    ensure_dir(dir)?;
+    let path = dir.join(QUIESCED);
+    let tmp = dir.join(".fsfreeze-hook.quiesced.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(record)?)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The record if it stands (not stale); a stale one is removed.
+pub fn read_quiesced(dir: &Path) -> Result<Option<QuiescedRecord>> {
+    let path = dir.join(QUIESCED);
+    let record: QuiescedRecord = match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("cannot parse {} (remove it)", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    if record.until_unix_ms <= now_unix_ms() {
+        clear_quiesced(dir)?;
+        return Ok(None);
+    }
+    Ok(Some(record))
+}
+
+pub fn clear_quiesced(dir: &Path) -> Result<()> {
+    match std::fs::remove_file(dir.join(QUIESCED)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", dir.join(QUIESCED).display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Appends one line to `DIR/watchdog.log`: what the watchdog did and when.
 pub fn note_watchdog(dir: &Path, line: &str) {
     let path = dir.join("watchdog.log");

@@ -116,3 +116,38 @@ fn freeze_is_refused_while_a_backup_runs() {
     assert_eq!(out.status.code(), Some(75), "{out:?}");
     assert_eq!(read(&s.marks), "");
 }
+
+#[test]
+fn freeze_records_the_quiesce_and_thaw_clears_it() {
+    let s = setup(0);
+    let exe = Path::new(env!("CARGO_BIN_EXE_volsnap"));
+    let record = s.dir.path().join("run/fsfreeze-hook.quiesced");
+    let out = run(exe, &s, &["hook", "freeze"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let q = volsnap::runtime::read_quiesced(&s.dir.path().join("run"))
+        .unwrap()
+        .expect("a freeze leaves the quiesce recorded");
+    // Until the hook's lock releases by itself: max_freeze + hooks.timeout.
+    assert_eq!(q.until_unix_ms - q.since_unix_ms, 25_000);
+    let out = run(exe, &s, &["hook", "thaw"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(!record.exists());
+}
+
+#[test]
+fn thaw_during_a_backup_leaves_the_backups_database_lock_alone() {
+    let s = setup(0);
+    let _held = volsnap::runtime::RunLock::acquire(&s.dir.path().join("run")).unwrap();
+    let out = run(
+        Path::new(env!("CARGO_BIN_EXE_volsnap")),
+        &s,
+        &["hook", "thaw"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(read(&s.marks), "", "the datastore hook's thaw ran");
+    assert!(
+        read(&s.log).contains("the database lock is the backup's"),
+        "{}",
+        read(&s.log)
+    );
+}

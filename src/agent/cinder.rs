@@ -224,6 +224,7 @@ pub fn backup(settings: &Settings, options: &Options, stop: &AtomicBool) -> Resu
         report.total_ms = ms(started.elapsed());
         return Ok(report);
     }
+    refuse_if_quiesced_by_qemu_ga(&settings.runtime_dir)?;
 
     // Flush now so the freeze has little left to write.
     let mut opened = Vec::new();
@@ -263,6 +264,27 @@ pub fn backup(settings: &Settings, options: &Options, stop: &AtomicBool) -> Resu
     }
     report.total_ms = ms(started.elapsed());
     Ok(report)
+}
+
+/// qemu-ga (`volsnap hook freeze`) has the database quiesced for a snapshot
+/// of its own: this run's hook `freeze` would take the lock over (the mysql
+/// hook releases a lock it finds) and the filesystems are frozen already.
+fn refuse_if_quiesced_by_qemu_ga(dir: &Path) -> Result<()> {
+    if let Some(q) = runtime::read_quiesced(dir)? {
+        let since = jiff::Timestamp::from_millisecond(q.since_unix_ms as i64)
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        let left = (q.until_unix_ms.saturating_sub(runtime::now_unix_ms()) / 1000) + 1;
+        return Err(exit::Exit::new(
+            exit::LOCKED,
+            format!(
+                "qemu-ga has the database quiesced for a snapshot (its fsfreeze hook froze it at {since}); \
+                 try again after its thaw (at the latest in {left} s, when the hook's lock releases by itself)"
+            ),
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// From the hook's `freeze` to the snapshots' final metadata.

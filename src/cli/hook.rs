@@ -44,12 +44,23 @@ impl Args {
             &settings,
             settings.cinder.max_freeze + settings.hooks.timeout,
         );
+        let dir = &settings.runtime_dir;
         match self.action {
             Action::Freeze => {
                 // A volsnap backup in progress has the database and the
                 // filesystems already: qemu-ga's freeze must fail, not stack.
-                drop(RunLock::acquire(&settings.runtime_dir)?);
+                // Held until the freeze is recorded, so that no backup starts
+                // in between.
+                let _lock = RunLock::acquire(dir)?;
+                let since = runtime::now_unix_ms();
                 let out = hook.run("freeze")?;
+                runtime::write_quiesced(
+                    dir,
+                    &runtime::QuiescedRecord {
+                        since_unix_ms: since,
+                        until_unix_ms: since + hook.lock_timeout().as_millis(),
+                    },
+                )?;
                 let pairs: Vec<String> =
                     out.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 log::info!(
@@ -57,13 +68,28 @@ impl Args {
                     settings.datastore.name(),
                     pairs.join(" ")
                 );
-                let record = settings.runtime_dir.join("fsfreeze-hook.last");
-                runtime::ensure_dir(&settings.runtime_dir)?;
+                let record = dir.join("fsfreeze-hook.last");
                 std::fs::write(&record, pairs.join("\n") + "\n")
                     .with_context(|| format!("cannot write {}", record.display()))?;
             }
             Action::Thaw => {
+                // libvirt thaws even after a freeze that failed, and a freeze
+                // fails while a backup runs: that backup's database lock is
+                // not qemu-ga's to release. (qemu-ga has thawed every frozen
+                // filesystem already, the backup's too; the backup finds out
+                // at its own thaw and fails.)
+                let _lock = match RunLock::acquire(dir) {
+                    Ok(lock) => lock,
+                    Err(e) if exit::code_for(&e) == exit::LOCKED => {
+                        log::warn!(
+                            "qemu-ga fsfreeze hook: thaw during a volsnap backup ({e:#}): the database lock is the backup's, left to it"
+                        );
+                        return Ok(exit::SUCCESS);
+                    }
+                    Err(e) => return Err(e),
+                };
                 hook.run("thaw")?;
+                runtime::clear_quiesced(dir)?;
                 log::info!(
                     "qemu-ga fsfreeze hook: {} thaw done",
                     settings.datastore.name()

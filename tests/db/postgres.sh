@@ -9,6 +9,10 @@
 #   DIR/run/             the socket directory (.s.PGSQL.PORT)
 #   DIR/postgres.log     the server log
 # Port: $PG_PORT, or derived from DIR (35000-35999); bound to 127.0.0.1.
+# $DB_DATA_DIR puts the data directory elsewhere (e.g. on a data volume while
+# the socket directory and the log stay in DIR); give it to `stop` too. Its
+# parent must be reachable by the server's user. A copy of a live data
+# directory carries the original's postmaster.pid: remove it first.
 # Binaries: $PG_BINDIR, or the newest /usr/lib/postgresql/*/bin.
 # Prints the connection info as shell assignments on stdout, and writes them
 # to $DB_ENV_FILE too when it is set.
@@ -46,6 +50,7 @@ prepare_dirs() {
     # The server user must be able to reach DIR (mktemp -d makes 0700 dirs).
     chmod o+x "$DIR"
     as_pg 10 test -x "$DIR" || die "user $OS_USER cannot reach $DIR (check the modes of its parents)"
+    as_pg 10 test -x "$(dirname "$DATA")" || die "user $OS_USER cannot reach $(dirname "$DATA") (check the modes of its parents)"
     mkdir -p "$DATA" "$DIR/run"
     touch "$LOGFILE"
     chown "$OS_USER:" "$DATA" "$DIR/run" "$LOGFILE"
@@ -93,7 +98,8 @@ stop() {
 
 [ $# -eq 2 ] || { echo "usage: $PROG start|stop DIR" >&2; exit 2; }
 DIR=$(abs_dir "$2")
-DATA=$DIR/data
+DATA=${DB_DATA_DIR:-$DIR/data}
+DATA=${DATA%/}
 PIDFILE=$DATA/postmaster.pid
 LOGFILE=$DIR/postgres.log
 PORT=${PG_PORT:-$(derive_port 35000 "$DIR")}

@@ -8,6 +8,8 @@
 #   DIR/redis.pid        the pid file
 #   DIR/redis.log        the log
 # Port: $REDIS_PORT, or derived from DIR (36000-36999); bound to 127.0.0.1.
+# $DB_DATA_DIR puts the RDB's directory elsewhere (e.g. on a data volume while
+# socket, pid file and log stay in DIR).
 # Prints the connection info as shell assignments on stdout, and writes them
 # to $DB_ENV_FILE too when it is set.
 set -eu
@@ -58,7 +60,8 @@ stop() {
 
 [ $# -eq 2 ] || { echo "usage: $PROG start|stop DIR" >&2; exit 2; }
 DIR=$(abs_dir "$2")
-DATA=$DIR/data
+DATA=${DB_DATA_DIR:-$DIR/data}
+DATA=${DATA%/}
 SOCK=$DIR/redis.sock
 PIDFILE=$DIR/redis.pid
 PORT=${REDIS_PORT:-$(derive_port 36000 "$DIR")}

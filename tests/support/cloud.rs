@@ -152,10 +152,17 @@ pub fn unique(what: &str) -> String {
     )
 }
 
+/// A script of the cloud that is running: the one whose env.sh was loaded
+/// (`VOLSNAP_TESTCLOUD_ENV=/elsewhere/tests/cloud/run/env.sh`: a worktree
+/// testing against another checkout's cloud uses that checkout's scripts,
+/// which find their `run/` beside them), else this checkout's.
 fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/cloud")
-        .join(name)
+    let cloud_dir = std::env::var_os("VOLSNAP_TESTCLOUD_ENV")
+        .map(PathBuf::from)
+        .and_then(|env| Some(env.parent()?.parent()?.to_path_buf()))
+        .filter(|dir| dir.join(name).is_file())
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cloud"));
+    cloud_dir.join(name)
 }
 
 /// A Cinder volume, attached (`in-use`) on a loop device with a filesystem
@@ -184,6 +191,15 @@ impl DataVolume {
 
     /// Attaches an existing volume (a restored one) and mounts its filesystem.
     pub fn existing(cloud: &Cloud, id: &str) -> DataVolume {
+        let mut data = DataVolume::existing_unmounted(cloud, id);
+        data.mount();
+        data
+    }
+
+    /// Attaches an existing volume without mounting it, so that its
+    /// filesystem can be looked at as the snapshot left it (`dumpe2fs`,
+    /// `e2fsck -n`) before a mount replays anything; then `mount`.
+    pub fn existing_unmounted(cloud: &Cloud, id: &str) -> DataVolume {
         DataVolume::attach(cloud.cinder(), id, None)
     }
 
@@ -226,19 +242,24 @@ impl DataVolume {
             )),
             Some("xfs") => drop(crate::support::run("mkfs.xfs", &["-q", "-f", &data.device])),
             Some(other) => panic!("unsupported filesystem {other}"),
-            None => {}
+            None => return data,
         };
-        let target = data.mount.to_str().unwrap().to_string();
+        data.mount();
+        data
+    }
+
+    /// Mounts the attached device on `mount`.
+    pub fn mount(&mut self) {
+        let target = self.mount.to_str().unwrap().to_string();
         let plain = Command::new("mount")
-            .args([&data.device, &target])
+            .args([&self.device, &target])
             .status()
             .is_ok_and(|s| s.success());
         if !plain {
             // A restored XFS carries its original's UUID, which is mounted too.
-            crate::support::run("mount", &["-o", "nouuid", &data.device, &target]);
+            crate::support::run("mount", &["-o", "nouuid", &self.device, &target]);
         }
-        data.mount = std::fs::canonicalize(&data.mount).unwrap();
-        data
+        self.mount = std::fs::canonicalize(&self.mount).unwrap();
     }
 
     pub fn path(&self) -> &Path {
