@@ -210,7 +210,7 @@ struct Pending<T> {
 }
 
 impl<T: Clone> Pending<T> {
-    fn take(self, grace: Duration) -> T {
+    fn take(&self, grace: Duration) -> T {
         match self.rx.recv_timeout(grace) {
             Ok(done) => done,
             Err(_) => self
@@ -338,6 +338,32 @@ impl Streaming {
             .child
             .wait()
             .with_context(|| format!("waiting for hook {}", self.path.display()))?;
+        self.outcome(status)
+    }
+
+    /// For a run that failed: gives the hook `grace` to exit by itself, and
+    /// kills it (its process group) otherwise. `Some` is how it exited by
+    /// itself — its own failure is often the reason the run failed (a backup
+    /// that wrote nothing, a restore that refused its input) — and `None`
+    /// means it was killed. The caller keeps the hook's stdin open meanwhile,
+    /// so a restore hook never sees the end of an incomplete stream.
+    pub fn exit_or_kill(mut self, grace: Duration) -> Option<Result<()>> {
+        let deadline = Instant::now() + grace;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(self.outcome(status)),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => {
+                    self.kill_group();
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn outcome(&mut self, status: std::process::ExitStatus) -> Result<()> {
         let _ = self.cancel_timer.send(());
         let last_error = self.stderr.take(Duration::from_millis(200));
         if self.timed_out.load(std::sync::atomic::Ordering::SeqCst) {
@@ -363,6 +389,10 @@ impl Streaming {
     /// Kills the hook and everything it started, so that a stream known to be
     /// bad is never taken as complete.
     pub fn kill(mut self) {
+        self.kill_group();
+    }
+
+    fn kill_group(&mut self) {
         let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
         let _ = self.child.wait();
         let _ = self.cancel_timer.send(());
