@@ -786,8 +786,9 @@ pub fn prune(settings: &Settings, cinder: &Cinder, dry_run: bool) -> Result<Vec<
     for i in retention::to_delete(&settings.retention, &times) {
         for s in &runs[keys[i]] {
             if dry_run {
-                println!(
-                    "would delete snapshot {} ({})",
+                // Not on stdout: that is the command's output (--json).
+                log::info!(
+                    "retention (dry run): would delete snapshot {} ({})",
                     s.id,
                     s.created_at.as_deref().unwrap_or("?")
                 );

@@ -669,7 +669,8 @@ fn prune_with(settings: &Settings, swift: &Swift, dry_run: bool) -> Result<Vec<S
     for i in retention::to_delete(&settings.retention, &times) {
         let name = &backups[i].1.name;
         if dry_run {
-            println!("would delete {name}");
+            // Not on stdout: that is the command's output (--json).
+            log::info!("retention (dry run): would delete {name}");
         } else {
             swift
                 .delete_slo(&settings.swift.container, name)

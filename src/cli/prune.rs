@@ -38,6 +38,13 @@ impl Args {
                 } else {
                     "deleted"
                 };
+                let kind = match settings.strategy {
+                    Strategy::Cinder => "snapshot",
+                    Strategy::Swift => "backup",
+                };
+                for name in &deleted {
+                    println!("{verb} {kind} {name}");
+                }
                 println!("{verb} {} backup(s)", deleted.len());
             },
         )?;
