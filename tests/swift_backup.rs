@@ -154,7 +154,10 @@ impl SwiftApi {
             "{}?multipart-manifest=get",
             self.url(container, Some(object))
         )));
-        assert!(resp.status().is_success(), "GET manifest {object}: {resp:?}");
+        assert!(
+            resp.status().is_success(),
+            "GET manifest {object}: {resp:?}"
+        );
         resp.json().unwrap()
     }
 
@@ -168,7 +171,8 @@ impl SwiftApi {
     }
 
     fn delete(&self, container: &str, object: Option<&str>) {
-        let _ = self.client
+        let _ = self
+            .client
             .delete(self.url(container, object))
             .header("x-auth-token", &self.token)
             .send();
@@ -289,10 +293,7 @@ impl Rig {
             list(&c.recipients)
         );
         if let Some(identity) = &c.identity {
-            text += &format!(
-                "age_identity_file = {:?}\n",
-                identity.display().to_string()
-            );
+            text += &format!("age_identity_file = {:?}\n", identity.display().to_string());
         }
         text += &format!(
             "[hooks]\ndir = {:?}\ntimeout = \"60s\"\nstream_timeout = \"5m\"\n[hooks.env]\n",
@@ -502,11 +503,7 @@ impl Server {
     /// The shell command the hooks run to stop / start this server.
     fn command(&self, action: &str) -> String {
         let redirect = if action == "start" { " >/dev/null" } else { "" };
-        format!(
-            "{} {action} {}{redirect}",
-            q(&self.script),
-            q(&self.dir)
-        )
+        format!("{} {action} {}{redirect}", q(&self.script), q(&self.dir))
     }
 }
 
@@ -664,8 +661,8 @@ fn none_datastore_round_trips_every_compression_with_and_without_age() {
     {
         let label = format!("{compression}{}", if encrypted { "+age" } else { "" });
         let restored = rig.path().join(format!("restored-{round}"));
-        let mut conf = Conf::new("none", &hooks)
-            .env("VOLSNAP_RESTORE_DIR", restored.display().to_string());
+        let mut conf =
+            Conf::new("none", &hooks).env("VOLSNAP_RESTORE_DIR", restored.display().to_string());
         conf.mounts = vec![src.clone()];
         conf.compression = compression;
         if encrypted {
@@ -688,7 +685,10 @@ fn none_datastore_round_trips_every_compression_with_and_without_age() {
             "{label}"
         );
         let stored_size = report["stored_size"].as_u64().unwrap();
-        assert!(report["segments"].as_u64().unwrap() >= 2, "{label}: {report}");
+        assert!(
+            report["segments"].as_u64().unwrap() >= 2,
+            "{label}: {report}"
+        );
 
         // By hand: GET the SLO with the test's own token, decode with the CLIs.
         let headers = rig.api.head(&rig.container, &name).unwrap();
@@ -794,7 +794,11 @@ fn a_wrong_or_missing_age_identity_is_a_clear_error() {
     );
     assert!(err.contains("does not match any recipient"), "{err}");
     let nothing = std::fs::read_dir(&restored).map_or(true, |mut d| d.next().is_none());
-    assert!(nothing, "something was restored into {}", restored.display());
+    assert!(
+        nothing,
+        "something was restored into {}",
+        restored.display()
+    );
 }
 
 // ---------------------------------------------------------------- size and memory
@@ -821,7 +825,11 @@ fn peak_rss_kib(rig: &Rig, config: &Path, args: &[&str]) -> (u64, String) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let kib = std::fs::read_to_string(&rss).unwrap().trim().parse().unwrap();
+    let kib = std::fs::read_to_string(&rss)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     (kib, String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -1218,12 +1226,18 @@ fn damaged_backups_fail_verify_and_restore_and_leave_the_data_alone() {
     );
     untouched("rot", &rdb_sha);
     let err = rig.fails(&plain, &["verify", "--backup", &rotted]);
-    assert!(err.contains(&format!("verify of {}/{rotted} failed", rig.container)), "{err}");
+    assert!(
+        err.contains(&format!("verify of {}/{rotted} failed", rig.container)),
+        "{err}"
+    );
     assert!(err.contains("broke off"), "{err}");
 
     // 2. Consistent tampering: segment 1 replaced, the manifest rewritten.
     let segments = rig.api.manifest(&rig.container, &tampered);
-    let victim = segments[1]["name"].as_str().unwrap().trim_start_matches('/');
+    let victim = segments[1]["name"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches('/');
     let (container, object) = victim.split_once('/').unwrap();
     let mut body = rig.api.get(container, object);
     body[1000] ^= 0x5a;
@@ -1306,7 +1320,12 @@ fn list_and_prune() {
         let config = rig.config(compression, &conf);
         let report = rig.backup(&config);
         assert_eq!(report["pruned"], serde_json::json!([]));
-        made.push((report["name"].as_str().unwrap().to_string(), compression, age, config));
+        made.push((
+            report["name"].as_str().unwrap().to_string(),
+            compression,
+            age,
+            config,
+        ));
     }
     let config = &made[2].3;
     let rows: Vec<Value> = serde_json::from_str(&rig.ok(config, &["--json", "list"])).unwrap();
@@ -1323,11 +1342,24 @@ fn list_and_prune() {
             "{row}"
         );
     }
-    let created: Vec<&str> = rows.iter().map(|r| r["created"].as_str().unwrap()).collect();
-    assert!(created[0] > created[1] && created[1] > created[2], "{created:?}");
+    let created: Vec<&str> = rows
+        .iter()
+        .map(|r| r["created"].as_str().unwrap())
+        .collect();
+    assert!(
+        created[0] > created[1] && created[1] > created[2],
+        "{created:?}"
+    );
     let text = rig.ok(config, &["list"]);
     let header = text.lines().next().unwrap();
-    for column in ["BACKUP", "CREATED", "SIZE", "DATASTORE", "COMPRESSION", "ENCRYPTION"] {
+    for column in [
+        "BACKUP",
+        "CREATED",
+        "SIZE",
+        "DATASTORE",
+        "COMPRESSION",
+        "ENCRYPTION",
+    ] {
         assert!(header.contains(column), "{text}");
     }
     assert!(text.contains("2.4 MiB") && text.contains(" age"), "{text}");
@@ -1335,7 +1367,8 @@ fn list_and_prune() {
     for (name, ..) in &made {
         assert!(rig.segments_of(name).len() >= 2, "{name}");
     }
-    let dry: Value = serde_json::from_str(&rig.ok(config, &["--json", "prune", "--dry-run"])).unwrap();
+    let dry: Value =
+        serde_json::from_str(&rig.ok(config, &["--json", "prune", "--dry-run"])).unwrap();
     assert_eq!(dry["deleted"].as_array().unwrap().len(), 2, "{dry}");
     assert_eq!(rig.api.list(&rig.container).len(), 3);
 
@@ -1408,7 +1441,10 @@ fn mariadb_round_trip_gzip_age() {
     let report = rig.backup(&config);
     assert_eq!(report["datastore"], "mysql");
     assert!(
-        report["datastore_version"].as_str().unwrap().starts_with("10."),
+        report["datastore_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("10."),
         "{report}"
     );
     mariadb_sql(
@@ -1430,7 +1466,16 @@ fn psql(db: &Server, sql: &str) -> String {
         .arg(format!("{}/psql", db.get("PG_BINDIR")))
         .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
         .arg(db.get("PG_HOST"))
-        .args(["-p", db.get("PG_PORT"), "-U", "postgres", "-d", "postgres", "-c", sql])
+        .args([
+            "-p",
+            db.get("PG_PORT"),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ])
         .output()
         .unwrap();
     assert!(
@@ -1469,7 +1514,10 @@ fn postgresql_round_trip_zstd() {
     let report = rig.backup(&config);
     assert_eq!(report["datastore"], "postgresql");
     assert_eq!(report["compression"], "zstd");
-    psql(&db, "TRUNCATE r; INSERT INTO r VALUES (1, 'after the backup')");
+    psql(
+        &db,
+        "TRUNCATE r; INSERT INTO r VALUES (1, 'after the backup')",
+    );
     assert_ne!(psql(&db, query), before);
     rig.ok(&config, &["restore", "--latest"]);
     assert_eq!(psql(&db, query), before);
