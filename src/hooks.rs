@@ -263,6 +263,22 @@ fn log_lines(reader: impl Read + Send + 'static, prefix: String) -> Pending<Opti
     Pending { rx, partial }
 }
 
+/// How long a streaming hook has after SIGTERM before its process group is
+/// killed.
+pub const TERM_GRACE: Duration = Duration::from_secs(3);
+
+/// Whether a child that has not been waited for has exited (is a zombie),
+/// without reaping it.
+fn has_exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which may hold ") ".
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map_or(true, |(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
+    }
+}
+
 /// A `backup` or `restore` action running with its data on a pipe. It has
 /// `stream_timeout` to finish; past that its process group is killed.
 pub struct Streaming {
@@ -386,14 +402,26 @@ impl Streaming {
         Ok(())
     }
 
-    /// Kills the hook and everything it started, so that a stream known to be
-    /// bad is never taken as complete.
+    /// Stops the hook and everything it started, so that a stream known to
+    /// be bad is never taken as complete: SIGTERM to its process group (its
+    /// traps may remove temporary files: a spool, a staging directory), and
+    /// SIGKILL once the hook has exited or after [`TERM_GRACE`]. A restore
+    /// hook's stdin stays open throughout: it never sees the end of the stream.
     pub fn kill(mut self) {
         self.kill_group();
     }
 
     fn kill_group(&mut self) {
-        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        let pid = self.child.id();
+        let group = Pid::from_raw(pid as i32);
+        let _ = killpg(group, Signal::SIGTERM);
+        let deadline = Instant::now() + TERM_GRACE;
+        while Instant::now() < deadline && !has_exited(pid) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Not reaped yet (a zombie at most), so the group id is still ours:
+        // whatever the hook started and left behind goes too.
+        let _ = killpg(group, Signal::SIGKILL);
         let _ = self.child.wait();
         let _ = self.cancel_timer.send(());
     }
