@@ -406,6 +406,49 @@ impl Rig {
         panic!("no .data file for /{account}/{container}/{object} (hash {hash})");
     }
 
+    /// Replaces segment `index` of `manifest` with different bytes of the
+    /// same length and rewrites the manifest to match, keeping its metadata:
+    /// a backup Swift finds consistent, but not the stream volsnap hashed.
+    fn tamper(&self, manifest: &str, index: usize) {
+        let segments = self.api.manifest(&self.container, manifest);
+        let victim = segments[index]["name"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches('/');
+        let (container, object) = victim.split_once('/').unwrap();
+        let mut body = self.api.get(container, object);
+        body[1000] ^= 0x5a;
+        let new_md5 = md5_hex(&body);
+        self.api.put(container, object, body);
+        let headers = self.api.head(&self.container, manifest).unwrap();
+        let put: Vec<Value> = segments
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                serde_json::json!({
+                    "path": s["name"],
+                    "etag": if i == index { Value::from(new_md5.clone()) } else { s["hash"].clone() },
+                    "size_bytes": s["bytes"],
+                })
+            })
+            .collect();
+        let mut req = self
+            .api
+            .client
+            .put(format!(
+                "{}?multipart-manifest=put",
+                self.api.url(&self.container, Some(manifest))
+            ))
+            .header("x-auth-token", &self.api.token)
+            .body(serde_json::to_vec(&put).unwrap());
+        for (k, v) in &headers {
+            if k.as_str().starts_with("x-object-meta-") {
+                req = req.header(k, v);
+            }
+        }
+        assert!(req.send().unwrap().status().is_success());
+    }
+
     /// Flips bytes in the body of one stored object, as a failing disk would
     /// (Swift keeps the object's metadata in xattrs, the body is the file).
     /// Swift quarantines the file once a read finds it damaged; the guard
@@ -1233,43 +1276,7 @@ fn damaged_backups_fail_verify_and_restore_and_leave_the_data_alone() {
     assert!(err.contains("broke off"), "{err}");
 
     // 2. Consistent tampering: segment 1 replaced, the manifest rewritten.
-    let segments = rig.api.manifest(&rig.container, &tampered);
-    let victim = segments[1]["name"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches('/');
-    let (container, object) = victim.split_once('/').unwrap();
-    let mut body = rig.api.get(container, object);
-    body[1000] ^= 0x5a;
-    let new_md5 = md5_hex(&body);
-    rig.api.put(container, object, body);
-    let headers = rig.api.head(&rig.container, &tampered).unwrap();
-    let put: Vec<Value> = segments
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            serde_json::json!({
-                "path": s["name"],
-                "etag": if i == 1 { Value::from(new_md5.clone()) } else { s["hash"].clone() },
-                "size_bytes": s["bytes"],
-            })
-        })
-        .collect();
-    let mut req = rig
-        .api
-        .client
-        .put(format!(
-            "{}?multipart-manifest=put",
-            rig.api.url(&rig.container, Some(&tampered))
-        ))
-        .header("x-auth-token", &rig.api.token)
-        .body(serde_json::to_vec(&put).unwrap());
-    for (k, v) in &headers {
-        if k.as_str().starts_with("x-object-meta-") {
-            req = req.header(k, v);
-        }
-    }
-    assert!(req.send().unwrap().status().is_success());
+    rig.tamper(&tampered, 1);
     for action in ["verify", "restore"] {
         let err = rig.fails(&plain, &[action, "--backup", &tampered]);
         assert!(
@@ -1285,6 +1292,43 @@ fn damaged_backups_fail_verify_and_restore_and_leave_the_data_alone() {
     assert!(err.contains("age authentication failed"), "{err}");
     untouched("age", &rdb_sha);
     assert_eq!(redis_cli(&redis, &["PING"]), "PONG");
+}
+
+/// The `none` hook extracts nothing from a stream volsnap stops: a
+/// tampered backup (segment 1 of 3+ replaced, manifest rewritten, so Swift
+/// serves it whole) fails `restore` with the SHA-256 mismatch, and the
+/// restore directory stays empty — tar would have written every file before
+/// the damaged one, so the hook spools the stream and extracts only once
+/// volsnap closes its stdin; stopped with SIGTERM, it removes its spool.
+#[test]
+fn a_damaged_none_backup_extracts_nothing() {
+    let rig = Rig::new("none-damage");
+    let src = rig.path().join("src");
+    make_tree(&src);
+    let restored = rig.path().join("restored");
+    let mut conf = Conf::new("none", &repo().join("hooks"))
+        .env("VOLSNAP_RESTORE_DIR", restored.display().to_string());
+    conf.mounts = vec![src.clone()];
+    conf.compression = "none";
+    let config = rig.config("none", &conf);
+    let name = rig.backup(&config)["name"].as_str().unwrap().to_string();
+    rig.tamper(&name, 1);
+    let err = rig.fails(&config, &["restore", "--latest"]);
+    assert!(
+        err.contains("SHA-256 mismatch") && err.contains("stopped before it swapped anything in"),
+        "{err}"
+    );
+    let left: Vec<String> = std::fs::read_dir(&restored)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "the hook left {left:?} in {}",
+        restored.display()
+    );
 }
 
 // ---------------------------------------------------------------- list, prune
