@@ -218,7 +218,7 @@ struct Pending<T> {
 }
 
 impl<T: Clone> Pending<T> {
-    fn take(self, grace: Duration) -> T {
+    fn take(&self, grace: Duration) -> T {
         match self.rx.recv_timeout(grace) {
             Ok(done) => done,
             Err(_) => self
@@ -269,6 +269,22 @@ fn log_lines(reader: impl Read + Send + 'static, prefix: String) -> Pending<Opti
         let _ = tx.send(done);
     });
     Pending { rx, partial }
+}
+
+/// How long a streaming hook has after SIGTERM before its process group is
+/// killed.
+pub const TERM_GRACE: Duration = Duration::from_secs(3);
+
+/// Whether a child that has not been waited for has exited (is a zombie),
+/// without reaping it.
+fn has_exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which may hold ") ".
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map_or(true, |(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
+    }
 }
 
 /// A `backup` or `restore` action running with its data on a pipe. It has
@@ -346,6 +362,32 @@ impl Streaming {
             .child
             .wait()
             .with_context(|| format!("waiting for hook {}", self.path.display()))?;
+        self.outcome(status)
+    }
+
+    /// For a run that failed: gives the hook `grace` to exit by itself, and
+    /// kills it (its process group) otherwise. `Some` is how it exited by
+    /// itself — its own failure is often the reason the run failed (a backup
+    /// that wrote nothing, a restore that refused its input) — and `None`
+    /// means it was killed. The caller keeps the hook's stdin open meanwhile,
+    /// so a restore hook never sees the end of an incomplete stream.
+    pub fn exit_or_kill(mut self, grace: Duration) -> Option<Result<()>> {
+        let deadline = Instant::now() + grace;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(self.outcome(status)),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => {
+                    self.kill_group();
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn outcome(&mut self, status: std::process::ExitStatus) -> Result<()> {
         let _ = self.cancel_timer.send(());
         let last_error = self.stderr.take(Duration::from_millis(200));
         if self.timed_out.load(std::sync::atomic::Ordering::SeqCst) {
@@ -368,10 +410,26 @@ impl Streaming {
         Ok(())
     }
 
-    /// Kills the hook and everything it started, so that a stream known to be
-    /// bad is never taken as complete.
+    /// Stops the hook and everything it started, so that a stream known to
+    /// be bad is never taken as complete: SIGTERM to its process group (its
+    /// traps may remove temporary files: a spool, a staging directory), and
+    /// SIGKILL once the hook has exited or after [`TERM_GRACE`]. A restore
+    /// hook's stdin stays open throughout: it never sees the end of the stream.
     pub fn kill(mut self) {
-        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        self.kill_group();
+    }
+
+    fn kill_group(&mut self) {
+        let pid = self.child.id();
+        let group = Pid::from_raw(pid as i32);
+        let _ = killpg(group, Signal::SIGTERM);
+        let deadline = Instant::now() + TERM_GRACE;
+        while Instant::now() < deadline && !has_exited(pid) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Not reaped yet (a zombie at most), so the group id is still ours:
+        // whatever the hook started and left behind goes too.
+        let _ = killpg(group, Signal::SIGKILL);
         let _ = self.child.wait();
         let _ = self.cancel_timer.send(());
     }

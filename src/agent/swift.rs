@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Serialize;
@@ -32,6 +32,11 @@ use crate::stream::{
 
 /// Where the `backup` action leaves its `key=value` lines (stdout is data).
 const BACKUP_META_FILE: &str = "backup.meta";
+
+/// After a failed run, how long a hook that is ending anyway (it closed its
+/// stdout, or stopped reading its stdin) may take to exit with its own
+/// reason, before it is killed.
+const HOOK_EXIT_GRACE: Duration = Duration::from_secs(2);
 
 pub fn connect(settings: &Settings) -> Result<Swift> {
     let session = openstack::connect(&settings.openstack)?;
@@ -125,7 +130,6 @@ pub fn backup(
     let s = &settings.swift;
     let seg_container = segments_container(&s.container)?;
     let host = crate::agent::cinder::hostname();
-    let name = BackupName::new(&s.prefix, &host, jiff::Timestamp::now())?;
     let swift = connect(settings)?;
     for container in [&s.container, &seg_container] {
         swift
@@ -137,6 +141,7 @@ pub fn backup(
                 )
             })?;
     }
+    let name = fresh_name(&swift, &s.prefix, &host, &s.container, &seg_container)?;
     let mut report = BackupReport {
         strategy: "swift",
         dry_run,
@@ -172,9 +177,11 @@ pub fn backup(
     let _ = std::fs::remove_file(&meta_file);
     let hook = Hook::new(settings, settings.hooks.timeout);
     let (running, stdout) = hook.spawn_backup(settings.hooks.stream_timeout)?;
+    let ended = AtomicBool::new(false);
     let source = Interruptible {
         inner: stdout,
         stop,
+        ended: &ended,
     };
     let upload = |segment: &Segment| -> Result<String> {
         let object = name.segment(segment.index);
@@ -191,6 +198,11 @@ pub fn backup(
     let streamed = stream::backup(source, &plan, upload, &mut progress);
     let hook_result = match &streamed {
         Ok(_) => running.finish(),
+        // The hook closed its stdout: it is ending, and how it ended is
+        // likely why the stream failed (a hook that wrote nothing).
+        Err(_) if ended.load(Ordering::SeqCst) => {
+            running.exit_or_kill(HOOK_EXIT_GRACE).unwrap_or(Ok(()))
+        }
         Err(_) => {
             running.kill();
             Ok(())
@@ -211,13 +223,17 @@ pub fn backup(
                 e.context("the backup stream is incomplete"),
             ));
         }
-        (Err(failure), _) => {
+        (Err(failure), hook_result) => {
             let names: Vec<String> = failure
                 .uploaded
                 .iter()
                 .map(|s| name.segment(s.index))
                 .collect();
-            return Err(cleanup(&swift, &seg_container, &names, failure.error));
+            let error = match hook_result {
+                Ok(()) => failure.error,
+                Err(hook) => hook.context(format!("{:#}", failure.error)),
+            };
+            return Err(cleanup(&swift, &seg_container, &names, error));
         }
     };
     let hook_values = read_meta_file(&meta_file);
@@ -294,10 +310,12 @@ pub fn backup(
 }
 
 /// The hook's stdout, failing once a signal asked volsnap to stop: the
-/// pipeline then stops and the uploaded segments are deleted.
+/// pipeline then stops and the uploaded segments are deleted. `ended` is set
+/// at the end of the stream.
 struct Interruptible<'a, R> {
     inner: R,
     stop: &'a AtomicBool,
+    ended: &'a AtomicBool,
 }
 
 impl<R: std::io::Read> std::io::Read for Interruptible<'_, R> {
@@ -305,8 +323,50 @@ impl<R: std::io::Read> std::io::Read for Interruptible<'_, R> {
         if self.stop.load(Ordering::SeqCst) {
             return Err(std::io::Error::other("interrupted by a signal"));
         }
-        self.inner.read(buf)
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.ended.store(true, Ordering::SeqCst);
+        }
+        Ok(n)
     }
+}
+
+/// This run's backup name: the current second, or a later one when a
+/// manifest or segments already carry that name. Names have a resolution of a
+/// second and the run lock only keeps runs from overlapping: two short runs
+/// in one second would otherwise share a name, and the second would
+/// overwrite the first one's segments — or, failing, delete them.
+fn fresh_name(
+    swift: &Swift,
+    prefix: &str,
+    host: &str,
+    container: &str,
+    seg_container: &str,
+) -> Result<BackupName> {
+    const ATTEMPTS: u32 = 5;
+    for _ in 0..ATTEMPTS {
+        let name = BackupName::new(prefix, host, jiff::Timestamp::now())?;
+        let manifest_taken = match swift.head_object(container, &name.manifest()) {
+            Ok(_) => true,
+            Err(e) if e.is_not_found() => false,
+            Err(e) => return Err(anyhow!(e).context("checking that the backup name is free")),
+        };
+        let segments_taken = !manifest_taken
+            && !swift
+                .list_objects(seg_container, &name.segment_prefix())
+                .map_err(|e| anyhow!(e).context("checking that the backup name is free"))?
+                .is_empty();
+        if !manifest_taken && !segments_taken {
+            return Ok(name);
+        }
+        log::debug!("{} is taken; waiting for the next second", name.manifest());
+        let next = (name.created.as_second() + 1) * 1000;
+        let now = jiff::Timestamp::now().as_millisecond();
+        std::thread::sleep(Duration::from_millis((next - now).clamp(1, 1000) as u64));
+    }
+    bail!(
+        "no free backup name in {ATTEMPTS} seconds: {container} holds backups named in the future?"
+    )
 }
 
 /// Deletes the segments a failed run uploaded; returns the run's error,
@@ -543,10 +603,16 @@ pub fn restore(
             }
             Err(e) => {
                 // Killed before its stdin closes: the hook never sees a
-                // complete stream, and swaps nothing in.
-                running.kill();
+                // complete stream, and swaps nothing in. One that stopped
+                // reading has exited, or is exiting, with its own reason.
+                let hook = running.exit_or_kill(HOOK_EXIT_GRACE / 4);
                 drop(stdin);
-                return Err(e.context(format!("restore of {container}/{name} failed; the hook was stopped before it swapped anything in")));
+                let e = match hook {
+                    None => e.context(format!("restore of {container}/{name} failed; the hook was stopped before it swapped anything in")),
+                    Some(Err(hook)) => hook.context(format!("{e:#}")).context(format!("restore of {container}/{name} failed; the hook exited before the end of the stream")),
+                    Some(Ok(())) => e.context(format!("restore of {container}/{name} failed, and the hook exited 0 before the end of the stream: it may have restored an incomplete stream; check the datastore")),
+                };
+                return Err(e);
             }
         }
     } else {
@@ -582,7 +648,7 @@ pub fn restore_command(
             "verified"
         };
         println!(
-            "{verb} {}: {} , sha256 {} matches",
+            "{verb} {}: {}, sha256 {} matches",
             report.name,
             crate::config::human_bytes(report.verified.plain_bytes),
             report.verified.sha256

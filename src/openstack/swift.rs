@@ -110,12 +110,47 @@ pub struct ObjectEntry {
 pub struct ObjectReader {
     pub info: ObjectInfo,
     response: Response,
+    received: u64,
 }
 
 impl Read for ObjectReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.response.read(buf)
+        match self.response.read(buf) {
+            Ok(n) => {
+                self.received += n as u64;
+                Ok(n)
+            }
+            // Swift has sent the headers of a large object before it reads
+            // each segment: a segment that is missing or fails its MD5 check
+            // can only end the body early.
+            Err(e) => Err(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "the download from Swift broke off after {} of {} bytes ({e}); Swift \
+                     cuts a large object's download short when one of its segments is \
+                     missing or fails its MD5 check",
+                    self.received,
+                    self.info.size,
+                    e = io_error_chain(&e)
+                ),
+            )),
+        }
     }
+}
+
+/// An I/O error with the errors it wraps (reqwest's body errors say what
+/// happened only in their sources).
+fn io_error_chain(e: &std::io::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut next = e.get_ref().and_then(|inner| inner.source());
+    while let Some(inner) = next {
+        let text = inner.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = inner.source();
+    }
+    parts.join(": ")
 }
 
 /// The MD5 of a buffer, hex, as Swift's `ETag`.
@@ -273,6 +308,7 @@ impl Swift {
         Ok(ObjectReader {
             info: ObjectInfo::from_headers(response.headers()),
             response,
+            received: 0,
         })
     }
 

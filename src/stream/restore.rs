@@ -127,12 +127,13 @@ pub fn restore_into<R: Read, W: Write + ?Sized>(
 }
 
 fn read_context(meta: &BackupMeta, count: u64) -> String {
-    let layers = match meta.encryption {
-        Encryption::None => "decompressing",
-        Encryption::Age { .. } => "decrypting and decompressing",
+    let layers = match (&meta.encryption, meta.compression) {
+        (Encryption::None, crate::config::Compression::None) => "reading",
+        (Encryption::None, _) => "reading and decompressing",
+        (Encryption::Age { .. }, _) => "reading, decrypting and decompressing",
     };
     format!(
-        "{layers} the stored stream ({}) after {count} plain bytes",
+        "{layers} the stored stream (compression {}) after {count} plain bytes",
         super::compress::compression_name(meta.compression)
     )
 }
