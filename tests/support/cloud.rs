@@ -152,9 +152,15 @@ pub fn unique(what: &str) -> String {
     )
 }
 
+/// attach.sh or detach.sh of the cloud whose env.sh the tests read: this
+/// checkout's, or the one `VOLSNAP_TESTCLOUD_ENV` points into
+/// (`DIR/run/env.sh` → `DIR`), so a worktree can use another checkout's cloud.
 fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/cloud")
+    std::env::var_os("VOLSNAP_TESTCLOUD_ENV")
+        .map(PathBuf::from)
+        .and_then(|env| env.parent()?.parent().map(Path::to_path_buf))
+        .filter(|dir| dir.join(name).is_file())
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cloud"))
         .join(name)
 }
 
