@@ -3,7 +3,8 @@
 //! lock → checks, authentication, volumes (all before the freeze) → syncfs →
 //! hook `freeze` → watchdog armed → frozen set recorded → syncfs → FIFREEZE all
 //! → POST every snapshot concurrently → poll each until `available` → FITHAW
-//! → disarm → hook `thaw` (always, once `freeze` was attempted) → metadata,
+//! → disarm → hook `thaw` (always, once `freeze` was attempted) → freeze_ms
+//! into the snapshots' metadata (after the thaw: it needs no lock held),
 //! report, retention.
 
 use std::collections::BTreeMap;
@@ -254,6 +255,7 @@ pub fn backup(settings: &Settings, options: &Options, stop: &AtomicBool) -> Resu
         log::error!("{e:#}");
     }
     result?;
+    record_freeze_ms(&cinder, &report);
     thawed.context("the snapshots are good, but the datastore hook's thaw failed: check the database accepts writes")?;
 
     if settings.retention.is_set() && settings.retention.after_backup {
@@ -329,12 +331,22 @@ fn quiesced(
         stop,
     )?;
     report.freeze_ms = Some(snaps.freeze_ms);
-    let freeze_ms = snaps.freeze_ms.to_string();
     report
         .metadata
-        .insert("freeze_ms".into(), freeze_ms.clone());
-    for s in &snaps.snapshots {
-        let update = BTreeMap::from([("freeze_ms".to_string(), freeze_ms.clone())]);
+        .insert("freeze_ms".into(), snaps.freeze_ms.to_string());
+    report.snapshots = snaps.snapshots;
+    Ok(())
+}
+
+/// Adds the freeze window to each snapshot's metadata. Called once the
+/// datastore is released: it is one more Cinder round trip, and nothing
+/// about it needs the database held.
+fn record_freeze_ms(cinder: &Cinder, report: &Report) {
+    let Some(freeze_ms) = report.freeze_ms else {
+        return;
+    };
+    let update = BTreeMap::from([("freeze_ms".to_string(), freeze_ms.to_string())]);
+    for s in &report.snapshots {
         if let Err(e) = cinder.update_snapshot_metadata(&s.id, &update) {
             log::warn!(
                 "snapshot {} is good, but recording freeze_ms failed: {e}",
@@ -342,8 +354,6 @@ fn quiesced(
             );
         }
     }
-    report.snapshots = snaps.snapshots;
-    Ok(())
 }
 
 struct Taken {
