@@ -186,10 +186,11 @@ pub fn backup(
     let upload = |segment: &Segment| -> Result<String> {
         let object = name.segment(segment.index);
         swift
-            .put_object(
+            .put_object_with_md5(
                 &seg_container,
                 &object,
                 segment.data.clone(),
+                &segment.md5,
                 &Metadata::new(),
             )
             .with_context(|| format!("uploading segment {} ({object})", segment.index))

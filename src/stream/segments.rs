@@ -8,6 +8,10 @@
 //! is filling: memory is about `segment_size × (concurrency + 1)` whatever the
 //! stream's length. Buffers come back to the producer after their upload and
 //! are reused, so the allocator is not asked for big blocks again and again.
+//!
+//! Each segment's MD5 (its ETag) is computed by the upload thread that sends
+//! it, not by the producer: the producer's thread is the pipeline's one
+//! sequential stage, and MD5 is the slowest hash in it.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +51,12 @@ pub struct SegmentInfo {
     pub md5: String,
 }
 
+/// A full buffer on its way to an upload thread, which hashes it.
+struct Cut {
+    index: u32,
+    data: Bytes,
+}
+
 /// What the upload threads share.
 struct Shared<'u, U> {
     upload: &'u U,
@@ -62,11 +72,20 @@ impl<U> Shared<'_, U>
 where
     U: Fn(&Segment) -> Result<String> + Sync,
 {
-    fn work(&self, queue: &Mutex<Receiver<Segment>>) {
+    fn work(&self, queue: &Mutex<Receiver<Cut>>) {
         loop {
             // The lock is held only while waiting for the next segment.
             let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
-            let Ok(segment) = next else { return };
+            let Ok(cut) = next else { return };
+            let segment = Segment {
+                index: cut.index,
+                md5: if self.failed.load(Ordering::SeqCst) {
+                    String::new()
+                } else {
+                    hex(&Md5::digest(&cut.data))
+                },
+                data: cut.data,
+            };
             if !self.failed.load(Ordering::SeqCst) {
                 self.upload_one(&segment);
             }
@@ -148,7 +167,7 @@ where
         uploaded: Mutex::new(Vec::new()),
         free: Mutex::new(Vec::new()),
     };
-    let (sender, receiver) = mpsc::sync_channel::<Segment>(0);
+    let (sender, receiver) = mpsc::sync_channel::<Cut>(0);
     let queue = Mutex::new(receiver);
     let result = std::thread::scope(|scope| {
         for i in 0..concurrency.max(1) {
@@ -162,7 +181,6 @@ where
             segment_size,
             max_segments,
             buf: BytesMut::new(),
-            md5: Md5::new(),
             next_index: 0,
             stored: 0,
             sender: Some(sender),
@@ -201,10 +219,9 @@ pub(crate) struct SegmentWriter<'s> {
     segment_size: usize,
     max_segments: u32,
     buf: BytesMut,
-    md5: Md5,
     next_index: u32,
     stored: u64,
-    sender: Option<SyncSender<Segment>>,
+    sender: Option<SyncSender<Cut>>,
     failed: &'s AtomicBool,
     free: &'s Mutex<Vec<BytesMut>>,
     /// Why this writer refused bytes, when the reason is its own.
@@ -228,15 +245,12 @@ impl SegmentWriter<'_> {
                 self.segment_size
             )));
         }
-        let data = std::mem::take(&mut self.buf).freeze();
-        let md5 = hex(&std::mem::take(&mut self.md5).finalize());
-        let segment = Segment {
+        let cut = Cut {
             index: self.next_index,
-            data,
-            md5,
+            data: std::mem::take(&mut self.buf).freeze(),
         };
         self.next_index += 1;
-        let sent = self.sender.as_ref().map(|s| s.send(segment));
+        let sent = self.sender.as_ref().map(|s| s.send(cut));
         if !matches!(sent, Some(Ok(()))) {
             return Err(io::Error::other("the upload threads are gone"));
         }
@@ -277,7 +291,6 @@ impl Write for SegmentWriter<'_> {
         }
         let n = data.len().min(self.segment_size - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
-        self.md5.update(&data[..n]);
         self.stored += n as u64;
         if self.buf.len() == self.segment_size {
             self.ship()?;
