@@ -102,6 +102,9 @@ kept() {
     for s in "${SNAPSHOTS[@]}"; do say "  \$os volume snapshot delete $s"; done
     [[ -z $DATA_VOL ]] || say "  \$os volume delete $DATA_VOL   # once its snapshots are gone"
     say "  rm -rf $TMP"
+    if [[ $CLOUD == "$OWN_CLOUD" ]]; then
+        say "the test cloud keeps running; tests/cloud/down.sh stops it (and detaches its loop devices)"
+    fi
 }
 
 cleanup() {
@@ -132,7 +135,16 @@ cleanup() {
         say "(the openstack CLI: . ${CLOUD/#$REPO\//}/run/env.sh; ${CLOUD/#$REPO\//}/venv/bin/openstack ...)"
         rc=1
     else
-        say "unmounted, detached, deleted: volumes ${DATA_VOL:-} ${REST_VOL:-}, snapshots ${SNAPSHOTS[*]:-none}"
+        local made=()
+        [[ -z $DATA_VOL ]] || made+=("volume $DATA_VOL")
+        [[ -z $REST_VOL ]] || made+=("volume $REST_VOL")
+        for s in "${SNAPSHOTS[@]}"; do made+=("snapshot $s"); done
+        if ((${#made[@]})); then
+            say "unmounted, detached and deleted:"
+            for m in "${made[@]}"; do say "  $m"; done
+        else
+            say "nothing was made"
+        fi
     fi
     if [[ $CLOUD == "$OWN_CLOUD" ]]; then
         say "the test cloud keeps running; tests/cloud/down.sh stops it"
@@ -260,7 +272,16 @@ vsshow list
 # --- 7. metadata -------------------------------------------------------------------------
 
 step "The snapshot in Cinder, with the metadata volsnap wrote"
-show openstack volume snapshot show "$SNAP" -c id -c name -c status -c size -c volume_id -c properties
+say "$D\$ openstack volume snapshot show $SNAP -f json$N"
+openstack volume snapshot show "$SNAP" -f json | "$CLOUD/venv/bin/python" -c '
+import json, sys
+s = json.load(sys.stdin)
+for k in ("name", "status", "size", "volume_id", "created_at"):
+    print(f"    {k:<12} {s.get(k)}")
+print("    metadata (a database hook adds its key=value lines: binlog position, WAL LSN, ...):")
+for k, v in sorted((s.get("properties") or s.get("metadata") or {}).items()):
+    print(f"      {k:<16} {v}")'
+((PIPESTATUS[0] == 0)) || die "openstack volume snapshot show failed"
 
 # --- 8. restore ---------------------------------------------------------------------------
 
