@@ -57,6 +57,7 @@ die() {
 # --- what the demo made, for the trap ---------------------------------------
 
 TMP=$(mktemp -d /tmp/volsnap-demo.XXXXXX)
+CLOUD_UP=''  # set once this checkout's cloud is up
 DATA_VOL='' DATA_ATTACHED='' DATA_MNT=$TMP/data
 REST_VOL='' REST_ATTACHED='' REST_MNT=$TMP/restored
 SNAPSHOTS=()
@@ -102,7 +103,7 @@ kept() {
     for s in "${SNAPSHOTS[@]}"; do say "  \$os volume snapshot delete $s"; done
     [[ -z $DATA_VOL ]] || say "  \$os volume delete $DATA_VOL   # once its snapshots are gone"
     say "  rm -rf $TMP"
-    if [[ $CLOUD == "$OWN_CLOUD" ]]; then
+    if [[ -n $CLOUD_UP ]]; then
         say "the test cloud keeps running; tests/cloud/down.sh stops it (and detaches its loop devices)"
     fi
 }
@@ -146,9 +147,9 @@ cleanup() {
             say "nothing was made"
         fi
     fi
-    if [[ $CLOUD == "$OWN_CLOUD" ]]; then
+    if [[ -n $CLOUD_UP ]]; then
         say "the test cloud keeps running; tests/cloud/down.sh stops it"
-    else
+    elif [[ $CLOUD != "$OWN_CLOUD" ]]; then
         say "the test cloud of $CLOUD keeps running (it is that checkout's to stop)"
     fi
     if ((rc == 0)); then
@@ -178,8 +179,10 @@ wait_status() {
 
 step "The test cloud: Keystone and Cinder on 127.0.0.1"
 if [[ $CLOUD == "$OWN_CLOUD" ]]; then
-    "$CLOUD/up.sh" 2>&1 | sed 's/^/    /'
-    ((PIPESTATUS[0] == 0)) || die "tests/cloud/up.sh failed"
+    if ! "$CLOUD/up.sh" 2>&1 | sed 's/^/    /'; then
+        die "tests/cloud/up.sh failed (above). If another checkout's test cloud holds the ports, use it: VOLSNAP_TESTCLOUD_DIR=/that/checkout/tests/cloud make demo"
+    fi
+    CLOUD_UP=1
 else
     [[ -f $CLOUD/run/env.sh ]] || die "$CLOUD is not up (no run/env.sh)"
     say "using the running cloud of $CLOUD (VOLSNAP_TESTCLOUD_DIR)"
