@@ -40,12 +40,6 @@ step() {
     printf '\n%s==> %d/%d  %s%s\n' "$B" "$STEP" "$STEPS" "$*" "$N"
 }
 say() { printf '    %s\n' "$*"; }
-# show CMD...: print the command as a person would type it, then run it.
-show() {
-    printf '    %s$ %s%s\n' "$D" "${*/#$REPO\//}" "$N"
-    "$@" 2>&1 | sed 's/^/    /'
-    return "${PIPESTATUS[0]}"
-}
 die() {
     printf '%sdemo: %s%s\n' "$R" "$*" "$N" >&2
     exit 1
