@@ -7,9 +7,9 @@
 # A token already in hand (BENCH_TOKEN, in the environment so it is not in
 # the process list), one curl POST of the snapshot (force: true), then curl
 # GET every 5 ms until the status is available. Prints
-# "window_ms=MS snapshot_id=ID posted_ms=MS polls=N" on stdout: MS from just
-# before the POST to just after the GET that saw `available`; posted_ms is
-# when the POST's 202 had arrived.
+# "window_ms=MS snapshot_id=ID posted_ms=MS polls=N start_unix=T" on stdout:
+# MS from just before the POST to just after the GET that saw `available`;
+# posted_ms is when the POST's 202 had arrived; T the wall clock at the start.
 set -euo pipefail
 
 (($# == 3)) || {
@@ -53,4 +53,4 @@ while :; do
     ((SECONDS < deadline)) || { echo "snapshot $id still $status after ${wait_s}s" >&2; exit 1; }
 done
 end=$(now_us)
-echo "window_ms=$(ms $((end - start))) snapshot_id=$id posted_ms=$(ms $((posted - start))) polls=$polls"
+echo "window_ms=$(ms $((end - start))) snapshot_id=$id posted_ms=$(ms $((posted - start))) polls=$polls start_unix=${start:0:-6}.${start: -6}"

@@ -40,12 +40,6 @@ step() {
     printf '\n%s==> %d/%d  %s%s\n' "$B" "$STEP" "$STEPS" "$*" "$N"
 }
 say() { printf '    %s\n' "$*"; }
-# show CMD...: print the command as a person would type it, then run it.
-show() {
-    printf '    %s$ %s%s\n' "$D" "${*/#$REPO\//}" "$N"
-    "$@" 2>&1 | sed 's/^/    /'
-    return "${PIPESTATUS[0]}"
-}
 die() {
     printf '%sdemo: %s%s\n' "$R" "$*" "$N" >&2
     exit 1
@@ -57,6 +51,7 @@ die() {
 # --- what the demo made, for the trap ---------------------------------------
 
 TMP=$(mktemp -d /tmp/volsnap-demo.XXXXXX)
+CLOUD_UP=''  # set once this checkout's cloud is up
 DATA_VOL='' DATA_ATTACHED='' DATA_MNT=$TMP/data
 REST_VOL='' REST_ATTACHED='' REST_MNT=$TMP/restored
 SNAPSHOTS=()
@@ -102,6 +97,9 @@ kept() {
     for s in "${SNAPSHOTS[@]}"; do say "  \$os volume snapshot delete $s"; done
     [[ -z $DATA_VOL ]] || say "  \$os volume delete $DATA_VOL   # once its snapshots are gone"
     say "  rm -rf $TMP"
+    if [[ -n $CLOUD_UP ]]; then
+        say "the test cloud keeps running; tests/cloud/down.sh stops it (and detaches its loop devices)"
+    fi
 }
 
 cleanup() {
@@ -132,11 +130,20 @@ cleanup() {
         say "(the openstack CLI: . ${CLOUD/#$REPO\//}/run/env.sh; ${CLOUD/#$REPO\//}/venv/bin/openstack ...)"
         rc=1
     else
-        say "unmounted, detached, deleted: volumes ${DATA_VOL:-} ${REST_VOL:-}, snapshots ${SNAPSHOTS[*]:-none}"
+        local made=()
+        [[ -z $DATA_VOL ]] || made+=("volume $DATA_VOL")
+        [[ -z $REST_VOL ]] || made+=("volume $REST_VOL")
+        for s in "${SNAPSHOTS[@]}"; do made+=("snapshot $s"); done
+        if ((${#made[@]})); then
+            say "unmounted, detached and deleted:"
+            for m in "${made[@]}"; do say "  $m"; done
+        else
+            say "nothing was made"
+        fi
     fi
-    if [[ $CLOUD == "$OWN_CLOUD" ]]; then
+    if [[ -n $CLOUD_UP ]]; then
         say "the test cloud keeps running; tests/cloud/down.sh stops it"
-    else
+    elif [[ $CLOUD != "$OWN_CLOUD" ]]; then
         say "the test cloud of $CLOUD keeps running (it is that checkout's to stop)"
     fi
     if ((rc == 0)); then
@@ -166,8 +173,10 @@ wait_status() {
 
 step "The test cloud: Keystone and Cinder on 127.0.0.1"
 if [[ $CLOUD == "$OWN_CLOUD" ]]; then
-    "$CLOUD/up.sh" 2>&1 | sed 's/^/    /'
-    ((PIPESTATUS[0] == 0)) || die "tests/cloud/up.sh failed"
+    if ! "$CLOUD/up.sh" 2>&1 | sed 's/^/    /'; then
+        die "tests/cloud/up.sh failed (above). If another checkout's test cloud holds the ports, use it: VOLSNAP_TESTCLOUD_DIR=/that/checkout/tests/cloud make demo"
+    fi
+    CLOUD_UP=1
 else
     [[ -f $CLOUD/run/env.sh ]] || die "$CLOUD is not up (no run/env.sh)"
     say "using the running cloud of $CLOUD (VOLSNAP_TESTCLOUD_DIR)"
@@ -260,7 +269,16 @@ vsshow list
 # --- 7. metadata -------------------------------------------------------------------------
 
 step "The snapshot in Cinder, with the metadata volsnap wrote"
-show openstack volume snapshot show "$SNAP" -c id -c name -c status -c size -c volume_id -c properties
+say "$D\$ openstack volume snapshot show $SNAP -f json$N"
+openstack volume snapshot show "$SNAP" -f json | "$CLOUD/venv/bin/python" -c '
+import json, sys
+s = json.load(sys.stdin)
+for k in ("name", "status", "size", "volume_id", "created_at"):
+    print(f"    {k:<12} {s.get(k)}")
+print("    metadata (a database hook adds its key=value lines: binlog position, WAL LSN, ...):")
+for k, v in sorted((s.get("properties") or s.get("metadata") or {}).items()):
+    print(f"      {k:<16} {v}")'
+((PIPESTATUS[0] == 0)) || die "openstack volume snapshot show failed"
 
 # --- 8. restore ---------------------------------------------------------------------------
 
