@@ -109,6 +109,11 @@ impl Watchdog {
         }
     }
 
+    /// The watchdog process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Tells the watchdog the run thawed by itself. Returns what the watchdog
     /// did if it had already fired (the deadline passed first).
     pub fn disarm(mut self) -> Result<Option<String>> {

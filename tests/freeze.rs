@@ -200,12 +200,15 @@ fn the_watchdog_thaws_when_its_agent_goes_away() {
 fn the_watchdog_thaws_at_its_deadline() {
     let fs = LoopFs::new("xfs", 300);
     let s = setup(fs.path(), 0);
+    // The watchdog's clock starts once it has read the plan: after this.
+    let armed = Instant::now();
     let dog = Watchdog::arm_with(exe(), &plan(&s, fs.path(), Duration::from_millis(300))).unwrap();
     let frozen = Frozen::freeze(open(&[fs.path()])).unwrap();
-    let took = wait_thawed(fs.path(), Duration::from_secs(3));
+    wait_thawed(fs.path(), Duration::from_secs(3));
+    let took = armed.elapsed();
     assert!(
-        took >= Duration::from_millis(250),
-        "thawed too early: {took:?}"
+        took >= Duration::from_millis(300),
+        "thawed too early: {took:?} after arming"
     );
     // The agent's own thaw now finds nothing frozen, and says so.
     assert!(matches!(
@@ -214,6 +217,10 @@ fn the_watchdog_thaws_at_its_deadline() {
     ));
     let fired = dog.disarm().unwrap().expect("the watchdog fired");
     assert!(fired.starts_with("max_freeze passed"), "{fired}");
+    assert!(
+        fired.contains(&format!("thawed {}", fs.path().display())),
+        "{fired}"
+    );
     assert_eq!(marks(&s), format!("thaw none {}\n", fs.path().display()));
 }
 
@@ -235,14 +242,8 @@ fn sigterm_to_the_watchdog_thaws_first() {
     let s = setup(fs.path(), 0);
     let dog = Watchdog::arm_with(exe(), &plan(&s, fs.path(), Duration::from_secs(60))).unwrap();
     freeze_unguarded(fs.path());
-    // Find the watchdog by its session: it is the only __watchdog child of ours.
-    let out = Command::new("pgrep")
-        .args(["-P", &std::process::id().to_string(), "-f", "__watchdog"])
-        .output()
-        .unwrap();
-    let pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(!pid.is_empty(), "watchdog not found");
-    support::run("kill", &["-TERM", &pid]);
+    // This test's own watchdog: other tests run theirs at the same time.
+    support::run("kill", &["-TERM", &dog.pid().to_string()]);
     wait_thawed(fs.path(), Duration::from_secs(2));
     let reply = dog
         .fire_and_wait(Duration::from_secs(5))
