@@ -4,8 +4,9 @@
 set -euo pipefail
 
 # age, zstd, gzip and ssh-keygen: tests/stream.rs restores a backup by hand
-# with the standard tools, as an operator would.
-packages=(file e2fsprogs xfsprogs util-linux age zstd gzip openssh-client)
+# with the standard tools, as an operator would. GNU time: the peak RSS of
+# volsnap in tests/swift_backup.rs and bench/swift-throughput.
+packages=(file e2fsprogs xfsprogs util-linux age zstd gzip openssh-client time)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
