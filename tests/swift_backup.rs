@@ -118,18 +118,29 @@ impl SwiftApi {
 
     /// Object names, `[]` when the container does not exist.
     fn list(&self, container: &str) -> Vec<String> {
-        let resp = self.send(
-            self.client
-                .get(format!("{}?format=json", self.url(container, None))),
-        );
+        self.try_list(container)
+            .unwrap_or_else(|e| panic!("listing {container}: {e}"))
+    }
+
+    /// [`SwiftApi::list`] that never panics (for `Drop`, maybe unwinding).
+    fn try_list(&self, container: &str) -> Result<Vec<String>, String> {
+        let resp = self
+            .client
+            .get(format!("{}?format=json", self.url(container, None)))
+            .header("x-auth-token", &self.token)
+            .send()
+            .map_err(|e| e.to_string())?;
         if resp.status() == 404 {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        assert!(resp.status().is_success(), "listing {container}: {resp:?}");
-        let rows: Vec<Value> = resp.json().unwrap();
-        rows.iter()
-            .map(|r| r["name"].as_str().unwrap().to_string())
-            .collect()
+        if !resp.status().is_success() {
+            return Err(format!("{resp:?}"));
+        }
+        let rows: Vec<Value> = resp.json().map_err(|e| e.to_string())?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r["name"].as_str().map(str::to_string))
+            .collect())
     }
 
     fn head(&self, container: &str, object: &str) -> Option<reqwest::header::HeaderMap> {
@@ -494,10 +505,15 @@ impl Drop for Rotten {
 impl Drop for Rig {
     fn drop(&mut self) {
         for container in [&self.container, &self.segments] {
-            for object in self.api.list(container) {
-                self.api.delete(container, Some(&object));
+            match self.api.try_list(container) {
+                Ok(objects) => {
+                    for object in objects {
+                        self.api.delete(container, Some(&object));
+                    }
+                    self.api.delete(container, None);
+                }
+                Err(e) => eprintln!("cleanup: cannot list {container}: {e}"),
             }
-            self.api.delete(container, None);
         }
     }
 }
