@@ -32,8 +32,8 @@ bench: build
 	bench/freeze-window --volsnap target/release/volsnap
 
 lint:
-	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # What CI runs: lint, then every test (they need root, loop devices, and the
 # services that scripts/test.sh starts and stops).

@@ -13,10 +13,10 @@ fi
 scripts/install-deps.sh
 tests/db/install.sh
 
-cargo fmt --check
-cargo clippy --all-targets -- -D warnings
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
 # Build before the cloud is up: the cloud costs memory, the build CPU.
-cargo test --all-targets --no-run
+cargo test --workspace --all-targets --no-run
 
 trap 'tests/cloud/down.sh' EXIT
 tests/cloud/up.sh
@@ -26,4 +26,4 @@ tests/hooks/run.sh
 
 # shellcheck source=/dev/null
 . tests/cloud/run/env.sh
-cargo test --all-targets
+cargo test --workspace --all-targets

@@ -186,13 +186,7 @@ pub fn backup(
     let upload = |segment: &Segment| -> Result<String> {
         let object = name.segment(segment.index);
         swift
-            .put_object_with_md5(
-                &seg_container,
-                &object,
-                segment.data.clone(),
-                &segment.md5,
-                &Metadata::new(),
-            )
+            .put_object_for_etag(&seg_container, &object, segment.data.clone())
             .with_context(|| format!("uploading segment {} ({object})", segment.index))
     };
     let mut progress = Progress::new("backup", quiet);

@@ -263,7 +263,7 @@ impl Swift {
 
     /// [`Swift::put_object`] with the body's MD5 (hex) already known, so it
     /// is not computed twice: Swift checks it against what it receives.
-    pub fn put_object_with_md5(
+    fn put_object_with_md5(
         &self,
         container: &str,
         name: &str,
@@ -287,6 +287,29 @@ impl Swift {
             ));
         }
         Ok(md5)
+    }
+
+    /// PUTs an object without an `ETag` and returns the one Swift answers
+    /// (the MD5 of what it stored), for the caller to compare with its own
+    /// MD5 of `body`, computed meanwhile. A retry re-sends the same buffer.
+    pub fn put_object_for_etag(
+        &self,
+        container: &str,
+        name: &str,
+        body: Bytes,
+    ) -> Result<String, Error> {
+        let req = self.request(Method::PUT, container, Some(name))?.body(body);
+        let resp = self.session.send(&req)?;
+        let etag = ObjectInfo::from_headers(resp.headers()).etag;
+        if etag.is_empty() {
+            return Err(Error::decode(
+                &req,
+                resp.status(),
+                "Swift answered the PUT without an ETag".to_string(),
+                http::request_id(resp.headers()),
+            ));
+        }
+        Ok(etag)
     }
 
     /// PUTs a Static Large Object manifest over segments already uploaded;

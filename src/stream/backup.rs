@@ -97,9 +97,9 @@ impl std::error::Error for BackupFailure {}
 /// Streams `source` (the hook's stdout) into Swift as segments.
 ///
 /// `upload` is called from `plan.concurrency` threads at once with each
-/// [`Segment`]; it PUTs `segment.data` with `ETag: segment.md5`, retrying as it
-/// sees fit from the same bytes, and returns the ETag Swift answered, which
-/// must equal the MD5. The first upload error stops the pipeline: no new
+/// [`Segment`]; it PUTs `segment.data`, retrying as it sees fit from the same
+/// bytes, and returns the ETag Swift answered, which must equal volsnap's MD5
+/// of the segment (computed meanwhile). The first upload error stops the pipeline: no new
 /// segment is uploaded, the uploads in flight finish, and the error comes back
 /// in a [`BackupFailure`] with the segments that were uploaded.
 ///

@@ -20,6 +20,7 @@
 mod backup;
 mod compress;
 mod crypt;
+mod etags;
 mod meta;
 mod naming;
 mod progress;

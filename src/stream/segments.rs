@@ -9,9 +9,9 @@
 //! stream's length. Buffers come back to the producer after their upload and
 //! are reused, so the allocator is not asked for big blocks again and again.
 //!
-//! Each segment's MD5 (its ETag) is computed by the upload thread that sends
-//! it, not by the producer: the producer's thread is the pipeline's one
-//! sequential stage, and MD5 is the slowest hash in it.
+//! Each segment's MD5 is computed while it is sent, off the producer's
+//! thread (the pipeline's one sequential stage), and compared with the ETag
+//! Swift answers: see [`etags`](super::etags).
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,9 +20,9 @@ use std::sync::Mutex;
 
 use anyhow::{anyhow, Context, Result};
 use bytes::{Bytes, BytesMut};
-use md5::{Digest, Md5};
 use serde::Serialize;
 
+use super::etags::Etags;
 use super::hex;
 
 /// Swift's default `max_manifest_segments`: an SLO lists at most this many.
@@ -38,12 +38,10 @@ pub struct Segment {
     /// count); retries re-send a clone. Keep no clone after returning, or the
     /// buffer cannot be reused and memory grows by a segment per copy kept.
     pub data: Bytes,
-    /// Lower-case hex MD5 of `data`: send it as the PUT's `ETag` so that
-    /// Swift checks it, and put it in the SLO manifest.
-    pub md5: String,
 }
 
-/// A segment that is in Swift: what the SLO manifest lists.
+/// A segment that is in Swift: what the SLO manifest lists. `md5` is
+/// volsnap's MD5 of what it sent, which Swift's answer matched.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SegmentInfo {
     pub index: u32,
@@ -51,15 +49,10 @@ pub struct SegmentInfo {
     pub md5: String,
 }
 
-/// A full buffer on its way to an upload thread, which hashes it.
-struct Cut {
-    index: u32,
-    data: Bytes,
-}
-
 /// What the upload threads share.
 struct Shared<'u, U> {
     upload: &'u U,
+    etags: Etags,
     /// Set by the first failure: later segments are not uploaded.
     failed: AtomicBool,
     first_error: Mutex<Option<anyhow::Error>>,
@@ -72,20 +65,11 @@ impl<U> Shared<'_, U>
 where
     U: Fn(&Segment) -> Result<String> + Sync,
 {
-    fn work(&self, queue: &Mutex<Receiver<Cut>>) {
+    fn work(&self, queue: &Mutex<Receiver<Segment>>) {
         loop {
             // The lock is held only while waiting for the next segment.
             let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
-            let Ok(cut) = next else { return };
-            let segment = Segment {
-                index: cut.index,
-                md5: if self.failed.load(Ordering::SeqCst) {
-                    String::new()
-                } else {
-                    hex(&Md5::digest(&cut.data))
-                },
-                data: cut.data,
-            };
+            let Ok(segment) = next else { return };
             if !self.failed.load(Ordering::SeqCst) {
                 self.upload_one(&segment);
             }
@@ -103,21 +87,22 @@ where
 
     fn upload_one(&self, segment: &Segment) {
         let size = segment.data.len() as u64;
-        let result = (self.upload)(segment)
+        let (sent, md5) = self.etags.during(&segment.data, || (self.upload)(segment));
+        let md5 = hex(&md5);
+        let result = sent
             .with_context(|| format!("uploading segment {} ({size} bytes)", segment.index))
             .and_then(|etag| {
                 // The segment is in Swift whatever its ETag says: list it for
                 // deletion either way.
-                self.record(segment, size);
+                self.record(segment.index, size, &md5);
                 let etag = etag.trim().trim_matches('"');
-                if etag.eq_ignore_ascii_case(&segment.md5) {
+                if etag.eq_ignore_ascii_case(&md5) {
                     Ok(())
                 } else {
                     Err(anyhow!(
-                        "segment {}: Swift answered ETag {etag:?}, but the MD5 of what was \
-                         sent is {}",
+                        "segment {}: Swift stored MD5 {etag:?}, but the MD5 of what volsnap \
+                         sent is {md5}: damaged on the way",
                         segment.index,
-                        segment.md5
                     ))
                 }
             });
@@ -126,14 +111,14 @@ where
         }
     }
 
-    fn record(&self, segment: &Segment, size: u64) {
+    fn record(&self, index: u32, size: u64, md5: &str) {
         self.uploaded
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(SegmentInfo {
-                index: segment.index,
+                index,
                 size,
-                md5: segment.md5.clone(),
+                md5: md5.to_string(),
             });
     }
 
@@ -162,21 +147,40 @@ where
 {
     let shared = Shared {
         upload,
+        etags: Etags::new(concurrency),
         failed: AtomicBool::new(false),
         first_error: Mutex::new(None),
         uploaded: Mutex::new(Vec::new()),
         free: Mutex::new(Vec::new()),
     };
-    let (sender, receiver) = mpsc::sync_channel::<Cut>(0);
+    let (sender, receiver) = mpsc::sync_channel::<Segment>(0);
     let queue = Mutex::new(receiver);
     let result = std::thread::scope(|scope| {
-        for i in 0..concurrency.max(1) {
-            let (shared, queue) = (&shared, &queue);
-            std::thread::Builder::new()
-                .name(format!("upload-{i}"))
-                .spawn_scoped(scope, move || shared.work(queue))
-                .expect("spawning an upload thread");
+        // Ends the MD5 thread however this closure ends (a panic too), or
+        // the scope would wait for it forever.
+        struct Close<'e>(&'e Etags);
+        impl Drop for Close<'_> {
+            fn drop(&mut self) {
+                self.0.close();
+            }
         }
+        let _close = Close(&shared.etags);
+        if shared.etags.needs_thread() {
+            let etags = &shared.etags;
+            std::thread::Builder::new()
+                .name("md5".into())
+                .spawn_scoped(scope, move || etags.run())
+                .expect("spawning the MD5 thread");
+        }
+        let workers: Vec<_> = (0..concurrency.max(1))
+            .map(|i| {
+                let (shared, queue) = (&shared, &queue);
+                std::thread::Builder::new()
+                    .name(format!("upload-{i}"))
+                    .spawn_scoped(scope, move || shared.work(queue))
+                    .expect("spawning an upload thread")
+            })
+            .collect();
         let mut writer = SegmentWriter {
             segment_size,
             max_segments,
@@ -193,9 +197,14 @@ where
             // The writer's own reason beats the I/O error it surfaced as.
             result = Err(e);
         }
-        // Closing the channel lets the threads go once their upload is done;
-        // the scope joins them.
+        // Closing the channel lets the threads go once their upload is done.
         drop(writer);
+        shared.etags.drain();
+        for worker in workers {
+            if let Err(panic) = worker.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
         result
     });
     let upload_error = shared
@@ -221,7 +230,7 @@ pub(crate) struct SegmentWriter<'s> {
     buf: BytesMut,
     next_index: u32,
     stored: u64,
-    sender: Option<SyncSender<Cut>>,
+    sender: Option<SyncSender<Segment>>,
     failed: &'s AtomicBool,
     free: &'s Mutex<Vec<BytesMut>>,
     /// Why this writer refused bytes, when the reason is its own.
@@ -245,12 +254,12 @@ impl SegmentWriter<'_> {
                 self.segment_size
             )));
         }
-        let cut = Cut {
+        let segment = Segment {
             index: self.next_index,
             data: std::mem::take(&mut self.buf).freeze(),
         };
         self.next_index += 1;
-        let sent = self.sender.as_ref().map(|s| s.send(cut));
+        let sent = self.sender.as_ref().map(|s| s.send(segment));
         if !matches!(sent, Some(Ok(()))) {
             return Err(io::Error::other("the upload threads are gone"));
         }
@@ -306,6 +315,11 @@ impl Write for SegmentWriter<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use md5::{Digest, Md5};
+
+    fn md5_of(s: &Segment) -> Result<String> {
+        Ok(hex(&Md5::digest(&s.data)))
+    }
     use std::collections::BTreeMap;
 
     #[test]
@@ -335,7 +349,7 @@ mod tests {
 
     #[test]
     fn the_last_segment_is_shorter_never_empty() {
-        let upload = |s: &Segment| Ok(s.md5.clone());
+        let upload = md5_of;
         for len in [1, 999, 1000, 1001, 2000] {
             let (result, uploaded) = with_uploads(1000, 3, 100, &upload, |w| {
                 w.write_all(&vec![1u8; len])?;
@@ -352,7 +366,7 @@ mod tests {
 
     #[test]
     fn too_many_segments_is_a_clear_error() {
-        let upload = |s: &Segment| Ok(s.md5.clone());
+        let upload = md5_of;
         let (result, uploaded) = with_uploads(10, 2, 3, &upload, |w| {
             w.write_all(&[0u8; 35])?;
             Ok(())
@@ -370,7 +384,7 @@ mod tests {
             Ok(())
         });
         let msg = format!("{:#}", result.unwrap_err());
-        assert!(msg.contains("Swift answered ETag \"0123\""), "{msg}");
+        assert!(msg.contains("Swift stored MD5 \"0123\""), "{msg}");
         assert_eq!(uploaded.len(), 1);
     }
 }
