@@ -1036,20 +1036,29 @@ fn a_hook_failing_halfway_leaves_nothing_behind() {
     assert_eq!(rig.api.list(&rig.segments), Vec::<String>::new());
 }
 
-/// A proxy between volsnap and Swift that answers 503 to the first PUT of a
-/// segment and forwards everything else. The real Swift does not fail on
-/// demand, and volsnap must be tested as built: a man in the middle on
-/// 127.0.0.1 is the one place a 5xx can be injected without changing volsnap
-/// or Swift. One request per connection (`Connection: close` both ways)
-/// keeps it simple.
+/// A proxy between volsnap and Swift that spoils the first PUT of a segment
+/// (see [`Fault`]) and forwards everything else. The real Swift does not
+/// fail on demand and a loopback socket does not flip bits, and volsnap must
+/// be tested as built: a man in the middle on 127.0.0.1 is the one place
+/// these faults can be injected without changing volsnap or Swift. One
+/// request per connection (`Connection: close` both ways) keeps it simple.
 struct FaultProxy {
     addr: SocketAddr,
     log: Arc<Mutex<Vec<(String, String, u16)>>>,
     stop: Arc<AtomicBool>,
 }
 
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Answer 503 Service Unavailable, without forwarding.
+    Unavailable,
+    /// Flip the bits of one byte in the middle of the body, then forward:
+    /// Swift stores the damaged bytes and answers their MD5.
+    Damage,
+}
+
 impl FaultProxy {
-    fn start(upstream: SocketAddr) -> FaultProxy {
+    fn start(upstream: SocketAddr, fault: Fault) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -1063,7 +1072,7 @@ impl FaultProxy {
                     Ok((client, _)) => {
                         let (log, injected) = (log2.clone(), injected.clone());
                         std::thread::spawn(move || {
-                            let _ = proxy_one(client, upstream, &log, &injected);
+                            let _ = proxy_one(client, upstream, fault, &log, &injected);
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -1112,6 +1121,7 @@ fn closing(head: &[String]) -> Vec<u8> {
 fn proxy_one(
     client: TcpStream,
     upstream: SocketAddr,
+    fault: Fault,
     log: &Mutex<Vec<(String, String, u16)>>,
     injected: &AtomicBool,
 ) -> std::io::Result<()> {
@@ -1135,7 +1145,15 @@ fn proxy_one(
         .unwrap_or(0);
     let mut body = vec![0u8; length];
     reader.read_exact(&mut body)?;
-    if method == "PUT" && path.contains("_segments/") && !injected.swap(true, Ordering::SeqCst) {
+    let spoil = method == "PUT"
+        && path.contains("_segments/")
+        && !body.is_empty()
+        && !injected.swap(true, Ordering::SeqCst);
+    if spoil && matches!(fault, Fault::Damage) {
+        let middle = body.len() / 2;
+        body[middle] ^= 0xff;
+    }
+    if spoil && matches!(fault, Fault::Unavailable) {
         log.lock().unwrap().push((method, path, 503));
         let text = "<html><h1>Service Unavailable</h1><p>injected by the test proxy</p></html>";
         write!(
@@ -1174,7 +1192,7 @@ fn a_503_on_a_segment_put_is_retried() {
         .trim_end_matches('/')
         .parse()
         .unwrap();
-    let proxy = FaultProxy::start(upstream);
+    let proxy = FaultProxy::start(upstream, Fault::Unavailable);
     let endpoint = rig
         .cloud
         .get("VOLSNAP_TESTCLOUD_SWIFT_ENDPOINT")
@@ -1223,6 +1241,64 @@ fn a_503_on_a_segment_put_is_retried() {
 
     rig.ok(&config, &["restore", "--latest"]);
     assert!(std::fs::read(&output).unwrap() == data);
+}
+
+/// A segment damaged between volsnap and Swift's disk (here: by the proxy,
+/// after volsnap computed its MD5): Swift stores it and answers the MD5 of
+/// what it got, volsnap's own MD5 of the segment differs, the backup fails
+/// saying so, and nothing is left in Swift: no manifest, no segment.
+#[test]
+fn a_segment_damaged_on_the_way_fails_the_backup() {
+    let rig = Rig::new("damaged-put");
+    let swift_url = rig.cloud.get("VOLSNAP_TESTCLOUD_SWIFT_URL").to_string();
+    let upstream: SocketAddr = swift_url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let proxy = FaultProxy::start(upstream, Fault::Damage);
+    let endpoint = rig
+        .cloud
+        .get("VOLSNAP_TESTCLOUD_SWIFT_ENDPOINT")
+        .replace(&swift_url, &format!("http://{}", proxy.addr));
+    let input = rig.path().join("input.bin");
+    std::fs::write(&input, random_bytes(3 * MIB + 5, 6)).unwrap();
+    let hooks = hooks_dir(
+        rig.path(),
+        &[(
+            "none",
+            &format!(
+                "#!/bin/sh\ncase \"$1\" in\nbackup) cat {} ;;\nesac\n",
+                q(&input)
+            ),
+        )],
+    );
+    let mut conf = Conf::new("none", &hooks);
+    conf.endpoint = Some(endpoint);
+    conf.compression = "none";
+    let config = rig.config("damaging", &conf);
+    let (code, stdout, stderr) = rig.run(&config, &["backup"]);
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("Swift stored MD5") && stderr.contains("damaged on the way"),
+        "{stderr}"
+    );
+    let log = proxy.log.lock().unwrap().clone();
+    let stored = log
+        .iter()
+        .filter(|(m, p, s)| m == "PUT" && p.contains("_segments/") && *s == 201)
+        .count();
+    assert!(
+        stored >= 1,
+        "the damaged segment never reached Swift: {log:?}"
+    );
+    assert!(
+        !log.iter()
+            .any(|(_, p, _)| p.contains("multipart-manifest=put")),
+        "a manifest was written: {log:?}"
+    );
+    assert_eq!(rig.api.list(&rig.container), Vec::<String>::new());
+    assert_eq!(rig.api.list(&rig.segments), Vec::<String>::new());
 }
 
 /// A damaged backup never reaches the datastore. On a real Redis:

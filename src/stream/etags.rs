@@ -58,7 +58,12 @@ impl Etags {
     /// For `concurrency` uploads at once; `run` is then the hasher thread's
     /// body, if [`Etags::needs_thread`].
     pub(crate) fn new(concurrency: usize) -> Etags {
-        let lanes = simd_available();
+        Etags::with_lanes(concurrency, simd_available())
+    }
+
+    /// `lanes`: the hasher thread and its AVX2 lanes (only where the CPU has
+    /// AVX2), or each upload thread hashing its own segment.
+    fn with_lanes(concurrency: usize, lanes: bool) -> Etags {
         Etags {
             state: Mutex::new(State {
                 gone: !lanes,
@@ -221,9 +226,23 @@ mod tests {
         Md5::digest(data).into()
     }
 
+    /// Both ways of hashing this CPU can run.
+    fn each_mode(concurrency: usize) -> Vec<Etags> {
+        let mut modes = vec![Etags::with_lanes(concurrency, false)];
+        if simd_available() {
+            modes.push(Etags::with_lanes(concurrency, true));
+        }
+        modes
+    }
+
     #[test]
     fn md5s_during_sends_match_whatever_the_order() {
-        let etags = Etags::new(3);
+        for etags in each_mode(3) {
+            md5s_during_sends_match(etags);
+        }
+    }
+
+    fn md5s_during_sends_match(etags: Etags) {
         let msgs: Vec<Bytes> = (0..12)
             .map(|i| Bytes::from(vec![i as u8; 100_000 + 977 * i]))
             .collect();
@@ -258,7 +277,12 @@ mod tests {
     #[test]
     fn a_lone_segment_is_hashed_once_its_send_waits() {
         // A batch of 4 never fills: the waiting sender gets its MD5 anyway.
-        let etags = Etags::new(4);
+        for etags in each_mode(4) {
+            a_lone_segment_is_hashed(etags);
+        }
+    }
+
+    fn a_lone_segment_is_hashed(etags: Etags) {
         let m = Bytes::from(vec![5u8; 1 << 20]);
         std::thread::scope(|scope| {
             let hasher = etags.needs_thread().then(|| scope.spawn(|| etags.run()));
@@ -273,7 +297,7 @@ mod tests {
 
     #[test]
     fn waiters_hash_for_themselves_when_the_hasher_is_gone() {
-        let etags = Etags::new(2);
+        let etags = Etags::with_lanes(2, simd_available());
         etags.close();
         if etags.needs_thread() {
             etags.run();
@@ -285,7 +309,12 @@ mod tests {
 
     #[test]
     fn the_buffer_is_free_once_the_md5_is_back() {
-        let etags = Etags::new(1);
+        for etags in each_mode(1) {
+            buffer_is_free(etags);
+        }
+    }
+
+    fn buffer_is_free(etags: Etags) {
         let m = bytes::BytesMut::from(&[1u8; 300_000][..]).freeze();
         std::thread::scope(|scope| {
             let hasher = etags.needs_thread().then(|| scope.spawn(|| etags.run()));
