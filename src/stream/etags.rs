@@ -275,6 +275,33 @@ mod tests {
     }
 
     #[test]
+    fn more_uploads_than_lanes_all_get_their_md5() {
+        // 12 uploads at once, 8 lanes: four segments wait for a free lane.
+        for etags in each_mode(12) {
+            let msgs: Vec<Bytes> = (0..12)
+                .map(|i| Bytes::from(vec![i as u8 + 1; 200_000 + 64 * i]))
+                .collect();
+            std::thread::scope(|scope| {
+                let hasher = etags.needs_thread().then(|| scope.spawn(|| etags.run()));
+                let senders: Vec<_> = msgs
+                    .iter()
+                    .map(|m| {
+                        let etags = &etags;
+                        scope.spawn(move || etags.during(m, || ()).1 == reference(m))
+                    })
+                    .collect();
+                for s in senders {
+                    assert!(s.join().unwrap());
+                }
+                etags.close();
+                if let Some(h) = hasher {
+                    h.join().unwrap();
+                }
+            });
+        }
+    }
+
+    #[test]
     fn a_lone_segment_is_hashed_once_its_send_waits() {
         // A batch of 4 never fills: the waiting sender gets its MD5 anyway.
         for etags in each_mode(4) {
