@@ -6,8 +6,9 @@ set -euo pipefail
 # age, zstd, gzip and ssh-keygen: tests restore a backup by hand with the
 # standard tools, as an operator would; systemd (systemd-analyze), cloud-init
 # and shellcheck check the shipped units, cloud-config and scripts; time
-# measures peak memory.
-packages=(file e2fsprogs xfsprogs util-linux age zstd gzip openssh-client systemd cloud-init shellcheck time)
+# measures peak memory; make and file build the static binary and the Debian
+# package (tests/deb.rs runs `make deb`; dpkg-deb comes with dpkg).
+packages=(make file e2fsprogs xfsprogs util-linux age zstd gzip openssh-client systemd cloud-init shellcheck time)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
