@@ -106,6 +106,17 @@ fn output(cmd: &mut Command) -> Ran {
     }
 }
 
+/// A database client's answer: its stdout, or its stderr when it failed
+/// (both trimmed).
+fn answer(cmd: &mut Command) -> Result<String, String> {
+    let ran = output(cmd);
+    if ran.code == Some(0) {
+        Ok(ran.stdout.trim().to_string())
+    } else {
+        Err(ran.stderr.trim().to_string())
+    }
+}
+
 /// A port nobody listens on right now (the kernel's choice).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -312,16 +323,11 @@ impl Server {
 
     /// One statement batch in a new session; Err(stderr) when it fails.
     fn sql(&self, sql: &str) -> Result<String, String> {
-        let out = Command::new("timeout")
-            .args(["60", "mariadb", &self.defaults_file()])
-            .args(["--batch", "--skip-column-names", "-e", sql])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-        }
+        answer(
+            Command::new("timeout")
+                .args(["60", "mariadb", &self.defaults_file()])
+                .args(["--batch", "--skip-column-names", "-e", sql]),
+        )
     }
 
     fn sql_ok(&self, sql: &str) -> String {
@@ -365,17 +371,12 @@ impl Server {
     // PostgreSQL
 
     fn psql(&self, sql: &str) -> Result<String, String> {
-        let out = Command::new("timeout")
-            .arg("60")
-            .args(self.psql_args())
-            .args(["-c", sql])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-        }
+        answer(
+            Command::new("timeout")
+                .arg("60")
+                .args(self.psql_args())
+                .args(["-c", sql]),
+        )
     }
 
     fn psql_ok(&self, sql: &str) -> String {

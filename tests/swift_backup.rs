@@ -1043,7 +1043,8 @@ fn a_hook_failing_halfway_leaves_nothing_behind() {
 /// these faults can be injected without changing volsnap or Swift. One
 /// request per connection (`Connection: close` both ways) keeps it simple.
 struct FaultProxy {
-    addr: SocketAddr,
+    /// The Swift endpoint (with the account) through the proxy.
+    endpoint: String,
     log: Arc<Mutex<Vec<(String, String, u16)>>>,
     stop: Arc<AtomicBool>,
 }
@@ -1058,7 +1059,14 @@ enum Fault {
 }
 
 impl FaultProxy {
-    fn start(upstream: SocketAddr, fault: Fault) -> FaultProxy {
+    /// A proxy in front of the test cloud's Swift.
+    fn in_front_of_swift(rig: &Rig, fault: Fault) -> FaultProxy {
+        let swift_url = rig.cloud.get("VOLSNAP_TESTCLOUD_SWIFT_URL");
+        let upstream: SocketAddr = swift_url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -1079,7 +1087,15 @@ impl FaultProxy {
                 }
             }
         });
-        FaultProxy { addr, log, stop }
+        let endpoint = rig
+            .cloud
+            .get("VOLSNAP_TESTCLOUD_SWIFT_ENDPOINT")
+            .replace(swift_url, &format!("http://{addr}"));
+        FaultProxy {
+            endpoint,
+            log,
+            stop,
+        }
     }
 }
 
@@ -1186,17 +1202,7 @@ fn proxy_one(
 #[test]
 fn a_503_on_a_segment_put_is_retried() {
     let rig = Rig::new("503");
-    let swift_url = rig.cloud.get("VOLSNAP_TESTCLOUD_SWIFT_URL").to_string();
-    let upstream: SocketAddr = swift_url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
-    let proxy = FaultProxy::start(upstream, Fault::Unavailable);
-    let endpoint = rig
-        .cloud
-        .get("VOLSNAP_TESTCLOUD_SWIFT_ENDPOINT")
-        .replace(&swift_url, &format!("http://{}", proxy.addr));
+    let proxy = FaultProxy::in_front_of_swift(&rig, Fault::Unavailable);
     let input = rig.path().join("input.bin");
     let data = random_bytes(3 * MIB + 5, 5);
     std::fs::write(&input, &data).unwrap();
@@ -1213,7 +1219,7 @@ fn a_503_on_a_segment_put_is_retried() {
         )],
     );
     let mut conf = Conf::new("none", &hooks);
-    conf.endpoint = Some(endpoint);
+    conf.endpoint = Some(proxy.endpoint.clone());
     conf.compression = "none";
     let config = rig.config("proxied", &conf);
     let (code, stdout, stderr) = rig.run(&config, &["--json", "backup"]);
@@ -1250,17 +1256,7 @@ fn a_503_on_a_segment_put_is_retried() {
 #[test]
 fn a_segment_damaged_on_the_way_fails_the_backup() {
     let rig = Rig::new("damaged-put");
-    let swift_url = rig.cloud.get("VOLSNAP_TESTCLOUD_SWIFT_URL").to_string();
-    let upstream: SocketAddr = swift_url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
-    let proxy = FaultProxy::start(upstream, Fault::Damage);
-    let endpoint = rig
-        .cloud
-        .get("VOLSNAP_TESTCLOUD_SWIFT_ENDPOINT")
-        .replace(&swift_url, &format!("http://{}", proxy.addr));
+    let proxy = FaultProxy::in_front_of_swift(&rig, Fault::Damage);
     let input = rig.path().join("input.bin");
     std::fs::write(&input, random_bytes(3 * MIB + 5, 6)).unwrap();
     let hooks = hooks_dir(
@@ -1274,7 +1270,7 @@ fn a_segment_damaged_on_the_way_fails_the_backup() {
         )],
     );
     let mut conf = Conf::new("none", &hooks);
-    conf.endpoint = Some(endpoint);
+    conf.endpoint = Some(proxy.endpoint.clone());
     conf.compression = "none";
     let config = rig.config("damaging", &conf);
     let (code, stdout, stderr) = rig.run(&config, &["backup"]);

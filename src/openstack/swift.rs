@@ -258,20 +258,6 @@ impl Swift {
         metadata: &Metadata,
     ) -> Result<String, Error> {
         let md5 = md5_hex(&body);
-        self.put_object_with_md5(container, name, body, &md5, metadata)
-    }
-
-    /// [`Swift::put_object`] with the body's MD5 (hex) already known, so it
-    /// is not computed twice: Swift checks it against what it receives.
-    fn put_object_with_md5(
-        &self,
-        container: &str,
-        name: &str,
-        body: Bytes,
-        md5: &str,
-        metadata: &Metadata,
-    ) -> Result<String, Error> {
-        let md5 = md5.to_ascii_lowercase();
         let req = self
             .request(Method::PUT, container, Some(name))?
             .header("etag", &md5)?;

@@ -235,91 +235,80 @@ mod tests {
         modes
     }
 
-    #[test]
-    fn md5s_during_sends_match_whatever_the_order() {
-        for etags in each_mode(3) {
-            md5s_during_sends_match(etags);
-        }
-    }
-
-    fn md5s_during_sends_match(etags: Etags) {
-        let msgs: Vec<Bytes> = (0..12)
-            .map(|i| Bytes::from(vec![i as u8; 100_000 + 977 * i]))
-            .collect();
+    /// Runs `f` while the hasher thread runs (in the mode that has one), then
+    /// ends it, also when `f` panics: a failing test must not hang.
+    fn with_hasher(etags: &Etags, f: impl FnOnce()) {
         std::thread::scope(|scope| {
             let hasher = etags.needs_thread().then(|| scope.spawn(|| etags.run()));
-            let workers: Vec<_> = msgs
-                .chunks(4)
-                .map(|chunk| {
-                    let etags = &etags;
-                    scope.spawn(move || {
-                        for (i, m) in chunk.iter().enumerate() {
-                            let (sent, md5) = etags.during(m, || {
-                                std::thread::sleep(Duration::from_millis(5 * i as u64));
-                                m.len()
-                            });
-                            assert_eq!(sent, m.len());
-                            assert_eq!(md5, reference(m));
-                        }
-                    })
-                })
-                .collect();
-            for w in workers {
-                w.join().unwrap();
-            }
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
             etags.close();
             if let Some(h) = hasher {
                 h.join().unwrap();
             }
+            if let Err(panic) = result {
+                std::panic::resume_unwind(panic);
+            }
         });
+    }
+
+    /// Sends `msgs` from threads of their own, `per_thread` each in turn
+    /// (the i-th send of a thread taking 5 × i ms), and checks every MD5.
+    fn send_all(etags: &Etags, msgs: &[Bytes], per_thread: usize) {
+        with_hasher(etags, || {
+            std::thread::scope(|scope| {
+                let senders: Vec<_> = msgs
+                    .chunks(per_thread)
+                    .map(|chunk| {
+                        scope.spawn(move || {
+                            for (i, m) in chunk.iter().enumerate() {
+                                let (sent, md5) = etags.during(m, || {
+                                    std::thread::sleep(Duration::from_millis(5 * i as u64));
+                                    m.len()
+                                });
+                                assert_eq!(sent, m.len());
+                                assert_eq!(md5, reference(m));
+                            }
+                        })
+                    })
+                    .collect();
+                for s in senders {
+                    s.join().unwrap();
+                }
+            })
+        });
+    }
+
+    #[test]
+    fn md5s_during_sends_match_whatever_the_order() {
+        let msgs: Vec<Bytes> = (0..12)
+            .map(|i| Bytes::from(vec![i as u8; 100_000 + 977 * i]))
+            .collect();
+        for etags in each_mode(3) {
+            send_all(&etags, &msgs, 4);
+        }
     }
 
     #[test]
     fn more_uploads_than_lanes_all_get_their_md5() {
         // 12 uploads at once, 8 lanes: four segments wait for a free lane.
+        let msgs: Vec<Bytes> = (0..12)
+            .map(|i| Bytes::from(vec![i as u8 + 1; 200_000 + 64 * i]))
+            .collect();
         for etags in each_mode(12) {
-            let msgs: Vec<Bytes> = (0..12)
-                .map(|i| Bytes::from(vec![i as u8 + 1; 200_000 + 64 * i]))
-                .collect();
-            std::thread::scope(|scope| {
-                let hasher = etags.needs_thread().then(|| scope.spawn(|| etags.run()));
-                let senders: Vec<_> = msgs
-                    .iter()
-                    .map(|m| {
-                        let etags = &etags;
-                        scope.spawn(move || etags.during(m, || ()).1 == reference(m))
-                    })
-                    .collect();
-                for s in senders {
-                    assert!(s.join().unwrap());
-                }
-                etags.close();
-                if let Some(h) = hasher {
-                    h.join().unwrap();
-                }
-            });
+            send_all(&etags, &msgs, 1);
         }
     }
 
     #[test]
     fn a_lone_segment_is_hashed_once_its_send_waits() {
         // A batch of 4 never fills: the waiting sender gets its MD5 anyway.
-        for etags in each_mode(4) {
-            a_lone_segment_is_hashed(etags);
-        }
-    }
-
-    fn a_lone_segment_is_hashed(etags: Etags) {
         let m = Bytes::from(vec![5u8; 1 << 20]);
-        std::thread::scope(|scope| {
-            let hasher = etags.needs_thread().then(|| scope.spawn(|| etags.run()));
-            let ((), md5) = etags.during(&m, || ());
-            assert_eq!(md5, reference(&m));
-            etags.close();
-            if let Some(h) = hasher {
-                h.join().unwrap();
-            }
-        });
+        for etags in each_mode(4) {
+            with_hasher(&etags, || {
+                let ((), md5) = etags.during(&m, || ());
+                assert_eq!(md5, reference(&m));
+            });
+        }
     }
 
     #[test]
@@ -337,20 +326,11 @@ mod tests {
     #[test]
     fn the_buffer_is_free_once_the_md5_is_back() {
         for etags in each_mode(1) {
-            buffer_is_free(etags);
+            let m = bytes::BytesMut::from(&[1u8; 300_000][..]).freeze();
+            with_hasher(&etags, || {
+                let ((), _) = etags.during(&m, || ());
+                assert!(m.try_into_mut().is_ok(), "a clone is still held");
+            });
         }
-    }
-
-    fn buffer_is_free(etags: Etags) {
-        let m = bytes::BytesMut::from(&[1u8; 300_000][..]).freeze();
-        std::thread::scope(|scope| {
-            let hasher = etags.needs_thread().then(|| scope.spawn(|| etags.run()));
-            let ((), _) = etags.during(&m, || ());
-            assert!(m.try_into_mut().is_ok(), "a clone is still held");
-            etags.close();
-            if let Some(h) = hasher {
-                h.join().unwrap();
-            }
-        });
     }
 }

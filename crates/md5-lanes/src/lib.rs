@@ -230,8 +230,7 @@ impl Lanes {
         if blocks == 0 {
             return 0;
         }
-        let active = self.active();
-        if self.simd && active >= 1 {
+        if self.simd {
             self.advance_simd(data, blocks);
         } else {
             for (lane, d) in self.lanes.iter_mut().zip(data) {
