@@ -8,7 +8,7 @@ STATIC_BUDGET := 6291456
 PREFIX ?= /usr
 DESTDIR ?=
 
-.PHONY: all build static test lint unit install deb clean demo bench
+.PHONY: all build static test lint unit gen install deb clean demo bench
 
 all: build
 
@@ -44,8 +44,22 @@ lint:
 test:
 	scripts/test.sh
 
-install: static
+# Man pages and bash/zsh/fish completions, generated from the clap
+# definition that prints --help (packaging/gen), into target/gen.
+GEN := target/gen
+
+gen:
+	rm -rf $(GEN)
+	$(CARGO) run -q -p volsnap-gen -- $(GEN) >/dev/null
+	gzip -9n $(GEN)/man/*.1
+
+install: static gen
 	install -D -m 0755 $(STATIC) $(DESTDIR)$(PREFIX)/bin/volsnap
+	install -d -m 0755 $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 0644 $(GEN)/man/*.1.gz $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -D -m 0644 $(GEN)/completions/volsnap.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/volsnap
+	install -D -m 0644 $(GEN)/completions/_volsnap $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions/_volsnap
+	install -D -m 0644 $(GEN)/completions/volsnap.fish $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/volsnap.fish
 	install -d -m 0755 $(DESTDIR)$(PREFIX)/lib/volsnap/hooks
 	for h in hooks/*; do [ -x "$$h" ] && install -m 0755 "$$h" $(DESTDIR)$(PREFIX)/lib/volsnap/hooks/; done; true
 	install -D -m 0644 etc/volsnap.toml $(DESTDIR)/etc/volsnap/volsnap.toml.sample
@@ -93,7 +107,8 @@ deb: static
 	  echo " One static binary (no runtime dependencies), the datastore hooks in"; \
 	  echo " /usr/lib/volsnap/hooks, systemd units (volsnap.timer is not enabled),"; \
 	  echo " the qemu-guest-agent fsfreeze wiring and a cloud-config in"; \
-	  echo " /usr/share/volsnap, and /etc/volsnap/volsnap.toml.sample."; \
+	  echo " /usr/share/volsnap, man pages, bash/zsh/fish completions, and"; \
+	  echo " /etc/volsnap/volsnap.toml.sample."; \
 	} > $(DEB_ROOT)/DEBIAN/control
 	dpkg-deb --root-owner-group --build $(DEB_ROOT) $(DEB)
 	@echo "$(DEB)"

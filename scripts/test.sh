@@ -17,8 +17,9 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 # Build before the cloud is up: the cloud costs memory, the build CPU.
 cargo test --workspace --all-targets --no-run
-# The static binary tests/deb.rs packages (its `make deb` is then incremental).
-make --no-print-directory static
+# The static binary, man pages and completions tests/deb.rs packages (its
+# `make deb` is then incremental).
+make --no-print-directory static gen
 
 trap 'tests/cloud/down.sh' EXIT
 tests/cloud/up.sh

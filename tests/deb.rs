@@ -26,11 +26,25 @@ const FILES: &[&str] = &[
     "/usr/share/volsnap/qemu-ga/fsfreeze-hook.d-volsnap",
     "/usr/share/volsnap/qemu-ga/qemu-guest-agent.service.d-volsnap.conf",
     "/usr/share/volsnap/cloud-init.yaml",
+    "/usr/share/bash-completion/completions/volsnap",
+    "/usr/share/zsh/vendor-completions/_volsnap",
+    "/usr/share/fish/vendor_completions.d/volsnap.fish",
     "/etc/volsnap/volsnap.toml.sample",
 ];
 
-/// In the package, but a dpkg path-exclude (minimal images) may drop it.
+/// In the package, but a dpkg path-exclude (minimal images) may drop them.
 const DOC: &str = "/usr/share/doc/volsnap/copyright";
+const MAN: &[&str] = &[
+    "/usr/share/man/man1/volsnap.1.gz",
+    "/usr/share/man/man1/volsnap-backup.1.gz",
+    "/usr/share/man/man1/volsnap-check.1.gz",
+    "/usr/share/man/man1/volsnap-hook.1.gz",
+    "/usr/share/man/man1/volsnap-list.1.gz",
+    "/usr/share/man/man1/volsnap-prune.1.gz",
+    "/usr/share/man/man1/volsnap-restore.1.gz",
+    "/usr/share/man/man1/volsnap-thaw.1.gz",
+    "/usr/share/man/man1/volsnap-verify.1.gz",
+];
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -211,7 +225,7 @@ fn dpkg_installs_and_removes_the_package() {
             "writable by group or others: {line}"
         );
     }
-    for f in FILES.iter().chain([&DOC]) {
+    for f in FILES.iter().chain([&DOC]).chain(MAN) {
         assert!(
             contents.contains(&format!(" .{f}\n")),
             "{f} not in the package:\n{contents}"
@@ -251,6 +265,27 @@ fn dpkg_installs_and_removes_the_package() {
         assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, 0, mode), "{f}");
     }
     assert!(!Path::new("/etc/volsnap/volsnap.toml").exists());
+
+    // The man pages, as man renders them (unless dpkg was told to drop them).
+    let manual = Path::new(MAN[0]);
+    if manual.exists() && Path::new("/usr/bin/man").exists() {
+        let out = Command::new("timeout")
+            .args(["--kill-after=10", "60", "man", "--warnings", "-l", MAN[0]])
+            .env("MANWIDTH", "80")
+            .output()
+            .expect("man");
+        let page = String::from_utf8_lossy(&out.stdout);
+        let warnings = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && warnings.is_empty(), "{warnings}");
+        for want in ["volsnap-backup(1)", "EXIT", "--config"] {
+            assert!(page.contains(want), "{want} not in man volsnap:\n{page}");
+        }
+    } else {
+        eprintln!(
+            "{} or man is not installed: the page is not rendered",
+            MAN[0]
+        );
+    }
 
     // volsnap itself accepts the installed hooks (its default hooks dir).
     let tmp = tempfile::tempdir().unwrap();
@@ -321,6 +356,9 @@ fn dpkg_installs_and_removes_the_package() {
     }
     assert!(!Path::new("/usr/lib/volsnap").exists());
     assert!(!Path::new("/usr/share/volsnap").exists());
+    for f in MAN {
+        assert!(!Path::new(f).exists(), "{f} after dpkg -r");
+    }
 
     // Purge: the conffile too.
     dpkg_ok(&["--purge", "volsnap"]);
