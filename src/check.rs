@@ -56,6 +56,12 @@ pub fn protected_paths(settings: &Settings) -> Vec<Protected<'_>> {
             path: log,
         });
     }
+    if let Some(metrics) = &settings.metrics_file {
+        protected.push(Protected {
+            what: "metrics file",
+            path: metrics,
+        });
+    }
     protected.push(Protected {
         what: "hooks directory",
         path: Path::new(&settings.hooks.dir),

@@ -9,6 +9,7 @@ pub mod exit;
 pub mod freeze;
 pub mod hooks;
 pub mod logging;
+pub mod metrics;
 pub mod mounts;
 pub mod openstack;
 pub mod retention;

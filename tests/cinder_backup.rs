@@ -499,17 +499,37 @@ fn hook_failure_aborts_or_takes_a_crash_consistent_snapshot() {
 
     let tmp = tempfile::tempdir().unwrap();
     let (hooks, marks_file) = marking_hook(tmp.path(), 1);
+    let prom = tmp.path().join("volsnap.prom");
     let config = cinder_config(
         tmp.path(),
         &[&volume],
         &hooks,
         "none",
-        "[cinder]\non_hook_failure = \"crash-consistent\"\n",
+        &format!(
+            "metrics_file = {:?}\n[cinder]\non_hook_failure = \"crash-consistent\"\n",
+            prom.display().to_string()
+        ),
     );
     let (code, stdout, stderr) = output(&mut volsnap(&cloud, &config, &["--json", "backup"]));
     assert_eq!(code, Some(3), "{stdout}\n{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["consistency"], "crash");
+    // The metrics file says so: exit 3, the freeze window, and no success yet.
+    let metrics = std::fs::read_to_string(&prom).unwrap();
+    let labels = "{strategy=\"cinder\",datastore=\"none\"}";
+    assert!(
+        metrics.contains(&format!("volsnap_backup_last_run_exit_code{labels} 3\n")),
+        "{metrics}"
+    );
+    let freeze_ms = report["freeze_ms"].as_u64().unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "volsnap_backup_last_run_freeze_seconds{labels} {:.3}\n",
+            freeze_ms as f64 / 1000.0
+        )),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("last_success"), "{metrics}");
     let snaps = volume.snapshots();
     assert_eq!(snaps.len(), 1);
     assert_eq!(snaps[0].metadata["consistency"], "crash");

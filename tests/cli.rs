@@ -179,7 +179,7 @@ fn check_offline_refuses_root() {
 }
 
 #[test]
-fn check_offline_refuses_the_filesystem_of_the_runtime_dir() {
+fn check_offline_refuses_the_filesystem_of_the_runtime_dir_or_the_metrics_file() {
     let fs = LoopFs::new("ext4", 64);
     let tmp = tempfile::tempdir().unwrap();
     let hooks = hooks_dir(tmp.path(), &[("none", NONE_HOOK)]);
@@ -196,6 +196,26 @@ fn check_offline_refuses_the_filesystem_of_the_runtime_dir() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out).0.contains("holds the runtime directory"),
+        "{:?}",
+        text(&out)
+    );
+
+    // The same for the metrics file, written after every backup.
+    let config = write_config(
+        tmp.path(),
+        &format!(
+            "storage_strategy = \"Cinder\"\ndatastore = \"none\"\nmounts = [{:?}]\nruntime_dir = {:?}\n\
+             metrics_file = {:?}\n[hooks]\ndir = {:?}\n",
+            fs.path().display().to_string(),
+            tmp.path().join("run").display().to_string(),
+            fs.path().join("volsnap.prom").display().to_string(),
+            hooks.display().to_string()
+        ),
+    );
+    let out = volsnap(&config, &["check", "--offline"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).0.contains("holds the metrics file"),
         "{:?}",
         text(&out)
     );

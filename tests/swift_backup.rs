@@ -226,6 +226,7 @@ struct Conf {
     env: Vec<(String, String)>,
     endpoint: Option<String>,
     retention: &'static str,
+    metrics_file: Option<PathBuf>,
 }
 
 impl Conf {
@@ -242,6 +243,7 @@ impl Conf {
             env: Vec::new(),
             endpoint: None,
             retention: "",
+            metrics_file: None,
         }
     }
 
@@ -292,6 +294,9 @@ impl Rig {
             list(&mounts),
             self.path().join("run").display().to_string()
         );
+        if let Some(metrics) = &c.metrics_file {
+            text += &format!("metrics_file = {:?}\n", metrics.display().to_string());
+        }
         if let Some(endpoint) = &c.endpoint {
             text += &format!("[openstack]\nobject_store_endpoint = {endpoint:?}\n");
         }
@@ -1034,6 +1039,98 @@ fn a_hook_failing_halfway_leaves_nothing_behind() {
     );
     assert_eq!(rig.api.list(&rig.container), Vec::<String>::new());
     assert_eq!(rig.api.list(&rig.segments), Vec::<String>::new());
+}
+
+/// The value of `volsnap_backup_NAME{…}` in a metrics file, if present.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    let prefix = format!("volsnap_backup_{name}{{strategy=\"swift\",datastore=\"none\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.parse().unwrap())
+}
+
+#[test]
+fn the_metrics_file_records_every_outcome() {
+    let rig = Rig::new("metrics");
+    let input = rig.path().join("input.bin");
+    let data = random_bytes(3 * MIB + 5, 11);
+    std::fs::write(&input, &data).unwrap();
+    let script = format!(
+        "#!/bin/sh\n[ \"$1\" = backup ] || exit 0\n[ -e {fail} ] && {{ echo 'disk full' >&2; exit 1; }}\nexec cat {input}\n",
+        fail = q(&rig.path().join("fail")),
+        input = q(&input)
+    );
+    let hooks = hooks_dir(rig.path(), &[("none", &script)]);
+    let prom = rig.path().join("textfile/volsnap.prom");
+    std::fs::create_dir(prom.parent().unwrap()).unwrap();
+    let mut conf = Conf::new("none", &hooks);
+    conf.metrics_file = Some(prom.clone());
+    let config = rig.config("metrics", &conf);
+
+    // A success: its sizes, exit 0, and it is the last success.
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let report = rig.backup(&config);
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert_eq!(metric(&text, "last_run_exit_code"), Some(0.0), "{text}");
+    assert_eq!(
+        metric(&text, "last_run_plain_bytes"),
+        Some(data.len() as f64)
+    );
+    assert_eq!(
+        metric(&text, "last_run_stored_bytes"),
+        report["stored_size"].as_f64()
+    );
+    let ended = metric(&text, "last_run_timestamp_seconds").unwrap();
+    assert!(ended >= before, "{ended} < {before}");
+    assert_eq!(metric(&text, "last_success_timestamp_seconds"), Some(ended));
+    assert!(metric(&text, "last_run_duration_seconds").unwrap() > 0.0);
+    let mode = std::fs::metadata(&prom).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644, "node_exporter must read it");
+
+    // The hook fails: exit 1, no sizes, the last success stays.
+    std::fs::write(rig.path().join("fail"), "").unwrap();
+    rig.fails(&config, &["backup"]);
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert_eq!(metric(&text, "last_run_exit_code"), Some(1.0), "{text}");
+    assert!(metric(&text, "last_run_timestamp_seconds").unwrap() > ended);
+    assert_eq!(metric(&text, "last_success_timestamp_seconds"), Some(ended));
+    assert_eq!(metric(&text, "last_run_plain_bytes"), None, "{text}");
+
+    // Another run holds the lock: exit 75, and that run reports, not this one.
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(rig.path().join("run/lock"))
+        .unwrap();
+    let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+    let (code, _, stderr) = rig.run(&config, &["backup"]);
+    assert_eq!(code, Some(75), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&prom).unwrap(), text);
+    drop(held);
+
+    // A dry run writes nothing either; the textfile directory holds only the file.
+    std::fs::remove_file(rig.path().join("fail")).unwrap();
+    rig.ok(&config, &["backup", "--dry-run"]);
+    assert_eq!(std::fs::read_to_string(&prom).unwrap(), text);
+    let names: Vec<_> = std::fs::read_dir(prom.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, [std::ffi::OsString::from("volsnap.prom")]);
+
+    // An unwritable metrics file does not fail a backup that worked.
+    std::fs::remove_file(&prom).unwrap();
+    std::fs::remove_dir(prom.parent().unwrap()).unwrap();
+    let (code, _, stderr) = rig.run(&config, &["backup"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("metrics_file {}: not written", prom.display())),
+        "{stderr}"
+    );
 }
 
 /// A proxy between volsnap and Swift that spoils the first PUT of a segment

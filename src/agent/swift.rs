@@ -64,14 +64,9 @@ pub struct BackupReport {
     pub pruned: Vec<String>,
 }
 
-pub fn backup_command(
-    settings: &Settings,
-    ctx: &Context,
-    dry_run: bool,
-    stop: &AtomicBool,
-) -> Result<u8> {
-    let report = backup(settings, dry_run, ctx.quiet, stop)?;
-    ctx.print(&report, || {
+/// Prints a backup's report, human or `--json`.
+pub fn print_backup(report: &BackupReport, ctx: &Context) -> Result<()> {
+    ctx.print(report, || {
         if report.dry_run {
             println!(
                 "dry run: would stream hook {} backup into {}/{} ({} segments, {}, {})",
@@ -112,8 +107,7 @@ pub fn backup_command(
                 report.pruned.join(", ")
             );
         }
-    })?;
-    Ok(exit::SUCCESS)
+    })
 }
 
 pub fn backup(

@@ -1,12 +1,14 @@
 //! `volsnap backup`: one backup with the configured strategy.
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 
 use super::Context;
-use crate::agent;
 use crate::config::Strategy;
+use crate::metrics::{self, Outcome};
+use crate::{agent, exit};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -26,18 +28,56 @@ impl Args {
         if let Some(path) = &settings.log_file {
             crate::logging::to_file(path)?;
         }
+        let started = Instant::now();
+        let dry_run = self.dry_run;
         let stop = agent::cinder::stop_flag()?;
-        match settings.strategy {
+        let mut outcome = Outcome {
+            strategy: settings.strategy,
+            datastore: settings.datastore,
+            exit_code: exit::FAILURE,
+            ended: SystemTime::now(),
+            duration: Duration::ZERO,
+            freeze: None,
+            plain_bytes: None,
+            stored_bytes: None,
+        };
+        let result = match settings.strategy {
             Strategy::Cinder => {
                 let options = agent::cinder::Options {
-                    dry_run: self.dry_run,
+                    dry_run,
                     sys_root: self.sys_root,
                 };
-                let report = agent::cinder::backup(&settings, &options, stop)?;
-                ctx.print(&report, || report.print_human())?;
-                Ok(report.exit_code())
+                agent::cinder::backup(&settings, &options, stop).and_then(|report| {
+                    outcome.freeze = report.freeze_ms.map(Duration::from_millis);
+                    ctx.print(&report, || report.print_human())?;
+                    Ok(report.exit_code())
+                })
             }
-            Strategy::Swift => agent::swift::backup_command(&settings, ctx, self.dry_run, stop),
+            Strategy::Swift => {
+                agent::swift::backup(&settings, dry_run, ctx.quiet, stop).and_then(|report| {
+                    outcome.plain_bytes = Some(report.size);
+                    outcome.stored_bytes = Some(report.stored_size);
+                    agent::swift::print_backup(&report, ctx)?;
+                    Ok(exit::SUCCESS)
+                })
+            }
+        };
+        outcome.exit_code = match &result {
+            Ok(code) => *code,
+            Err(e) => exit::code_for(e),
+        };
+        // The run that holds the lock reports for itself.
+        if let (Some(path), false, false) = (
+            &settings.metrics_file,
+            dry_run,
+            outcome.exit_code == exit::LOCKED,
+        ) {
+            outcome.ended = SystemTime::now();
+            outcome.duration = started.elapsed();
+            if let Err(e) = metrics::write(path, &outcome) {
+                log::warn!("metrics_file {}: not written: {e}", path.display());
+            }
         }
+        result
     }
 }

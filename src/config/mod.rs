@@ -138,6 +138,7 @@ struct File {
     mounts: Vec<PathBuf>,
     runtime_dir: Option<PathBuf>,
     log_file: Option<PathBuf>,
+    metrics_file: Option<PathBuf>,
     #[serde(default)]
     openstack: OpenStack,
     #[serde(default)]
@@ -250,6 +251,9 @@ pub struct Settings {
     pub mounts: Vec<PathBuf>,
     pub runtime_dir: PathBuf,
     pub log_file: Option<PathBuf>,
+    /// Where `volsnap backup` leaves its outcome for node_exporter's
+    /// textfile collector (see `metrics`).
+    pub metrics_file: Option<PathBuf>,
     pub openstack: OpenStack,
     pub cinder: CinderSettings,
     pub swift: SwiftSettings,
@@ -386,6 +390,7 @@ fn validate(path: &Path, source: &str, file: File) -> Result<Settings, ConfigErr
     let runtime_dir = absolute_path(&err, "runtime_dir", file.runtime_dir)?
         .unwrap_or_else(|| PathBuf::from(DEFAULT_RUNTIME_DIR));
     let log_file = absolute_path(&err, "log_file", file.log_file)?;
+    let metrics_file = absolute_path(&err, "metrics_file", file.metrics_file)?;
 
     let openstack = file.openstack;
     for (key, timeout) in [
@@ -488,6 +493,7 @@ fn validate(path: &Path, source: &str, file: File) -> Result<Settings, ConfigErr
         mounts,
         runtime_dir,
         log_file,
+        metrics_file,
         openstack,
         cinder,
         swift,

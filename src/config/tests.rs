@@ -259,3 +259,24 @@ fn the_sample_config_parses() {
     let s = parse(&path, &source).unwrap();
     assert_eq!(s.datastore, Datastore::Mysql);
 }
+
+#[test]
+fn metrics_file_is_an_absolute_path() {
+    let s = parse_str(
+        "datastore = \"none\"\nmetrics_file = \"/var/lib/node-exporter/./volsnap.prom\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        s.metrics_file.as_deref(),
+        Some(Path::new("/var/lib/node-exporter/volsnap.prom"))
+    );
+    assert_eq!(
+        parse_str("datastore = \"none\"\n").unwrap().metrics_file,
+        None
+    );
+    let e = error_of("datastore = \"none\"\nmetrics_file = \"volsnap.prom\"\n");
+    assert!(
+        e.contains(":2:1: metrics_file: \"volsnap.prom\" is not an absolute path"),
+        "{e}"
+    );
+}
