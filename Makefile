@@ -8,7 +8,7 @@ STATIC_BUDGET := 6291456
 PREFIX ?= /usr
 DESTDIR ?=
 
-.PHONY: all build static test lint unit gen install deb clean demo bench
+.PHONY: all build static test lint unit gen install deb rpm clean demo bench
 
 all: build
 
@@ -112,6 +112,22 @@ deb: static
 	} > $(DEB_ROOT)/DEBIAN/control
 	dpkg-deb --root-owner-group --build $(DEB_ROOT) $(DEB)
 	@echo "$(DEB)"
+
+# An RPM, target/volsnap-<version>-1.x86_64.rpm, built with rpmbuild from
+# `make install`'s layout with PREFIX=/usr (packaging/rpm/volsnap.spec).
+RPM_TOP := target/rpm
+RPM := target/volsnap-$(DEB_VERSION)-1.x86_64.rpm
+
+rpm: static
+	rm -rf $(RPM_TOP)
+	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/$(RPM_TOP)/root PREFIX=/usr
+	rpmbuild -bb --quiet \
+	    --define "_topdir $(CURDIR)/$(RPM_TOP)" \
+	    --define "volsnap_version $(DEB_VERSION)" \
+	    --define "volsnap_root $(CURDIR)/$(RPM_TOP)/root" \
+	    packaging/rpm/volsnap.spec
+	cp $(RPM_TOP)/RPMS/x86_64/volsnap-$(DEB_VERSION)-1.x86_64.rpm $(RPM)
+	@echo "$(RPM)"
 
 clean:
 	$(CARGO) clean

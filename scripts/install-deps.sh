@@ -7,9 +7,10 @@ set -euo pipefail
 # standard tools, as an operator would; systemd (systemd-analyze), cloud-init
 # and shellcheck check the shipped units, cloud-config and scripts; time
 # measures peak memory; make and file build the static binary and the Debian
-# package (tests/deb.rs runs `make deb`; dpkg-deb comes with dpkg); groff
+# package (tests/deb.rs runs `make deb`; dpkg-deb comes with dpkg); rpm
+# builds the RPM and installs it into a scratch root (tests/rpm.rs); groff
 # and man render the generated man pages as a reader would.
-packages=(make file e2fsprogs xfsprogs util-linux age zstd gzip openssh-client systemd cloud-init shellcheck time groff-base man-db)
+packages=(make file e2fsprogs xfsprogs util-linux age zstd gzip openssh-client systemd cloud-init shellcheck time groff-base man-db rpm)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

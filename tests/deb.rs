@@ -6,79 +6,29 @@
 //! volsnap installed without dpkg (`make install`), makes the test refuse
 //! rather than overwrite or remove it.
 
+#[path = "support/package.rs"]
+mod package;
+
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use package::{make, mode_of, ok, repo, run, text, FILES, MAN, VERSION};
+
 const MAINTAINER: &str = "volsnap developers <volsnap@localhost>";
-const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Files the package installs (directories aside).
-const FILES: &[&str] = &[
-    "/usr/bin/volsnap",
-    "/usr/lib/volsnap/hooks/mysql",
-    "/usr/lib/volsnap/hooks/none",
-    "/usr/lib/volsnap/hooks/postgresql",
-    "/usr/lib/volsnap/hooks/redis",
-    "/usr/lib/systemd/system/volsnap.service",
-    "/usr/lib/systemd/system/volsnap.timer",
-    "/usr/share/volsnap/qemu-ga/fsfreeze-hook.d-volsnap",
-    "/usr/share/volsnap/qemu-ga/qemu-guest-agent.service.d-volsnap.conf",
-    "/usr/share/volsnap/cloud-init.yaml",
-    "/usr/share/bash-completion/completions/volsnap",
-    "/usr/share/zsh/vendor-completions/_volsnap",
-    "/usr/share/fish/vendor_completions.d/volsnap.fish",
-    "/etc/volsnap/volsnap.toml.sample",
-];
+/// Where Debian's zsh looks for completions.
+const ZSH: &str = "/usr/share/zsh/vendor-completions/_volsnap";
 
-/// In the package, but a dpkg path-exclude (minimal images) may drop them.
+/// Every file the package installs (directories aside).
+fn files() -> Vec<&'static str> {
+    FILES.iter().copied().chain([ZSH]).collect()
+}
+
+/// In the package, but a dpkg path-exclude (minimal images) may drop it,
+/// and the man pages ([`MAN`]).
 const DOC: &str = "/usr/share/doc/volsnap/copyright";
-const MAN: &[&str] = &[
-    "/usr/share/man/man1/volsnap.1.gz",
-    "/usr/share/man/man1/volsnap-backup.1.gz",
-    "/usr/share/man/man1/volsnap-check.1.gz",
-    "/usr/share/man/man1/volsnap-hook.1.gz",
-    "/usr/share/man/man1/volsnap-list.1.gz",
-    "/usr/share/man/man1/volsnap-prune.1.gz",
-    "/usr/share/man/man1/volsnap-restore.1.gz",
-    "/usr/share/man/man1/volsnap-thaw.1.gz",
-    "/usr/share/man/man1/volsnap-verify.1.gz",
-];
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-/// Runs `args` under timeout(1) (TERM after `secs`, KILL 10 s later), in the
-/// repository.
-fn run(secs: u64, args: &[&str]) -> Output {
-    Command::new("timeout")
-        .args(["--kill-after=10", &secs.to_string()])
-        .args(args)
-        .current_dir(repo(""))
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn ok(secs: u64, args: &[&str]) -> String {
-    let out = run(secs, args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}\n{}",
-        out.status,
-        text(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// dpkg, waiting up to a minute for its lock if something else (apt) holds it.
 fn dpkg(args: &[&str]) -> Output {
@@ -142,7 +92,7 @@ fn dpkg_installs_and_removes_the_package() {
         drop(Purge);
         assert_eq!(status(), None, "could not purge the previous run's package");
     }
-    for f in FILES {
+    for f in &files() {
         assert!(
             !Path::new(f).exists(),
             "{f} exists but no volsnap package is installed (make install?): \
@@ -151,44 +101,11 @@ fn dpkg_installs_and_removes_the_package() {
     }
     let etc_existed = Path::new("/etc/volsnap").exists();
 
-    // Build. Incremental after the first `make static` (~5 min from cold).
-    // Without the variables `cargo test` sets for this process: ring's build
-    // script tracks CARGO_MANIFEST_DIR, and a value that differs from a
-    // `make static` run from a shell would relink the static binary (1.5 min)
-    // every time the two alternate.
-    let mut make = Command::new("timeout");
-    make.args([
-        "--kill-after=10",
-        "1800",
-        "make",
-        "--no-print-directory",
-        "deb",
-    ])
-    .current_dir(repo(""));
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if name == "CARGO"
-            || [
-                "CARGO_MANIFEST_",
-                "CARGO_PKG_",
-                "CARGO_CRATE_",
-                "CARGO_BIN_",
-                "CARGO_PRIMARY_",
-                "CARGO_TARGET_TMPDIR",
-            ]
-            .iter()
-            .any(|p| name.starts_with(p))
-        {
-            make.env_remove(&*name);
-        }
-    }
-    let out = make.output().expect("make");
-    assert!(out.status.success(), "make deb: {}", text(&out));
+    let built = make("deb");
     let deb = format!("target/volsnap_{VERSION}_amd64.deb");
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains(&deb),
-        "make deb does not name {deb}: {}",
-        text(&out)
+        built.contains(&deb),
+        "make deb does not name {deb}: {built}"
     );
     let deb = repo(&deb);
     let deb = deb.to_str().unwrap();
@@ -225,7 +142,7 @@ fn dpkg_installs_and_removes_the_package() {
             "writable by group or others: {line}"
         );
     }
-    for f in FILES.iter().chain([&DOC]).chain(MAN) {
+    for f in files().iter().chain([&DOC]).chain(MAN) {
         assert!(
             contents.contains(&format!(" .{f}\n")),
             "{f} not in the package:\n{contents}"
@@ -256,13 +173,13 @@ fn dpkg_installs_and_removes_the_package() {
             "{dir}"
         );
     }
-    for f in FILES {
+    for f in &files() {
         let m = std::fs::metadata(f).unwrap_or_else(|e| panic!("{f}: {e}"));
-        let exec = f.starts_with("/usr/lib/volsnap/hooks/")
-            || f.ends_with("/fsfreeze-hook.d-volsnap")
-            || *f == "/usr/bin/volsnap";
-        let mode = if exec { 0o755 } else { 0o644 };
-        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, 0, mode), "{f}");
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o7777),
+            (0, 0, mode_of(f)),
+            "{f}"
+        );
     }
     assert!(!Path::new("/etc/volsnap/volsnap.toml").exists());
 
@@ -321,7 +238,7 @@ fn dpkg_installs_and_removes_the_package() {
 
     // Every installed file is in `dpkg -L`, and dpkg's checksums match.
     let listed = dpkg_ok(&["-L", "volsnap"]);
-    for f in FILES {
+    for f in &files() {
         assert!(
             listed.lines().any(|l| l == *f),
             "{f} not in dpkg -L:\n{listed}"
@@ -350,7 +267,7 @@ fn dpkg_installs_and_removes_the_package() {
     dpkg_ok(&["-r", "volsnap"]);
     let s = status().expect("dpkg -r forgot the conffile");
     assert!(s.starts_with("rc |deinstall ok config-files|"), "{s}");
-    for f in FILES {
+    for f in &files() {
         let kept = f.starts_with("/etc/");
         assert_eq!(Path::new(f).exists(), kept, "{f} after dpkg -r");
     }
@@ -363,7 +280,7 @@ fn dpkg_installs_and_removes_the_package() {
     // Purge: the conffile too.
     dpkg_ok(&["--purge", "volsnap"]);
     assert_eq!(status(), None);
-    for f in FILES {
+    for f in &files() {
         assert!(!Path::new(f).exists(), "{f} after dpkg --purge");
     }
     if !etc_existed {
