@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -52,14 +52,22 @@ pub fn write(path: &Path, outcome: &Outcome) -> io::Result<()> {
     tmp_name.push(format!(".tmp-{}", std::process::id()));
     let tmp: PathBuf = path.with_file_name(tmp_name);
     let written = (|| {
-        let mut file = fs::File::create(&tmp)?;
+        // O_EXCL: never through a file or symlink someone put there first
+        // (root writes this, maybe into a directory others can write).
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)?;
         file.set_permissions(fs::Permissions::from_mode(0o644))?;
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
         fs::rename(&tmp, path)
     })();
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
+    if let Err(e) = &written {
+        if e.kind() != io::ErrorKind::AlreadyExists {
+            let _ = fs::remove_file(&tmp);
+        }
     }
     written
 }
@@ -252,6 +260,26 @@ volsnap_backup_last_run_stored_bytes{strategy=\"swift\",datastore=\"mysql\"} 100
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, [std::ffi::OsString::from("volsnap.prom")]);
+    }
+
+    #[test]
+    fn a_planted_temporary_file_is_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("volsnap.prom");
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "precious\n").unwrap();
+        let planted = dir
+            .path()
+            .join(format!(".volsnap.prom.tmp-{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let err = write(&path, &outcome(0, 1)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
+        assert!(fs::symlink_metadata(&planted)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(!path.exists());
     }
 
     #[test]
