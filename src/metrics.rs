@@ -51,23 +51,32 @@ pub fn write(path: &Path, outcome: &Outcome) -> io::Result<()> {
     tmp_name.push(name);
     tmp_name.push(format!(".tmp-{}", std::process::id()));
     let tmp: PathBuf = path.with_file_name(tmp_name);
-    let written = (|| {
-        // O_EXCL: never through a file or symlink someone put there first
-        // (root writes this, maybe into a directory others can write).
-        let mut file = fs::OpenOptions::new()
+    // O_EXCL: never through a file or symlink someone put there first (root
+    // writes this, maybe into a directory others can write). One left by a
+    // killed run, or planted, is unlinked (not followed) and the open tried
+    // once more.
+    let create = || {
+        fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o644)
-            .open(&tmp)?;
+            .open(&tmp)
+    };
+    let written = (|| {
+        let mut file = match create() {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                fs::remove_file(&tmp)?;
+                create()?
+            }
+            other => other?,
+        };
         file.set_permissions(fs::Permissions::from_mode(0o644))?;
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
         fs::rename(&tmp, path)
     })();
-    if let Err(e) = &written {
-        if e.kind() != io::ErrorKind::AlreadyExists {
-            let _ = fs::remove_file(&tmp);
-        }
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
     }
     written
 }
@@ -263,7 +272,7 @@ volsnap_backup_last_run_stored_bytes{strategy=\"swift\",datastore=\"mysql\"} 100
     }
 
     #[test]
-    fn a_planted_temporary_file_is_not_written_through() {
+    fn a_planted_or_stale_temporary_file_is_unlinked_not_written_through() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("volsnap.prom");
         let victim = dir.path().join("victim");
@@ -272,14 +281,16 @@ volsnap_backup_last_run_stored_bytes{strategy=\"swift\",datastore=\"mysql\"} 100
             .path()
             .join(format!(".volsnap.prom.tmp-{}", std::process::id()));
         std::os::unix::fs::symlink(&victim, &planted).unwrap();
-        let err = write(&path, &outcome(0, 1)).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        write(&path, &outcome(0, 1)).unwrap();
         assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
-        assert!(fs::symlink_metadata(&planted)
+        assert!(fs::symlink_metadata(&planted).is_err(), "the symlink stays");
+        assert!(fs::read_to_string(&path)
+            .unwrap()
+            .contains("last_run_exit_code"));
+        assert!(!fs::symlink_metadata(&path)
             .unwrap()
             .file_type()
             .is_symlink());
-        assert!(!path.exists());
     }
 
     #[test]
