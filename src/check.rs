@@ -35,7 +35,33 @@ pub fn offline(settings: &Settings, mountinfo: &[MountEntry]) -> Vec<String> {
             problems.push(format!("mount {p}"));
         }
     }
+    if let Some(p) = settings
+        .metrics_file
+        .as_deref()
+        .and_then(metrics_file_problem)
+    {
+        problems.push(p);
+    }
     problems
+}
+
+/// Why a backup could not write `metrics_file`: it only warns then, in a
+/// journal nobody reads, so `check` (what cloud-init runs) says it first.
+fn metrics_file_problem(path: &Path) -> Option<String> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty())?;
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => None,
+        Ok(_) => Some(format!(
+            "metrics_file {}: {} is not a directory",
+            path.display(),
+            dir.display()
+        )),
+        Err(e) => Some(format!(
+            "metrics_file {}: its directory {}: {e}",
+            path.display(),
+            dir.display()
+        )),
+    }
 }
 
 /// The paths volsnap writes or reads while the data mounts are frozen.

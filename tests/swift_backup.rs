@@ -1122,9 +1122,20 @@ fn the_metrics_file_records_every_outcome() {
         .collect();
     assert_eq!(names, [std::ffi::OsString::from("volsnap.prom")]);
 
-    // An unwritable metrics file does not fail a backup that worked.
+    // An unwritable metrics file does not fail a backup that worked, but
+    // `check` (what cloud-init runs) names it first.
     std::fs::remove_file(&prom).unwrap();
     std::fs::remove_dir(prom.parent().unwrap()).unwrap();
+    let (code, stdout, _) = rig.run(&config, &["check", "--offline"]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "problem: metrics_file {}: its directory {}: No such file or directory",
+            prom.display(),
+            prom.parent().unwrap().display()
+        )),
+        "{stdout}"
+    );
     let (code, _, stderr) = rig.run(&config, &["backup"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
