@@ -171,6 +171,13 @@ mod tests {
         }
     }
 
+    fn names_in(dir: &Path) -> Vec<String> {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
     #[test]
     fn a_success_in_the_text_format() {
         let text = render(&outcome(0, 1_764_133_200), Some(1_764_133_200.25));
@@ -245,11 +252,7 @@ volsnap_backup_last_run_stored_bytes{strategy=\"swift\",datastore=\"mysql\"} 100
         // Readable by the collector, and nothing left beside it.
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o644);
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, [std::ffi::OsString::from("volsnap.prom")]);
+        assert_eq!(names_in(dir.path()), ["volsnap.prom"]);
     }
 
     #[test]
@@ -264,11 +267,7 @@ volsnap_backup_last_run_stored_bytes{strategy=\"swift\",datastore=\"mysql\"} 100
         fs::create_dir(&path).unwrap();
         fs::write(path.join("x"), "").unwrap();
         assert!(write(&path, &outcome(0, 1)).is_err());
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, [std::ffi::OsString::from("volsnap.prom")]);
+        assert_eq!(names_in(dir.path()), ["volsnap.prom"]);
     }
 
     #[test]

@@ -183,42 +183,26 @@ fn check_offline_refuses_the_filesystem_of_the_runtime_dir_or_the_metrics_file()
     let fs = LoopFs::new("ext4", 64);
     let tmp = tempfile::tempdir().unwrap();
     let hooks = hooks_dir(tmp.path(), &[("none", NONE_HOOK)]);
-    let config = write_config(
-        tmp.path(),
-        &format!(
-            "storage_strategy = \"Cinder\"\ndatastore = \"none\"\nmounts = [{:?}]\nruntime_dir = {:?}\n[hooks]\ndir = {:?}\n",
-            fs.path().display().to_string(),
-            fs.path().join("run").display().to_string(),
-            hooks.display().to_string()
-        ),
-    );
-    let out = volsnap(&config, &["check", "--offline"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out).0.contains("holds the runtime directory"),
-        "{:?}",
-        text(&out)
-    );
-
-    // The same for the metrics file, written after every backup.
-    let config = write_config(
-        tmp.path(),
-        &format!(
-            "storage_strategy = \"Cinder\"\ndatastore = \"none\"\nmounts = [{:?}]\nruntime_dir = {:?}\n\
-             metrics_file = {:?}\n[hooks]\ndir = {:?}\n",
-            fs.path().display().to_string(),
-            tmp.path().join("run").display().to_string(),
-            fs.path().join("volsnap.prom").display().to_string(),
-            hooks.display().to_string()
-        ),
-    );
-    let out = volsnap(&config, &["check", "--offline"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out).0.contains("holds the metrics file"),
-        "{:?}",
-        text(&out)
-    );
+    // Each is written while the data may be frozen, or just after.
+    let on_fs = fs.path().display().to_string();
+    let off_fs = tmp.path().display().to_string();
+    for (runtime_dir, metrics_dir, refused) in [
+        (&on_fs, &off_fs, "holds the runtime directory"),
+        (&off_fs, &on_fs, "holds the metrics file"),
+    ] {
+        let config = write_config(
+            tmp.path(),
+            &format!(
+                "storage_strategy = \"Cinder\"\ndatastore = \"none\"\nmounts = [{on_fs:?}]\n\
+                 runtime_dir = \"{runtime_dir}/run\"\nmetrics_file = \"{metrics_dir}/volsnap.prom\"\n\
+                 [hooks]\ndir = {:?}\n",
+                hooks.display().to_string()
+            ),
+        );
+        let out = volsnap(&config, &["check", "--offline"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(text(&out).0.contains(refused), "{:?}", text(&out));
+    }
 }
 
 #[test]

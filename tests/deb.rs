@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use package::{make, mode_of, ok, repo, run, text, FILES, MAN, VERSION};
+use package::{build, mode_of, ok, run, text, FILES, MAN, VERSION};
 
 const MAINTAINER: &str = "volsnap developers <volsnap@localhost>";
 
@@ -101,15 +101,8 @@ fn dpkg_installs_and_removes_the_package() {
     }
     let etc_existed = Path::new("/etc/volsnap").exists();
 
-    let built = make("deb");
-    let deb = format!("target/volsnap_{VERSION}_amd64.deb");
-    assert!(
-        built.contains(&deb),
-        "make deb does not name {deb}: {built}"
-    );
-    let deb = repo(&deb);
-    let deb = deb.to_str().unwrap();
-    eprintln!("{deb}: {} bytes", std::fs::metadata(deb).unwrap().len());
+    let deb = build("deb", &format!("target/volsnap_{VERSION}_amd64.deb"));
+    let deb = deb.as_str();
 
     // The archive: fields, and every entry owned by root/root.
     let fields = ok(

@@ -12,7 +12,7 @@ mod package;
 
 use std::os::unix::fs::MetadataExt;
 
-use package::{make, mode_of, ok, repo, run, text, FILES, MAN, VERSION};
+use package::{build, mode_of, ok, run, text, FILES, MAN, VERSION};
 
 /// Where zsh looks for completions on RPM distributions.
 const ZSH: &str = "/usr/share/zsh/site-functions/_volsnap";
@@ -33,15 +33,8 @@ fn query(rpm: &str, format: &str) -> String {
 
 #[test]
 fn the_rpm_installs_into_a_root_and_erases_cleanly() {
-    let built = make("rpm");
-    let rpm = format!("target/volsnap-{VERSION}-1.x86_64.rpm");
-    assert!(
-        built.contains(&rpm),
-        "make rpm does not name {rpm}: {built}"
-    );
-    let rpm = repo(&rpm);
-    let rpm = rpm.to_str().unwrap();
-    eprintln!("{rpm}: {} bytes", std::fs::metadata(rpm).unwrap().len());
+    let rpm = build("rpm", &format!("target/volsnap-{VERSION}-1.x86_64.rpm"));
+    let rpm = rpm.as_str();
 
     // Fields, and no dependency but a shell for the scriptlets: the binary
     // is static.

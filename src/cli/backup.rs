@@ -31,16 +31,9 @@ impl Args {
         let started = Instant::now();
         let dry_run = self.dry_run;
         let stop = agent::cinder::stop_flag()?;
-        let mut outcome = Outcome {
-            strategy: settings.strategy,
-            datastore: settings.datastore,
-            exit_code: exit::FAILURE,
-            ended: SystemTime::now(),
-            duration: Duration::ZERO,
-            freeze: None,
-            plain_bytes: None,
-            stored_bytes: None,
-        };
+        // What the metrics file says beyond the exit code.
+        let mut freeze = None;
+        let mut sizes = None;
         let result = match settings.strategy {
             Strategy::Cinder => {
                 let options = agent::cinder::Options {
@@ -48,34 +41,40 @@ impl Args {
                     sys_root: self.sys_root,
                 };
                 agent::cinder::backup(&settings, &options, stop).and_then(|report| {
-                    outcome.freeze = report.freeze_ms.map(Duration::from_millis);
+                    freeze = report.freeze_ms.map(Duration::from_millis);
                     ctx.print(&report, || report.print_human())?;
                     Ok(report.exit_code())
                 })
             }
             Strategy::Swift => {
                 agent::swift::backup(&settings, dry_run, ctx.quiet, stop).and_then(|report| {
-                    outcome.plain_bytes = Some(report.size);
-                    outcome.stored_bytes = Some(report.stored_size);
+                    sizes = Some((report.size, report.stored_size));
                     agent::swift::print_backup(&report, ctx)?;
                     Ok(exit::SUCCESS)
                 })
             }
         };
-        outcome.exit_code = match &result {
+        let exit_code = match &result {
             Ok(code) => *code,
             Err(e) => exit::code_for(e),
         };
-        // The run that holds the lock reports for itself.
-        if let (Some(path), false, false) = (
-            &settings.metrics_file,
-            dry_run,
-            outcome.exit_code == exit::LOCKED,
-        ) {
-            outcome.ended = SystemTime::now();
-            outcome.duration = started.elapsed();
-            if let Err(e) = metrics::write(path, &outcome) {
-                log::warn!("metrics_file {}: not written: {e}", path.display());
+        // Not for a dry run; and a run turned away by the lock leaves the
+        // report to the run that holds it.
+        if let Some(path) = settings.metrics_file.as_deref() {
+            if !dry_run && exit_code != exit::LOCKED {
+                let outcome = Outcome {
+                    strategy: settings.strategy,
+                    datastore: settings.datastore,
+                    exit_code,
+                    ended: SystemTime::now(),
+                    duration: started.elapsed(),
+                    freeze,
+                    plain_bytes: sizes.map(|(plain, _)| plain),
+                    stored_bytes: sizes.map(|(_, stored)| stored),
+                };
+                if let Err(e) = metrics::write(path, &outcome) {
+                    log::warn!("metrics_file {}: not written: {e}", path.display());
+                }
             }
         }
         result

@@ -122,3 +122,16 @@ pub fn make(target: &str) -> String {
     assert!(out.status.success(), "make {target}: {}", text(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `make TARGET`, which must name `file` (under the repository) as what it
+/// built; the package's absolute path.
+pub fn build(target: &str, file: &str) -> String {
+    let built = make(target);
+    assert!(
+        built.contains(file),
+        "make {target} does not name {file}: {built}"
+    );
+    let path = repo(file).to_str().unwrap().to_string();
+    eprintln!("{path}: {} bytes", std::fs::metadata(&path).unwrap().len());
+    path
+}
