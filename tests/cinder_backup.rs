@@ -359,7 +359,7 @@ fn a_snapshot_in_error_fails_the_run_and_is_deleted() {
     knobs.fail_next();
     let (code, stdout, stderr) = output(&mut volsnap(&cloud, &config, &["backup"]));
     assert_eq!(code, Some(1), "{stdout}\n{stderr}");
-    assert!(stderr.contains("as error"), "{stderr}");
+    assert!(stderr.contains("went to status \"error\""), "{stderr}");
     assert_thawed(volume.path());
     assert!(
         volume.snapshots().is_empty(),

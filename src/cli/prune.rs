@@ -30,6 +30,16 @@ impl Args {
         let deleted = match settings.strategy {
             Strategy::Cinder => {
                 let cinder = agent::cinder::connect(&settings)?;
+                if !self.dry_run {
+                    let cleanup = agent::cinder::runs::clean(
+                        &cinder,
+                        &settings.runtime_dir,
+                        std::time::Duration::from_secs(60),
+                    )?;
+                    for id in &cleanup.removed {
+                        log::info!("removed snapshot {id}: a killed or failed run left it");
+                    }
+                }
                 agent::cinder::prune(&settings, &cinder, self.dry_run)?
             }
             Strategy::Swift => agent::swift::prune(&settings, self.dry_run)?,
