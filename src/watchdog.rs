@@ -44,8 +44,12 @@ pub struct Plan {
     pub run: String,
     pub runtime_dir: PathBuf,
     pub mounts: Vec<PathBuf>,
-    /// Thaw after this long even if the agent is alive.
+    /// Fire after this long even if the agent is alive, until it says
+    /// `freezing` (it is armed before the hook's `freeze`, so that a run
+    /// killed while the database is held is released at once too)...
     pub deadline_ms: u64,
+    /// ...and this long after `freezing`: the freeze's own deadline.
+    pub max_freeze_ms: u64,
     /// The hook whose `thaw` it runs when it fires: carried whole, so that
     /// editing, breaking or deleting the config mid-run changes nothing.
     /// `None` when the hook's `freeze` was never attempted.
@@ -128,6 +132,16 @@ impl Watchdog {
                 bail!("the watchdog did not arm within {}s", ARM_TIMEOUT.as_secs())
             }
         }
+    }
+
+    /// Tells the watchdog the FIFREEZEs start now: its deadline becomes
+    /// `max_freeze_ms` from here.
+    pub fn freezing(&mut self) -> Result<()> {
+        let stdin = self.stdin.as_mut().expect("armed watchdog has stdin");
+        stdin
+            .write_all(b"freezing\n")
+            .and_then(|_| stdin.flush())
+            .context("the watchdog is gone")
     }
 
     /// The watchdog process's id.
@@ -268,11 +282,12 @@ pub fn run_child() -> Result<()> {
             }
         }
     }
-    let deadline = Instant::now() + Duration::from_millis(plan.deadline_ms);
+    let mut deadline = Instant::now() + Duration::from_millis(plan.deadline_ms);
     writeln!(stdout, "armed")?;
     stdout.flush()?;
 
-    let trigger = match watch(&stop, deadline)? {
+    let max_freeze = Duration::from_millis(plan.max_freeze_ms);
+    let trigger = match watch(&stop, &mut deadline, max_freeze)? {
         None => {
             let _ = writeln!(stdout, "disarmed");
             return Ok(());
@@ -291,7 +306,7 @@ pub fn run_child() -> Result<()> {
             let limit = plan.hook.as_ref().map_or(Duration::ZERO, |h| {
                 Duration::from_millis(h.timeout_ms()) + Duration::from_secs(5)
             });
-            watch(&stop, Instant::now() + limit)?.is_some()
+            watch(&stop, &mut (Instant::now() + limit), Duration::ZERO)?.is_some()
         }
         Trigger::AgentGone | Trigger::Signal => true,
     };
@@ -320,15 +335,20 @@ pub fn run_child() -> Result<()> {
     Ok(())
 }
 
-/// Waits for `disarm` (None), or for a reason to fire.
-fn watch(stop: &AtomicBool, deadline: Instant) -> Result<Option<Trigger>> {
+/// Waits for `disarm` (None), or for a reason to fire; `freezing` moves the
+/// deadline to `max_freeze` from now.
+fn watch(
+    stop: &AtomicBool,
+    deadline: &mut Instant,
+    max_freeze: Duration,
+) -> Result<Option<Trigger>> {
     let stdin = std::io::stdin();
     let mut line = String::new();
     loop {
         if stop.load(Ordering::Relaxed) {
             return Ok(Some(Trigger::Signal));
         }
-        if Instant::now() >= deadline {
+        if Instant::now() >= *deadline {
             return Ok(Some(Trigger::Deadline));
         }
         let ready = {
@@ -347,6 +367,7 @@ fn watch(stop: &AtomicBool, deadline: Instant) -> Result<Option<Trigger>> {
         match stdin.lock().read_line(&mut line) {
             Ok(0) | Err(_) => return Ok(Some(Trigger::AgentGone)),
             Ok(_) if line.trim() == "disarm" => return Ok(None),
+            Ok(_) if line.trim() == "freezing" => *deadline = Instant::now() + max_freeze,
             Ok(_) => log::warn!("watchdog: ignoring {:?}", line.trim()),
         }
     }

@@ -636,3 +636,140 @@ fn list_restore_and_prune() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A `none`-like hook that marks each action as it starts and then sleeps
+/// (`freeze_sleep`, `thaw_sleep` seconds), so a test can kill volsnap while
+/// the hook runs.
+fn sleeping_hook(dir: &Path, freeze_sleep: u32, thaw_sleep: u32) -> (PathBuf, PathBuf) {
+    let marks = dir.join("marks");
+    let body = format!(
+        "#!/bin/sh\necho \"$1\" >> {marks}\ncase \"$1\" in freeze) sleep {freeze_sleep};; thaw) sleep {thaw_sleep};; esac\nexit 0\n",
+        marks = marks.display()
+    );
+    (hooks_dir(dir, &[("none", &body)]), marks)
+}
+
+fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
+}
+
+fn is_good(s: &volsnap::openstack::cinder::Snapshot) -> bool {
+    volsnap::agent::cinder::runs::state(s) == volsnap::agent::cinder::runs::State::Good
+}
+
+/// SIGKILL at three points of a run — while the hook's freeze holds the
+/// database, while Cinder is still making the snapshot (with the config
+/// broken meanwhile), and after the thaw but before the labels (while the
+/// hook's thaw runs) — leaves the filesystem writable within 1 s, the
+/// hook's thaw run within 2 s, no snapshot labelled good, and nothing of
+/// the killed run after the next backup, whose own snapshot is good.
+#[test]
+fn sigkill_at_each_step_leaves_nothing_labelled_good() {
+    let cloud = Cloud::load();
+    let knobs = cloud.knobs();
+    let volume = DataVolume::new(&cloud, "ext4");
+    for (step, freeze_sleep, thaw_sleep, delay) in [
+        ("hook freeze", 3, 0, 0.0),
+        ("snapshot creating", 0, 0, 3.0),
+        ("hook thaw", 0, 3, 0.0),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (hooks, marks_file) = sleeping_hook(tmp.path(), freeze_sleep, thaw_sleep);
+        let config = cinder_config(tmp.path(), &[&volume], &hooks, "none", "");
+        knobs.delay(delay);
+        let mut child = volsnap(&cloud, &config, &["backup"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        match step {
+            "hook freeze" => {
+                wait_until(Duration::from_secs(20), step, || {
+                    marks(&marks_file) == "freeze\n"
+                });
+            }
+            "snapshot creating" => {
+                wait_for_snapshot(&volume, Duration::from_secs(20));
+                // Editing, breaking or deleting the config changes nothing.
+                std::fs::write(&config, "not = = toml\n").unwrap();
+            }
+            _ => {
+                wait_until(Duration::from_secs(20), step, || {
+                    marks(&marks_file).contains("thaw")
+                });
+            }
+        }
+        child.kill().unwrap();
+        let killed = Instant::now();
+        child.wait().unwrap();
+        let writable = wait_until(Duration::from_secs(1), "writable", || {
+            !freeze::is_frozen(volume.path()).unwrap()
+        });
+        wait_until(Duration::from_secs(2), "hook thaw", || {
+            marks(&marks_file).contains("thaw")
+        });
+        let released = killed.elapsed();
+        // Let Cinder finish what it was making: a torn copy would be made now.
+        knobs.clear();
+        let cinder = cloud.cinder();
+        for s in volume.snapshots() {
+            cinder
+                .wait_snapshot(
+                    &s.id,
+                    volsnap::openstack::cinder::Target::Status("available"),
+                    Instant::now() + Duration::from_secs(30),
+                )
+                .unwrap();
+        }
+        let left = volume.snapshots();
+        assert!(
+            left.iter().all(|s| !is_good(s)),
+            "{step}: a killed run's snapshot is labelled good: {left:?}"
+        );
+        if step != "hook freeze" {
+            assert_eq!(left.len(), 1, "{step}: {left:?}");
+            assert_eq!(left[0].metadata["consistency"], "pending", "{step}");
+        }
+
+        let tmp2 = tempfile::tempdir().unwrap();
+        let (hooks2, _) = marking_hook(tmp2.path(), 0);
+        let next = cinder_config(tmp2.path(), &[&volume], &hooks2, "none", "");
+        // The killed run's lock was its own runtime dir's: run the next one
+        // from the same directory, as a timer would.
+        let text = std::fs::read_to_string(&next).unwrap().replace(
+            &tmp2.path().join("run").display().to_string(),
+            &tmp.path().join("run").display().to_string(),
+        );
+        std::fs::write(&next, text).unwrap();
+        let (code, stdout, stderr) = output(&mut volsnap(&cloud, &next, &["--json", "backup"]));
+        assert_eq!(code, Some(0), "{step}: {stdout}\n{stderr}");
+        let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let removed: Vec<String> =
+            serde_json::from_value(report["removed_leftovers"].clone()).unwrap();
+        let expected: Vec<String> = left.iter().map(|s| s.id.clone()).collect();
+        assert_eq!(removed, expected, "{step}: {stderr}");
+        let after = volume.snapshots();
+        assert_eq!(after.len(), 1, "{step}: {after:?}");
+        assert!(is_good(&after[0]), "{step}: {after:?}");
+        assert_eq!(after[0].id, report["snapshots"][0]["id"].as_str().unwrap());
+        assert_eq!(
+            after[0].metadata["freeze_ms"],
+            report["freeze_ms"].to_string()
+        );
+        eprintln!("{step}: writable {writable:?} and hook thaw {released:?} after SIGKILL");
+        let cinder = cloud.cinder();
+        cinder.delete_snapshot(&after[0].id).unwrap();
+        cinder
+            .wait_snapshot(
+                &after[0].id,
+                volsnap::openstack::cinder::Target::Gone,
+                Instant::now() + Duration::from_secs(60),
+            )
+            .unwrap();
+    }
+}

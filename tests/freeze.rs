@@ -168,6 +168,7 @@ fn plan(s: &Setup, mount: &Path, deadline: Duration) -> Plan {
         runtime_dir: s.runtime.clone(),
         mounts: vec![mount.to_path_buf()],
         deadline_ms: deadline.as_millis() as u64,
+        max_freeze_ms: deadline.as_millis() as u64,
         hook: Some(HookSpec::from(&Hook::new(
             &settings,
             settings.hooks.timeout,

@@ -30,6 +30,7 @@ use crate::freeze;
 use crate::openstack::auth::{self, Env, Service, Session};
 use crate::openstack::cinder::Cinder;
 use crate::runtime::{self, FrozenRecord, RunLock};
+use crate::watchdog::Watchdog;
 
 /// Cinder's limit for a metadata key or value.
 const METADATA_MAX: usize = 255;
@@ -168,6 +169,12 @@ pub fn backup(
         },
     )?;
 
+    let mut dog = Some(Watchdog::arm(&window::watchdog_plan(
+        plan,
+        &lock,
+        &run,
+        settings.hooks.timeout,
+    ))?);
     let lock_started = Instant::now();
     let consistency = match plan.runner.run("freeze") {
         Ok(out) if settings.datastore == Datastore::None => {
@@ -190,9 +197,16 @@ pub fn backup(
             metadata: &metadata,
             name_prefix: &settings.cinder.name_prefix,
         };
-        let w = window::run(plan, cinder, &lock, opened, &request, stop)?;
+        let dog = dog.take().expect("armed once");
+        let w = window::run(plan, cinder, dog, opened, &request, stop)?;
         Ok((consistency, metadata, w))
     });
+    if let Some(dog) = dog {
+        // The window never opened: the hook's thaw below is the agent's.
+        if let Err(e) = dog.disarm() {
+            log::warn!("{e:#}");
+        }
+    }
     // Always, once `freeze` was attempted, and first: the database is
     // released before anything else happens (labels, deletions).
     let thawed = plan.runner.run("thaw");

@@ -1,5 +1,5 @@
-//! The freeze window, on one screen: arm the watchdog → freeze → create and
-//! wait for every snapshot → thaw → disarm. Nothing in it outlives the
+//! The freeze window, on one screen: tell the armed watchdog → freeze →
+//! create and wait for every snapshot → thaw → disarm. Nothing in it outlives the
 //! deadline: every request is bounded by the time left, and at the deadline
 //! the window ends whatever the network does. What it saw is judged after.
 
@@ -61,13 +61,18 @@ pub struct Request<'a> {
 pub fn run(
     plan: &Plan,
     cinder: &Cinder,
-    lock: &RunLock,
+    mut dog: Watchdog,
     opened: Vec<(PathBuf, File)>,
     request: &Request,
     stop: &'static AtomicBool,
 ) -> Result<Window> {
-    let dog = Watchdog::arm(&watchdog_plan(plan, lock, request.run))?;
-    let frozen = Frozen::freeze(opened)?;
+    let frozen = match dog.freezing().and_then(|()| Frozen::freeze(opened)) {
+        Ok(frozen) => frozen,
+        Err(e) => {
+            let _ = dog.disarm();
+            return Err(e);
+        }
+    };
     let (since, since_unix_ms) = (frozen.since, runtime::now_unix_ms());
     let deadline = since + plan.max_freeze;
     let snapshots = Snapshots::start(&cinder.until(deadline), plan, request, since, stop);
@@ -91,12 +96,20 @@ pub fn run(
     })
 }
 
-fn watchdog_plan(plan: &Plan, lock: &RunLock, run: &str) -> watchdog::Plan {
+/// Armed before the hook's `freeze`: a run killed anywhere from there on
+/// has its filesystems thawed and its database released by the watchdog.
+pub fn watchdog_plan(
+    plan: &Plan,
+    lock: &RunLock,
+    run: &str,
+    hook_timeout: Duration,
+) -> watchdog::Plan {
     watchdog::Plan {
         run: run.to_string(),
         runtime_dir: plan.runtime_dir.clone(),
         mounts: plan.mounts(),
-        deadline_ms: ms(plan.max_freeze + watchdog::GRACE),
+        deadline_ms: ms(hook_timeout + plan.max_freeze + watchdog::GRACE),
+        max_freeze_ms: ms(plan.max_freeze + watchdog::GRACE),
         hook: Some(HookSpec::from(&plan.runner)),
         lock_fd: Some(lock.fd()),
     }
