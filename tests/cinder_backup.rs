@@ -773,3 +773,157 @@ fn sigkill_at_each_step_leaves_nothing_labelled_good() {
             .unwrap();
     }
 }
+
+/// A relay between volsnap and Cinder that can stop answering, the way a
+/// Cinder API that was SIGSTOPped does: connections are accepted, requests
+/// read, and nothing comes back. The real Cinder cannot be stopped here — it
+/// serves every test running at the same time — so this is the one fault
+/// injected between them. When it answers again, the requests it held are
+/// dropped (the client sees the connection close) and new ones go through.
+struct Blackhole {
+    endpoint: String,
+    hang: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Blackhole {
+    fn in_front_of_cinder(cloud: &Cloud) -> Blackhole {
+        use std::net::{SocketAddr, TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let url = cloud.get("VOLSNAP_TESTCLOUD_CINDER_URL").to_string();
+        let upstream: SocketAddr = url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hang = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (hang2, stop2) = (hang.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let copy =
+                    |mut from: TcpStream, mut to: TcpStream, hang: Option<Arc<AtomicBool>>| {
+                        std::thread::spawn(move || {
+                            let mut buf = [0u8; 16384];
+                            loop {
+                                let n = match std::io::Read::read(&mut from, &mut buf) {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => n,
+                                };
+                                if let Some(hang) = &hang {
+                                    if hang.load(Ordering::SeqCst) {
+                                        // Held, never forwarded; dropped once it answers again.
+                                        while hang.load(Ordering::SeqCst) {
+                                            std::thread::sleep(Duration::from_millis(10));
+                                        }
+                                        break;
+                                    }
+                                }
+                                if std::io::Write::write_all(&mut to, &buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                            let _ = from.shutdown(std::net::Shutdown::Both);
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                        });
+                    };
+                copy(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    Some(hang2.clone()),
+                );
+                copy(server, client, None);
+            }
+        });
+        Blackhole {
+            endpoint: cloud
+                .get("VOLSNAP_TESTCLOUD_CINDER_ENDPOINT")
+                .replace(&url, &format!("http://{addr}")),
+            hang,
+            stop,
+        }
+    }
+
+    fn hang(&self, on: bool) {
+        self.hang.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        self.hang(false);
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Cinder stops answering right after the 202: the window still ends at
+/// max_freeze (volsnap thaws, not its watchdog), the report says so, and the
+/// snapshot Cinder goes on to make is never labelled good.
+#[test]
+fn cinder_silent_mid_window_thaws_at_max_freeze_and_labels_nothing() {
+    let cloud = Cloud::load();
+    let knobs = cloud.knobs();
+    let volume = DataVolume::new(&cloud, "ext4");
+    let tmp = tempfile::tempdir().unwrap();
+    let (hooks, marks_file) = marking_hook(tmp.path(), 0);
+    let hole = Blackhole::in_front_of_cinder(&cloud);
+    let config = cinder_config(
+        tmp.path(),
+        &[&volume],
+        &hooks,
+        "none",
+        &format!(
+            "[cinder]\nmax_freeze = \"2s\"\n[openstack]\nblock_storage_endpoint = {:?}\n",
+            hole.endpoint
+        ),
+    );
+    knobs.delay(5.0);
+    let mut child = volsnap(&cloud, &config, &["backup"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_snapshot(&volume, Duration::from_secs(20));
+    hole.hang(true);
+    let silent = Instant::now();
+    wait_until(Duration::from_secs(4), "thawed", || {
+        !freeze::is_frozen(volume.path()).unwrap()
+    });
+    let thawed = silent.elapsed();
+    hole.hang(false);
+    let status = wait_exit(&mut child, Duration::from_secs(120));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("still creating at max_freeze (2 s)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("the watchdog thawed"), "{stderr}");
+    let frozen_ms: u64 = stderr
+        .lines()
+        .find_map(|l| l.split("thawed after ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no 'thawed after' line: {stderr}"));
+    assert!(
+        (2000..2600).contains(&frozen_ms),
+        "frozen {frozen_ms} ms with max_freeze 2 s; {thawed:?} after Cinder went silent"
+    );
+    assert_eq!(marks(&marks_file), "freeze\nthaw\n");
+    knobs.clear();
+    let left = volume.snapshots();
+    assert!(left.iter().all(|s| !is_good(s)), "{left:?}");
+}

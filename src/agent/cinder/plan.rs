@@ -201,3 +201,20 @@ pub fn hostname() -> String {
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown-host".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_status_rule() {
+        assert!(snapshottable("in-use").is_ok());
+        assert!(snapshottable("available").is_ok());
+        for bad in ["creating", "attaching", "error", "maintenance", "deleting"] {
+            assert!(
+                snapshottable(bad).unwrap_err().contains(bad),
+                "{bad} must be refused"
+            );
+        }
+    }
+}
