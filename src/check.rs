@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::agent::cinder::{plan, runs};
 use crate::config::{Settings, Strategy};
 use crate::hooks;
-use crate::mounts::{MountEntry, Protected};
+use crate::mounts::MountEntry;
 use crate::openstack::cinder::Volume;
 use crate::openstack::swift::ContainerState;
 use crate::openstack::{self, auth, Env, Session};
@@ -63,37 +63,6 @@ fn metrics_file_problem(path: &Path) -> Option<String> {
             dir.display()
         )),
     }
-}
-
-/// The paths volsnap writes or reads while the data mounts are frozen.
-pub fn protected_paths(settings: &Settings) -> Vec<Protected<'_>> {
-    let mut protected = vec![
-        Protected {
-            what: "runtime directory",
-            path: &settings.runtime_dir,
-        },
-        Protected {
-            what: "configuration file",
-            path: &settings.path,
-        },
-    ];
-    if let Some(log) = &settings.log_file {
-        protected.push(Protected {
-            what: "log file",
-            path: log,
-        });
-    }
-    if let Some(metrics) = &settings.metrics_file {
-        protected.push(Protected {
-            what: "metrics file",
-            path: metrics,
-        });
-    }
-    protected.push(Protected {
-        what: "hooks directory",
-        path: Path::new(&settings.hooks.dir),
-    });
-    protected
 }
 
 /// One online check and what it found.

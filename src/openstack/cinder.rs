@@ -340,26 +340,28 @@ impl Cinder {
         target: Target,
         deadline: Instant,
     ) -> anyhow::Result<Option<Snapshot>> {
-        self.wait_snapshot_with(id, target, deadline, Schedule::PATIENT, None)
+        self.wait_snapshot_until(
+            id,
+            target,
+            &Until {
+                deadline,
+                schedule: Schedule::PATIENT,
+                stop: None,
+                stats: None,
+            },
+        )
     }
 
-    /// [`Cinder::wait_snapshot`] on a schedule, and ended early by `stop`
-    /// (a signal).
-    pub fn wait_snapshot_with(
+    /// [`Cinder::wait_snapshot`] as `until` says: a schedule, a stop flag,
+    /// statistics.
+    pub fn wait_snapshot_until(
         &self,
         id: &str,
         target: Target,
-        deadline: Instant,
-        schedule: Schedule,
-        stop: Option<&AtomicBool>,
+        until: &Until,
     ) -> anyhow::Result<Option<Snapshot>> {
         let path = format!("snapshots/{}", seg(id));
-        let until = Until {
-            deadline,
-            schedule,
-            stop,
-        };
-        wait(&format!("snapshot {id}"), target, &until, |timeout| {
+        wait(&format!("snapshot {id}"), target, until, |timeout| {
             let req = self
                 .request(Method::GET, &path, &[])
                 .timeout(timeout.min(self.session.http().request_timeout()))
@@ -381,6 +383,7 @@ impl Cinder {
             deadline,
             schedule: Schedule::PATIENT,
             stop: None,
+            stats: None,
         };
         wait(&format!("volume {id}"), target, &until, |timeout| {
             let req = self
@@ -404,6 +407,9 @@ pub struct Until<'a> {
     pub schedule: Schedule,
     /// Set by a signal: stop waiting at once.
     pub stop: Option<&'a AtomicBool>,
+    /// Filled in as it goes: polls made and the time spent inside them
+    /// (where the freeze window's time goes, for `-v`).
+    pub stats: Option<&'a std::cell::Cell<(u32, Duration)>>,
 }
 
 /// The one poll loop: on a schedule, tolerating a few transient errors in a
@@ -430,7 +436,13 @@ pub fn wait<T>(
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         polls += 1;
-        match poll(remaining.max(POLL_MIN_TIMEOUT)) {
+        let poll_started = Instant::now();
+        let polled = poll(remaining.max(POLL_MIN_TIMEOUT));
+        if let Some(stats) = until.stats {
+            let (n, spent) = stats.get();
+            stats.set((n + 1, spent + poll_started.elapsed()));
+        }
+        match polled {
             Ok((item, status)) => {
                 transient = 0;
                 if target == Target::Status(&status) {

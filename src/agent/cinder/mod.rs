@@ -27,7 +27,7 @@ pub use runs::{list, parse_cinder_time, prune};
 use crate::config::{Datastore, HookFailurePolicy, Settings};
 use crate::exit;
 use crate::freeze;
-use crate::openstack::auth::{self, Env, Service, Session};
+use crate::openstack;
 use crate::openstack::cinder::Cinder;
 use crate::runtime::{self, FrozenRecord, RunLock};
 use crate::watchdog::Watchdog;
@@ -125,10 +125,7 @@ fn check_stop(stop: &AtomicBool) -> Result<()> {
 }
 
 pub fn connect(settings: &Settings) -> Result<Cinder> {
-    let config = auth::resolve(&settings.openstack, &Env::from_process())?;
-    let session = Session::connect(config)?;
-    let endpoint = session.endpoint(Service::BlockStorage)?;
-    Ok(Cinder::new(session, endpoint))
+    openstack::cinder(&openstack::connect(&settings.openstack)?)
 }
 
 /// One backup of a resolved plan.
@@ -296,17 +293,28 @@ pub fn backup(
     })
 }
 
-/// Who thawed, when, and where the window's time went (`-v` for the detail).
+/// Who thawed, when, and where the window's time went (`-v` for the detail;
+/// bench/freeze-window reads that line).
 fn log_window(w: &window::Window) {
-    let at = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{} ms", d.as_millis()));
-    for s in &w.shots {
-        log::debug!(
-            "volume {}: POST 202 at {}, available seen at {}",
-            s.volume.volume_id,
-            at(s.accepted),
-            at(s.seen_available)
-        );
-    }
+    let millis = |d: Duration| d.as_secs_f64() * 1000.0;
+    let at = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.1} ms", millis(d)));
+    log::debug!(
+        "freeze window {} ms: FIFREEZE {:.1} ms; {}; FITHAW {:.1} ms",
+        w.freeze_ms,
+        millis(w.froze_in),
+        w.shots
+            .iter()
+            .map(|s| format!(
+                "POST 202 at {}, available seen at {} after {} polls ({:.1} ms in requests)",
+                at(s.accepted),
+                at(s.seen_available),
+                s.polls,
+                millis(s.in_polls)
+            ))
+            .collect::<Vec<_>>()
+            .join("; "),
+        millis(w.thawed_in)
+    );
     if let Some(e) = &w.disarm_error {
         log::warn!("{e}");
     }

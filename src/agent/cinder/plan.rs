@@ -10,10 +10,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
 use crate::config::{HookFailurePolicy, Settings};
+use crate::discover;
 use crate::hooks::{self, Hook};
-use crate::mounts::{self, MountEntry};
+use crate::mounts::{self, MountEntry, Protected};
 use crate::openstack::cinder::{Cinder, Volume as CinderVolume};
-use crate::{check, discover};
 
 /// A mount as configured, where it really is, and its mountinfo entry.
 #[derive(Clone, Debug)]
@@ -102,7 +102,7 @@ pub fn local(settings: &Settings, mountinfo: &[MountEntry]) -> Result<Vec<Mount>
         }
         Err(p) => problems.push(p),
     }
-    let protected = check::protected_paths(settings);
+    let protected = protected_paths(settings);
     let mut found = Vec::new();
     for mount in &settings.mounts {
         match mounts::check_freezable(mount, mountinfo, &protected) {
@@ -119,6 +119,37 @@ pub fn local(settings: &Settings, mountinfo: &[MountEntry]) -> Result<Vec<Mount>
     } else {
         Err(problems)
     }
+}
+
+/// The paths volsnap writes or reads while the data mounts are frozen.
+pub fn protected_paths(settings: &Settings) -> Vec<Protected<'_>> {
+    let mut protected = vec![
+        Protected {
+            what: "runtime directory",
+            path: &settings.runtime_dir,
+        },
+        Protected {
+            what: "configuration file",
+            path: &settings.path,
+        },
+    ];
+    if let Some(log) = &settings.log_file {
+        protected.push(Protected {
+            what: "log file",
+            path: log,
+        });
+    }
+    if let Some(metrics) = &settings.metrics_file {
+        protected.push(Protected {
+            what: "metrics file",
+            path: metrics,
+        });
+    }
+    protected.push(Protected {
+        what: "hooks directory",
+        path: Path::new(&settings.hooks.dir),
+    });
+    protected
 }
 
 /// The volume of each mount (an explicit id wins, else discovery from the

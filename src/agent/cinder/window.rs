@@ -15,7 +15,7 @@ use anyhow::Result;
 use super::plan::{Plan, Volume};
 use crate::freeze::{Frozen, ThawError};
 use crate::hooks::HookSpec;
-use crate::openstack::cinder::{Cinder, NewSnapshot, Schedule, Target};
+use crate::openstack::cinder::{Cinder, NewSnapshot, Schedule, Target, Until};
 use crate::runtime::{self, RunLock};
 use crate::watchdog::{self, Fired, Watchdog};
 
@@ -36,6 +36,9 @@ pub struct Shot {
     /// From the FIFREEZE: the 202, and `available` seen.
     pub accepted: Option<Duration>,
     pub seen_available: Option<Duration>,
+    pub polls: u32,
+    /// Time spent inside the polls' requests (the rest is sleeping).
+    pub in_polls: Duration,
 }
 
 /// What happened in the window.
@@ -45,6 +48,9 @@ pub struct Window {
     pub freeze_ms: u64,
     /// volsnap's own FITHAW errors; `NotFrozen` means someone thawed first.
     pub thaw_errors: Vec<ThawError>,
+    /// How long the FIFREEZEs and the FITHAWs themselves took.
+    pub froze_in: Duration,
+    pub thawed_in: Duration,
     /// The watchdog fired before volsnap thawed.
     pub fired: Option<Fired>,
     /// Disarming failed (the watchdog is gone or mute).
@@ -74,9 +80,11 @@ pub fn run(
         }
     };
     let (since, since_unix_ms) = (frozen.since, runtime::now_unix_ms());
+    let froze_in = since.elapsed();
     let deadline = since + plan.max_freeze;
     let snapshots = Snapshots::start(&cinder.until(deadline), plan, request, since, stop);
     let mut shots = snapshots.collect_until(deadline, stop);
+    let thaw_started = Instant::now();
     let thawed = frozen.thaw();
     let thawed_at = Instant::now();
     let disarmed = dog.disarm();
@@ -91,6 +99,8 @@ pub fn run(
         shots,
         freeze_ms,
         thaw_errors: thawed.err().unwrap_or_default(),
+        froze_in,
+        thawed_in: thawed_at - thaw_started,
         fired,
         disarm_error: disarmed.err().map(|e| format!("{e:#}")),
     })
@@ -224,6 +234,8 @@ fn snapshot_one(
         error: None,
         accepted: None,
         seen_available: None,
+        polls: 0,
+        in_polls: Duration::ZERO,
     };
     let created = match cinder.create_snapshot(&new) {
         Ok(s) => s,
@@ -237,13 +249,16 @@ fn snapshot_one(
     };
     shot.accepted = Some(since.elapsed());
     shot.id = Some(created.id.clone());
-    match cinder.wait_snapshot_with(
-        &created.id,
-        Target::Status("available"),
+    let stats = std::cell::Cell::new((0, Duration::ZERO));
+    let until = Until {
         deadline,
-        Schedule::FROZEN,
-        Some(stop),
-    ) {
+        schedule: Schedule::FROZEN,
+        stop: Some(stop),
+        stats: Some(&stats),
+    };
+    let waited = cinder.wait_snapshot_until(&created.id, Target::Status("available"), &until);
+    (shot.polls, shot.in_polls) = stats.get();
+    match waited {
         Ok(_) => {
             shot.available = true;
             shot.seen_available = Some(since.elapsed());
