@@ -312,6 +312,29 @@ fn one_run_at_a_time() {
     RunLock::acquire(dir.path()).unwrap();
 }
 
+/// A run is live while the lock file names it and somebody holds the lock;
+/// asking never takes the lock (a run starting meanwhile is not turned away).
+#[test]
+fn a_run_is_live_while_it_holds_its_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lock");
+    let mut lock = RunLock::acquire(dir.path()).unwrap();
+    lock.name_run("run-a").unwrap();
+    assert!(runtime::run_is_live(&path, "run-a"));
+    assert!(!runtime::run_is_live(&path, "run-b"));
+    assert_eq!(runtime::lock_holder(dir.path()), Some(std::process::id()));
+    drop(lock);
+    assert!(!runtime::run_is_live(&path, "run-a"), "a dead run's lock");
+    assert_eq!(runtime::lock_holder(dir.path()), None);
+    let mut next = RunLock::acquire(dir.path()).unwrap();
+    next.name_run("run-c").unwrap();
+    assert!(
+        !runtime::run_is_live(&path, "run-a"),
+        "a later run holds it"
+    );
+    assert!(runtime::run_is_live(&path, "run-c"));
+}
+
 #[test]
 fn volsnap_thaw_repairs_what_the_record_says() {
     let fs = LoopFs::new("ext4", 64);
