@@ -389,10 +389,13 @@ fn swift_slo_round_trip() {
         ("volsnap-sha256".to_string(), "0123abcd".to_string()),
     ]
     .into();
-    swift.put_slo(&container, name, &segments, &meta).unwrap();
+    swift
+        .put_slo(&container, name, &segments, &meta, "application/zstd")
+        .unwrap();
 
     let info = swift.head_object(&container, name).unwrap();
     assert!(info.static_large_object);
+    assert_eq!(info.content_type.as_deref(), Some("application/zstd"));
     assert_eq!(info.size, data.len() as u64);
     assert_eq!(info.metadata["volsnap-sha256"], "0123abcd");
 
