@@ -2390,3 +2390,44 @@ fn mariadb_stream_longer_than_hooks_timeout_round_trips() {
     assert!(started.elapsed() > Duration::from_secs(3));
     assert_same_rows("mariadb", &mariadb_sql(&db, query), &before);
 }
+
+/// Redis (`redis-cli --rdb`) and `none` (a tar of the mounts): a backup and
+/// a restore each longer than `hooks.timeout`, the data back as it was.
+#[test]
+fn redis_and_none_streams_longer_than_hooks_timeout_round_trip() {
+    let rig = Rig::new("redis-none-long");
+    let redis = Server::start("redis.sh", &rig.path().join("redis"));
+    for i in 0..3 {
+        redis_set(&redis, &format!("blob{i}"), &random_bytes(700_000, 300 + i));
+    }
+    let before = redis_digest(&redis);
+    let mut conf = redis_env(
+        Conf::new("redis", &slowed_hooks(&rig.path().join("r"), "redis")),
+        &redis,
+    );
+    conf.hook_timeout = "2s";
+    let config = rig.config("redis", &conf);
+    let report = rig.backup(&config);
+    assert!(report["total_ms"].as_u64().unwrap() > 3000, "{report}");
+    redis_cli(&redis, &["FLUSHALL"]);
+    let started = std::time::Instant::now();
+    rig.ok(&config, &["restore", "--latest"]);
+    assert!(started.elapsed() > Duration::from_secs(3));
+    assert_eq!(redis_digest(&redis), before);
+
+    let src = rig.path().join("src");
+    make_tree(&src);
+    let restored = rig.path().join("restored");
+    let mut conf = Conf::new("none", &slowed_hooks(&rig.path().join("n"), "none"))
+        .env("VOLSNAP_RESTORE_DIR", restored.display().to_string());
+    conf.mounts = vec![src.clone()];
+    conf.hook_timeout = "2s";
+    let config = rig.config("none", &conf);
+    let report = rig.backup(&config);
+    assert!(report["total_ms"].as_u64().unwrap() > 3000, "{report}");
+    let started = std::time::Instant::now();
+    rig.ok(&config, &["restore", "--latest"]);
+    assert!(started.elapsed() > Duration::from_secs(3));
+    let rel = src.strip_prefix("/").unwrap();
+    assert_eq!(tree_listing(&restored.join(rel)), tree_listing(&src));
+}
