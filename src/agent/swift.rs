@@ -1,9 +1,12 @@
 //! The Swift strategy, the one place that knows the order of its steps:
 //!
-//! backup: lock → checks, authentication, containers → hook `backup` →
-//! compress → encrypt → segments PUT in parallel → hook exit status → SLO
-//! manifest with the metadata → HEAD to verify → retention. Any failure
-//! deletes what this run uploaded: no half backup ever looks complete.
+//! backup: lock → checks, authentication, containers → remove the segments
+//! of earlier runs that were killed ([`orphans`]) → this run's name, recorded
+//! in the runtime dir → hook `backup` → compress → encrypt → segments PUT in
+//! parallel → hook exit status → SLO manifest with the metadata → HEAD to
+//! verify → retention. Any failure volsnap lives through deletes what this
+//! run uploaded: no half backup ever looks complete; after a SIGKILL the
+//! next run's sweep does it.
 //!
 //! restore: HEAD (metadata) → GET → decrypt → decompress → SHA-256 → hook
 //! `restore`, which swaps the data in only once volsnap closes its stdin,
@@ -101,13 +104,9 @@ pub fn backup(
             }
         }
     }
-    // Before this run's own record replaces the previous run's.
-    let orphans = if dry_run {
-        orphans::sweep(settings, &swift, false)
-    } else {
-        orphans::sweep(settings, &swift, true)
-    }
-    .unwrap_or_else(|e| {
+    // Before this run's own record replaces the previous run's. A failed
+    // sweep costs storage, not the backup.
+    let orphans = orphans::sweep(settings, &swift, !dry_run).unwrap_or_else(|e| {
         log::warn!("looking for orphan segments failed: {e:#}");
         Sweep::default()
     });

@@ -313,3 +313,38 @@ pub fn sweep(settings: &Settings, swift: &Swift, remove: bool) -> Result<Sweep> 
     }
     Ok(sweep)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The record says live while its run holds it, over once the run is
+    /// gone without ending (a SIGKILL drops the lock the same way), and
+    /// nothing once the run ended or the record was cleared.
+    #[test]
+    fn the_record_tells_a_live_run_from_one_that_is_over() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_record(dir.path()).unwrap(), Record::None);
+
+        let run = InFlight::begin(dir.path(), "volsnap/h/20261203T000000Z").unwrap();
+        let live = Record::Live("volsnap/h/20261203T000000Z".into());
+        assert_eq!(read_record(dir.path()).unwrap(), live);
+        // Held: a sweep without the run lock cannot clear it.
+        clear_record(dir.path(), "volsnap/h/20261203T000000Z");
+        assert_eq!(read_record(dir.path()).unwrap(), live);
+        drop(run);
+        let over = Record::Over("volsnap/h/20261203T000000Z".into());
+        assert_eq!(read_record(dir.path()).unwrap(), over);
+        // Only the run it names is cleared.
+        clear_record(dir.path(), "volsnap/h/20261203T000001Z");
+        assert_eq!(read_record(dir.path()).unwrap(), over);
+        clear_record(dir.path(), "volsnap/h/20261203T000000Z");
+        assert_eq!(read_record(dir.path()).unwrap(), Record::None);
+
+        // The next run replaces the record; one that ends leaves none.
+        InFlight::begin(dir.path(), "volsnap/h/20261203T000002Z")
+            .unwrap()
+            .end();
+        assert_eq!(read_record(dir.path()).unwrap(), Record::None);
+    }
+}
