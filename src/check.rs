@@ -295,7 +295,7 @@ fn swift_checks(settings: &Settings, session: &Session, checks: &mut Vec<Check>)
         .map_err(|e| format!("{e:#}"))
         .and_then(|sweep| {
             let failed: Vec<String> = sweep
-                .orphans
+                .found
                 .iter()
                 .filter(|o| o.state == crate::agent::swift::OrphanState::Failed)
                 .map(|o| o.describe())
@@ -306,7 +306,7 @@ fn swift_checks(settings: &Settings, session: &Session, checks: &mut Vec<Check>)
             let mut lines: Vec<String> = sweep.freed().into_iter().collect();
             lines.extend(
                 sweep
-                    .orphans
+                    .found
                     .iter()
                     .filter(|o| o.state != crate::agent::swift::OrphanState::Removed)
                     .map(|o| o.describe()),

@@ -1952,19 +1952,25 @@ fn a_sigkilled_backup_leaves_no_orphan_after_the_next_run() {
     );
     let mut conf = Conf::new("none", &hooks);
     conf.compression = "none";
+    conf.retention = "keep_last = 10";
     let config = rig.config("direct", &conf);
     let proxy = FaultProxy::in_front_of_swift(&rig, Fault::HoldManifest);
     let mut held = conf.clone();
     held.endpoint = Some(proxy.endpoint.clone());
     let held = rig.config("held", &held);
 
-    for (phase, killed_config, segments) in [("mid-upload", &config, 3), ("mid-manifest", &held, 4)]
-    {
-        if phase == "mid-upload" {
+    // Each cleaned up by one of the three commands that sweep.
+    for (phase, killed_config, segments, cleaner) in [
+        ("mid-upload", &config, 3, "backup"),
+        ("mid-manifest", &held, 4, "check"),
+        ("mid-upload", &config, 3, "prune"),
+    ] {
+        let mid_upload = phase == "mid-upload";
+        if mid_upload {
             std::fs::write(&gate, "").unwrap();
         }
         let run = Running::start(&rig, killed_config, &pidfile);
-        if phase == "mid-upload" {
+        if mid_upload {
             // 3.5 MiB in 1 MiB segments: three are full while the hook waits.
             wait_for("three segments uploaded", Duration::from_secs(30), || {
                 rig.api.list(&rig.segments).len() >= 3
@@ -2002,38 +2008,54 @@ fn a_sigkilled_backup_leaves_no_orphan_after_the_next_run() {
             "{phase}: {text}"
         );
 
-        let report = rig.backup(&config);
         let bytes = if segments == 3 {
             3 * MIB
         } else {
             3 * MIB + MIB / 2
         };
-        assert_eq!(
-            report["orphans"]["freed_segments"], segments,
-            "{phase}: {report}"
-        );
-        assert_eq!(report["orphans"]["freed_bytes"], bytes, "{phase}: {report}");
-        assert_eq!(
-            report["orphans"]["orphans"][0]["state"], "removed",
-            "{phase}"
-        );
-        let manifests = rig.api.list(&rig.container);
-        assert_eq!(
-            manifests,
-            vec![report["name"].as_str().unwrap().to_string()]
-        );
-        assert_eq!(
-            rig.api.list(&rig.segments),
-            rig.segments_of(&manifests[0]),
-            "{phase}"
-        );
+        let sweep = match cleaner {
+            "backup" => {
+                let report = rig.backup(&config);
+                let manifests = rig.api.list(&rig.container);
+                assert_eq!(
+                    manifests,
+                    vec![report["name"].as_str().unwrap().to_string()]
+                );
+                assert_eq!(
+                    rig.api.list(&rig.segments),
+                    rig.segments_of(&manifests[0]),
+                    "{phase}"
+                );
+                report["orphans"].clone()
+            }
+            "prune" => {
+                let pruned: Value =
+                    serde_json::from_str(&rig.ok(&config, &["--json", "prune"])).unwrap();
+                pruned["orphans"].clone()
+            }
+            _ => {
+                let out = rig.ok(&config, &["check"]);
+                assert!(
+                    out.contains(&format!(
+                        "ok: orphan segments: removed {segments} orphan segment(s) of 1 killed run(s), freed 3.5 MiB"
+                    )),
+                    "{phase}: {out}"
+                );
+                serde_json::json!({"freed_segments": segments, "freed_bytes": bytes, "found": [{"state": "removed"}]})
+            }
+        };
+        assert_eq!(sweep["freed_segments"], segments, "{phase}: {sweep}");
+        assert_eq!(sweep["freed_bytes"], bytes, "{phase}: {sweep}");
+        assert_eq!(sweep["found"][0]["state"], "removed", "{phase}");
         let listing: Value = serde_json::from_str(&rig.ok(&config, &["--json", "list"])).unwrap();
         assert_eq!(listing["orphans"], serde_json::json!([]), "{phase}");
         // The next round starts from empty containers again.
-        rig.api.delete(
-            &rig.container,
-            Some(&format!("{}?multipart-manifest=delete", manifests[0])),
-        );
+        for manifest in rig.api.list(&rig.container) {
+            rig.api.delete(
+                &rig.container,
+                Some(&format!("{manifest}?multipart-manifest=delete")),
+            );
+        }
         wait_for("the backup deleted", Duration::from_secs(10), || {
             rig.api.list(&rig.container).is_empty() && rig.api.list(&rig.segments).is_empty()
         });
@@ -2091,7 +2113,7 @@ fn a_concurrent_runs_segments_are_never_touched() {
     let run_name = in_flight[0].split("/seg/").next().unwrap().to_string();
 
     let report = rig.backup(&fast_config);
-    let orphans = report["orphans"]["orphans"].as_array().unwrap();
+    let orphans = report["orphans"]["found"].as_array().unwrap();
     let state = |run: &str| {
         orphans
             .iter()
@@ -2111,7 +2133,7 @@ fn a_concurrent_runs_segments_are_never_touched() {
     );
     let pruned: Value = serde_json::from_str(&rig.ok(&slow_config, &["--json", "prune"])).unwrap();
     assert_eq!(
-        pruned["orphans"]["orphans"][0]["state"], "in-flight",
+        pruned["orphans"]["found"][0]["state"], "in-flight",
         "{pruned}"
     );
     assert_eq!(pruned["orphans"]["freed_bytes"], 0, "{pruned}");

@@ -478,7 +478,7 @@ pub fn list(settings: &Settings) -> Result<Listing> {
         .map(|(_, l)| l)
         .collect();
     let orphans = orphans::sweep(settings, &swift, false)
-        .map(|sweep| sweep.orphans)
+        .map(|sweep| sweep.found)
         .unwrap_or_else(|e| {
             log::warn!("looking for orphan segments failed: {e:#}");
             Vec::new()

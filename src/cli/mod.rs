@@ -118,7 +118,7 @@ fn print_orphans(indent: &str, sweep: &crate::agent::swift::Sweep) {
         println!("{indent}{freed}");
     }
     for orphan in sweep
-        .orphans
+        .found
         .iter()
         .filter(|o| o.state != crate::agent::swift::OrphanState::Removed)
     {

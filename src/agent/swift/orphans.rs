@@ -103,7 +103,7 @@ impl Orphan {
 /// The orphans found by one sweep, and what they add up to.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Sweep {
-    pub orphans: Vec<Orphan>,
+    pub found: Vec<Orphan>,
     pub freed_bytes: u64,
     pub freed_segments: usize,
 }
@@ -112,7 +112,7 @@ impl Sweep {
     /// One line for a report: what was freed, or `None` when nothing was.
     pub fn freed(&self) -> Option<String> {
         let runs = self
-            .orphans
+            .found
             .iter()
             .filter(|o| o.state == State::Removed)
             .count();
@@ -299,12 +299,12 @@ pub fn sweep(settings: &Settings, swift: &Swift, remove: bool) -> Result<Sweep> 
                 }
                 log::info!("{}", orphan.describe());
             }
-            sweep.orphans.push(orphan);
+            sweep.found.push(orphan);
         }
     }
     if let Record::Over(run) = &record {
         let left = sweep
-            .orphans
+            .found
             .iter()
             .any(|o| &o.run == run && o.state != State::Removed);
         if remove && !left {
