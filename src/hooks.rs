@@ -82,6 +82,51 @@ pub struct Hook {
     lock_timeout: Duration,
 }
 
+/// Everything a [`Hook`] is, for a process that must run it without the
+/// config (the watchdog): the config may be edited, broken or gone by then.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct HookSpec {
+    path: PathBuf,
+    datastore: String,
+    env: Vec<(String, crate::secret::Revealed)>,
+    timeout_ms: u64,
+    lock_timeout_ms: u64,
+}
+
+impl HookSpec {
+    pub fn timeout_ms(&self) -> u64 {
+        self.timeout_ms
+    }
+}
+
+impl From<&Hook> for HookSpec {
+    fn from(hook: &Hook) -> HookSpec {
+        HookSpec {
+            path: hook.path.clone(),
+            datastore: hook.datastore.clone(),
+            env: hook
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), crate::secret::Revealed(v.clone())))
+                .collect(),
+            timeout_ms: hook.timeout.as_millis() as u64,
+            lock_timeout_ms: hook.lock_timeout.as_millis() as u64,
+        }
+    }
+}
+
+impl From<HookSpec> for Hook {
+    fn from(spec: HookSpec) -> Hook {
+        Hook {
+            path: spec.path,
+            datastore: spec.datastore,
+            env: spec.env.into_iter().map(|(k, v)| (k, v.0)).collect(),
+            timeout: Duration::from_millis(spec.timeout_ms),
+            lock_timeout: Duration::from_millis(spec.lock_timeout_ms),
+        }
+    }
+}
+
 /// What a finished action printed.
 #[derive(Debug, Default)]
 pub struct HookOutput {

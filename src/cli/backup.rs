@@ -36,14 +36,9 @@ impl Args {
         let mut sizes = None;
         let result = match settings.strategy {
             Strategy::Cinder => {
-                let options = agent::cinder::Options {
-                    dry_run,
-                    sys_root: self.sys_root,
-                };
-                agent::cinder::backup(&settings, &options, stop).and_then(|report| {
-                    freeze = report.freeze_ms.map(Duration::from_millis);
-                    ctx.print(&report, || report.print_human())?;
-                    Ok(report.exit_code())
+                cinder(&settings, &self.sys_root, dry_run, ctx, stop).map(|(code, frozen)| {
+                    freeze = frozen.map(Duration::from_millis);
+                    code
                 })
             }
             Strategy::Swift => {
@@ -78,6 +73,86 @@ impl Args {
             }
         }
         result
+    }
+}
+
+/// The Cinder strategy: the plan (all `--dry-run` does: it locks nothing),
+/// then the backup. Returns the exit code and a backup's freeze window.
+fn cinder(
+    settings: &crate::config::Settings,
+    sys_root: &std::path::Path,
+    dry_run: bool,
+    ctx: &Context,
+    stop: &'static std::sync::atomic::AtomicBool,
+) -> Result<(u8, Option<u64>)> {
+    let client = agent::cinder::connect(settings)?;
+    let plan = agent::cinder::Plan::resolve(settings, &client, sys_root)?;
+    if dry_run {
+        let lock = crate::runtime::lock_holder(&settings.runtime_dir);
+        let value = serde_json::json!({
+            "strategy": "cinder",
+            "dry_run": true,
+            "plan": &plan,
+            "lock_holder_pid": lock,
+        });
+        ctx.print(&value, || {
+            println!("dry run: nothing was locked, frozen or created. The plan:");
+            for v in &plan.volumes {
+                println!(
+                    "  freeze {}  snapshot volume {} ({})",
+                    v.mount.display(),
+                    v.volume_id,
+                    v.status
+                );
+            }
+            println!(
+                "  hook {} (datastore {}), max_freeze {} ms",
+                plan.hook.display(),
+                plan.datastore,
+                plan.max_freeze_ms
+            );
+            if let Some(pid) = lock {
+                println!("  a volsnap run holds the lock now (pid {pid}): a backup would exit 75");
+            }
+        })?;
+        return Ok((exit::SUCCESS, None));
+    }
+    let report = agent::cinder::backup(settings, &client, &plan, stop)?;
+    ctx.print(&report, || print_cinder(&report))?;
+    Ok((report.exit_code(), Some(report.freeze_ms)))
+}
+
+fn print_cinder(report: &agent::cinder::Report) {
+    println!(
+        "backup done: {} snapshot(s), consistency {}, frozen {} ms, database held {} ms, total {} ms",
+        report.snapshots.len(),
+        report.consistency.name(),
+        report.freeze_ms,
+        report.lock_ms,
+        report.total_ms
+    );
+    for s in &report.snapshots {
+        println!(
+            "  {}  volume {}  snapshot {}  {}",
+            s.mount.display(),
+            s.volume_id,
+            s.id,
+            s.status
+        );
+    }
+    if !report.removed_leftovers.is_empty() {
+        println!(
+            "  removed {} snapshot(s) that killed or failed runs left: {}",
+            report.removed_leftovers.len(),
+            report.removed_leftovers.join(", ")
+        );
+    }
+    if !report.pruned.is_empty() {
+        println!(
+            "  retention deleted {} older snapshot(s): {}",
+            report.pruned.len(),
+            report.pruned.join(", ")
+        );
     }
 }
 

@@ -14,6 +14,10 @@ pub struct Args {}
 #[derive(Serialize)]
 struct Row {
     id: String,
+    /// `good` (a backup), `in-progress` (its run is going) or `incomplete`
+    /// (a killed or failed run left it: never a backup).
+    state: &'static str,
+    run: Option<String>,
     name: Option<String>,
     volume_id: String,
     mount: Option<String>,
@@ -29,9 +33,18 @@ impl Args {
         match settings.strategy {
             Strategy::Cinder => {
                 let cinder = agent::cinder::connect(&settings)?;
+                // What killed runs left is removed first (without waiting
+                // for one still being made), then the rest is shown.
+                let cleanup = agent::cinder::runs::clean(
+                    &cinder,
+                    &settings.runtime_dir,
+                    std::time::Duration::ZERO,
+                )?;
                 let rows: Vec<Row> = agent::cinder::list(&cinder)?
                     .into_iter()
                     .map(|s| Row {
+                        state: agent::cinder::runs::state(&s).name(),
+                        run: s.metadata.get("volsnap_run").cloned(),
                         consistency: s.metadata.get("consistency").cloned(),
                         mount: s.metadata.get("mount").cloned(),
                         id: s.id,
@@ -43,20 +56,24 @@ impl Args {
                     })
                     .collect();
                 ctx.print(&rows, || {
+                    for id in &cleanup.removed {
+                        println!("removed snapshot {id}: a killed or failed run left it");
+                    }
                     if rows.is_empty() {
                         println!("no volsnap snapshots of this host");
                         return;
                     }
                     println!(
-                        "{:<36}  {:<36}  {:<26}  {:<11}  {:>5}  STATUS",
-                        "SNAPSHOT", "VOLUME", "CREATED", "CONSISTENCY", "GiB"
+                        "{:<36}  {:<36}  {:<26}  {:<11}  {:<11}  {:>5}  STATUS",
+                        "SNAPSHOT", "VOLUME", "CREATED", "STATE", "CONSISTENCY", "GiB"
                     );
                     for r in &rows {
                         println!(
-                            "{:<36}  {:<36}  {:<26}  {:<11}  {:>5}  {}",
+                            "{:<36}  {:<36}  {:<26}  {:<11}  {:<11}  {:>5}  {}",
                             r.id,
                             r.volume_id,
                             r.created_at.as_deref().unwrap_or("-"),
+                            r.state,
                             r.consistency.as_deref().unwrap_or("-"),
                             r.size_gib,
                             r.status

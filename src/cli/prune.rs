@@ -37,6 +37,16 @@ impl Args {
         match settings.strategy {
             Strategy::Cinder => {
                 let cinder = agent::cinder::connect(&settings)?;
+                if !self.dry_run {
+                    let cleanup = agent::cinder::runs::clean(
+                        &cinder,
+                        &settings.runtime_dir,
+                        std::time::Duration::from_secs(60),
+                    )?;
+                    for id in &cleanup.removed {
+                        log::info!("removed snapshot {id}: a killed or failed run left it");
+                    }
+                }
                 let deleted = agent::cinder::prune(&settings, &cinder, self.dry_run)?;
                 ctx.print(
                     &serde_json::json!({"dry_run": self.dry_run, "deleted": deleted}),

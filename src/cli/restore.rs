@@ -32,6 +32,11 @@ pub struct Args {
     #[arg(long, conflicts_with = "snapshot")]
     pub latest: bool,
 
+    /// Cinder: restore a snapshot that is not labelled good (one a killed or
+    /// failed run left, whose image may be of a thawed filesystem)
+    #[arg(long, requires = "snapshot")]
+    pub force: bool,
+
     /// Swift: the age identity file to decrypt with (default: swift.age_identity_file)
     #[arg(long, value_name = "FILE", conflicts_with = "snapshot")]
     pub identity: Option<std::path::PathBuf>,
@@ -67,6 +72,22 @@ impl Args {
                         "snapshot {snapshot_id} is {}, not available",
                         snapshot.status
                     );
+                }
+                let state = agent::cinder::runs::state(&snapshot);
+                if state != agent::cinder::runs::State::Good {
+                    let label = snapshot
+                        .metadata
+                        .get("consistency")
+                        .map_or("none", String::as_str);
+                    if !self.force {
+                        anyhow::bail!(
+                            "snapshot {snapshot_id} is not a good backup ({}: consistency {label:?}, freeze_ms {}); \
+                             its image may be of a filesystem that was no longer frozen; --force restores it anyway",
+                            state.name(),
+                            snapshot.metadata.get("freeze_ms").map_or("missing", String::as_str)
+                        );
+                    }
+                    log::warn!("restoring snapshot {snapshot_id} although it is {} (consistency {label:?}): --force", state.name());
                 }
                 let name = self
                     .name
