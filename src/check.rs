@@ -9,7 +9,6 @@ use crate::config::{Settings, Strategy};
 use crate::hooks;
 use crate::mounts::MountEntry;
 use crate::openstack::cinder::Volume;
-use crate::openstack::swift::ContainerState;
 use crate::openstack::{self, auth, Env, Session};
 
 /// The local checks: hooks and mounts. Each problem is one line of text.
@@ -198,14 +197,65 @@ fn swift_checks(settings: &Settings, session: &Session, checks: &mut Vec<Check>)
         "object-store endpoint",
         Ok(swift.endpoint().to_string()),
     ));
-    let container = &settings.swift.container;
-    let result = match swift.ensure_container(container, settings.swift.create_container) {
-        Ok(ContainerState::Existed) => Ok(format!("container {container} exists")),
-        Ok(ContainerState::Created) => Ok(format!("container {container} was created")),
-        Err(e) if e.is_not_found() => Err(format!(
-            "container {container} does not exist and create_container = false ({e})"
-        )),
-        Err(e) => Err(e.to_string()),
-    };
-    checks.push(Check::new("container", result));
+    // Looked at, never created: `check` changes nothing in the cloud but the
+    // orphans below; a backup creates the containers it needs.
+    let create = settings.swift.create_container;
+    let mut missing = false;
+    let segments = crate::stream::segments_container(&settings.swift.container);
+    for container in [Ok(settings.swift.container.clone()), segments] {
+        let container = match container {
+            Ok(c) => c,
+            Err(e) => {
+                checks.push(Check::new("container", Err(format!("{e:#}"))));
+                return;
+            }
+        };
+        let result = match swift.ensure_container(&container, false) {
+            Ok(_) => Ok(format!("container {container} exists")),
+            Err(e) if e.is_not_found() && create => {
+                missing = true;
+                Ok(format!(
+                    "container {container} does not exist; a backup will create it (create_container = true)"
+                ))
+            }
+            Err(e) if e.is_not_found() => Err(format!(
+                "container {container} does not exist and create_container = false ({e})"
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+        let failed = result.is_err();
+        checks.push(Check::new("container", result));
+        if failed {
+            return;
+        }
+    }
+    if missing {
+        return;
+    }
+    let result = crate::agent::swift::sweep_orphans(settings, &swift)
+        .map_err(|e| format!("{e:#}"))
+        .and_then(|sweep| {
+            let failed: Vec<String> = sweep
+                .found
+                .iter()
+                .filter(|o| o.state == crate::agent::swift::OrphanState::Failed)
+                .map(|o| o.describe())
+                .collect();
+            if !failed.is_empty() {
+                return Err(failed.join("; "));
+            }
+            let mut lines: Vec<String> = sweep.freed().into_iter().collect();
+            lines.extend(
+                sweep
+                    .found
+                    .iter()
+                    .filter(|o| o.state != crate::agent::swift::OrphanState::Removed)
+                    .map(|o| o.describe()),
+            );
+            if lines.is_empty() {
+                lines.push("none: every segment of this host belongs to a backup".to_string());
+            }
+            Ok(lines.join("; "))
+        });
+    checks.push(Check::new("orphan segments", result));
 }

@@ -384,6 +384,10 @@ impl Hook {
         action: &'static str,
         limit: Duration,
     ) -> Result<Streaming> {
+        // A hook bounds its own tools by VOLSNAP_TIMEOUT (pg_basebackup runs
+        // under `timeout`): for a stream that must be the stream's limit, not
+        // the lock-holding time of `freeze`, or every real backup is killed.
+        cmd.env("VOLSNAP_TIMEOUT", limit.as_secs().max(1).to_string());
         let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot run hook {} {action}", self.path.display()))?;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Result;
 
 use super::Context;
-use crate::config::Strategy;
+use crate::config::{human_bytes, Strategy};
 use crate::metrics::{self, Outcome};
 use crate::{agent, exit};
 
@@ -44,7 +44,7 @@ impl Args {
             Strategy::Swift => {
                 agent::swift::backup(&settings, dry_run, ctx.quiet, stop).and_then(|report| {
                     sizes = Some((report.size, report.stored_size));
-                    agent::swift::print_backup(&report, ctx)?;
+                    ctx.print(&report, || print_swift(&report))?;
                     Ok(exit::SUCCESS)
                 })
             }
@@ -154,4 +154,45 @@ fn print_cinder(report: &agent::cinder::Report) {
             report.pruned.join(", ")
         );
     }
+}
+
+fn print_swift(report: &agent::swift::BackupReport) {
+    let encryption = if report.encryption.is_empty() {
+        "not encrypted".to_string()
+    } else if report.dry_run {
+        format!("age to {}", report.encryption.join(", "))
+    } else {
+        "age-encrypted".to_string()
+    };
+    if report.dry_run {
+        println!(
+            "dry run: would stream hook {} backup into {}/{} ({} segments, {}, {encryption})",
+            report.datastore,
+            report.container,
+            report.name,
+            report.segments_container,
+            report.compression,
+        );
+    } else {
+        println!(
+            "backup done: {}/{} — {} plain, {} stored in {} segment(s), {}, {encryption}, {:.1} MiB/s, {} ms",
+            report.container,
+            report.name,
+            human_bytes(report.size),
+            human_bytes(report.stored_size),
+            report.segments,
+            report.compression,
+            report.bytes_per_sec / (1 << 20) as f64,
+            report.total_ms
+        );
+        println!("  sha256 {}", report.sha256);
+    }
+    if !report.pruned.is_empty() {
+        println!(
+            "  retention deleted {} older backup(s): {}",
+            report.pruned.len(),
+            report.pruned.join(", ")
+        );
+    }
+    super::print_orphans("  ", &report.orphans);
 }

@@ -82,7 +82,36 @@ impl Args {
                 })?;
                 Ok(exit::SUCCESS)
             }
-            Strategy::Swift => agent::swift::list_command(&settings, ctx),
+            Strategy::Swift => {
+                let listing = agent::swift::list(&settings)?;
+                ctx.print(&listing, || print_swift(&listing))?;
+                Ok(exit::SUCCESS)
+            }
         }
+    }
+}
+
+fn print_swift(listing: &agent::swift::Listing) {
+    if listing.backups.is_empty() {
+        println!("no volsnap backups of this host in {}", listing.container);
+    } else {
+        println!(
+            "{:<44}  {:<20}  {:>10}  {:<10}  {:<11}  ENCRYPTION",
+            "BACKUP", "CREATED", "SIZE", "DATASTORE", "COMPRESSION"
+        );
+        for r in &listing.backups {
+            println!(
+                "{:<44}  {:<20}  {:>10}  {:<10}  {:<11}  {}",
+                r.name,
+                r.created,
+                r.size.map_or("?".into(), crate::config::human_bytes),
+                r.datastore.as_deref().unwrap_or("?"),
+                r.compression.as_deref().unwrap_or("?"),
+                r.encryption.as_deref().unwrap_or("?")
+            );
+        }
+    }
+    for orphan in &listing.orphans {
+        println!("{}", orphan.describe());
     }
 }

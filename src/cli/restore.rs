@@ -28,7 +28,7 @@ pub struct Args {
     #[arg(long, value_name = "NAME", conflicts_with_all = ["latest", "snapshot"])]
     pub backup: Option<String>,
 
-    /// Swift: restore this host's newest backup
+    /// Swift: restore this host's newest backup of the configured datastore
     #[arg(long, conflicts_with = "snapshot")]
     pub latest: bool,
 
@@ -111,15 +111,34 @@ impl Args {
                 if self.snapshot.is_some() {
                     return Err(Exit::new(exit::USAGE, "--snapshot is for the Cinder strategy; the Swift strategy restores with --backup NAME or --latest").into());
                 }
-                agent::swift::restore_command(
+                let report = agent::swift::restore(
                     &settings,
-                    ctx,
                     self.backup.as_deref(),
                     self.latest,
                     self.identity.as_deref(),
                     true,
-                )
+                    ctx.quiet,
+                )?;
+                print_swift(ctx, &report)?;
+                Ok(exit::SUCCESS)
             }
         }
     }
+}
+
+/// A Swift restore's or verify's result.
+pub(super) fn print_swift(ctx: &Context, report: &agent::swift::RestoreReport) -> Result<()> {
+    ctx.print(report, || {
+        let verb = if report.restored {
+            "restored"
+        } else {
+            "verified"
+        };
+        println!(
+            "{verb} {}: {}, sha256 {} matches",
+            report.name,
+            crate::config::human_bytes(report.verified.plain_bytes),
+            report.verified.sha256
+        );
+    })
 }
