@@ -34,6 +34,25 @@ fn systemd_units_verify() {
     assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
 }
 
+/// The unit's sandbox, as systemd scores it: at most 5.0 (tests/systemd.rs
+/// runs the unit with it under a real systemd).
+#[test]
+fn the_service_is_hardened() {
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(repo("packaging/systemd/volsnap.service"))
+        .output()
+        .expect("systemd-analyze (Debian systemd) is installed by scripts/install-deps.sh");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| l.split("exposure level for volsnap.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level: {text}"));
+    assert!(score <= 5.0, "exposure {score}:\n{text}");
+}
+
 #[test]
 fn cloud_config_is_valid() {
     let out = Command::new("cloud-init")

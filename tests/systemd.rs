@@ -25,8 +25,10 @@ use cloud::{Cloud, DataVolume};
 use support::hooks_dir;
 use volsnap::freeze;
 
-/// Where everything the booted systemd must see lives: not under /tmp.
-const BASE: &str = "/var/tmp";
+/// Where everything the booted systemd and the unit must see lives: not
+/// under /tmp or /var/tmp (the boot's and PrivateTmp= hide them), nor
+/// /home or /root (ProtectHome=read-only), nor /usr or /etc (ProtectSystem).
+const BASE: &str = "/var/lib";
 
 struct Systemd {
     /// The `unshare` process; systemd is its child.
