@@ -65,6 +65,7 @@ install: static gen
 	install -D -m 0644 etc/volsnap.toml $(DESTDIR)/etc/volsnap/volsnap.toml.sample
 	install -D -m 0644 packaging/systemd/volsnap.service $(DESTDIR)$(PREFIX)/lib/systemd/system/volsnap.service
 	install -D -m 0644 packaging/systemd/volsnap.timer $(DESTDIR)$(PREFIX)/lib/systemd/system/volsnap.timer
+	install -D -m 0755 etc/qemu-ga/fsfreeze-hook $(DESTDIR)$(PREFIX)/lib/volsnap/fsfreeze-hook
 	install -D -m 0755 etc/qemu-ga/volsnap $(DESTDIR)$(PREFIX)/share/volsnap/qemu-ga/fsfreeze-hook.d-volsnap
 	install -D -m 0644 etc/qemu-ga/qemu-guest-agent.service.d-volsnap.conf $(DESTDIR)$(PREFIX)/share/volsnap/qemu-ga/qemu-guest-agent.service.d-volsnap.conf
 	install -D -m 0644 etc/cloud-init.yaml $(DESTDIR)$(PREFIX)/share/volsnap/cloud-init.yaml

@@ -22,15 +22,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// Run under the name `fsfreeze-hook` (qemu-ga's hook path), the binary is
-/// `volsnap hook`: qemu-ga calls `fsfreeze-hook freeze` and `… thaw`.
+/// Run under a name ending in `fsfreeze-hook` (`fsfreeze-hook`,
+/// `volsnap-fsfreeze-hook`: qemu-ga's hook path), the binary is `volsnap
+/// hook`: qemu-ga calls `HOOK freeze` and `HOOK thaw` — and `volsnap thaw`
+/// is another command (the repair).
 fn arguments() -> Vec<OsString> {
     let mut args: Vec<OsString> = std::env::args_os().collect();
     let invoked_as = args
         .first()
         .and_then(|a| Path::new(a).file_name())
         .map(|n| n.to_string_lossy().into_owned());
-    if invoked_as.as_deref() == Some("fsfreeze-hook") {
+    if invoked_as.is_some_and(|n| n.ends_with("fsfreeze-hook")) {
         args.insert(1, "hook".into());
     }
     args

@@ -46,7 +46,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cloud::{cinder_config, Cloud, DataVolume};
-use support::{run, LoopFs};
+use support::{hooks_dir, run, LoopFs};
 use volsnap::freeze;
 
 // ------------------------------------------------------------------ basics
@@ -1430,6 +1430,76 @@ impl Drop for Agent {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// Debian 12's qemu-ga with the shipped wiring (etc/qemu-ga/fsfreeze-hook
+/// as its -F hook): a datastore hook that cannot quiesce makes qemu-ga
+/// refuse the freeze, and nothing is frozen. Without a config file the hook
+/// quiesces nothing and lets the freeze go ahead.
+#[test]
+fn qemu_ga_refuses_the_freeze_when_the_quiesce_fails() {
+    let cloud = Cloud::load();
+    // qemu-ga's thaw thaws every frozen filesystem of the machine.
+    let _knobs = cloud.knobs();
+    let fs = LoopFs::new("ext4", 64);
+    let tmp = tempfile::tempdir().unwrap();
+    let hooks = hooks_dir(
+        tmp.path(),
+        &[(
+            "mysql",
+            "#!/bin/sh\necho \"cannot lock: $1\" >&2\n[ \"$1\" = thaw ]\n",
+        )],
+    );
+    let config = tmp.path().join("volsnap.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "storage_strategy = \"Cinder\"\ndatastore = \"mysql\"\nmounts = [{:?}]\n\
+             runtime_dir = {:?}\nlog_file = {:?}\n[hooks]\ndir = {:?}\ntimeout = \"5s\"\n",
+            fs.path().display().to_string(),
+            tmp.path().join("run").display().to_string(),
+            tmp.path().join("volsnap.log").display().to_string(),
+            hooks.display().to_string(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // The shipped -F hook, pointing at this build instead of /usr/bin/volsnap.
+    let shipped = std::fs::read_to_string(repo().join("etc/qemu-ga/fsfreeze-hook")).unwrap();
+    let hook = tmp.path().join("fsfreeze-hook");
+    std::fs::write(
+        &hook,
+        shipped.replace("/usr/bin/volsnap", env!("CARGO_BIN_EXE_volsnap")),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mounts = serde_json::json!({ "mountpoints": [fs.path()] });
+    {
+        let agent = Agent::start(tmp.path(), &hook, &config, fs.path());
+        let refused = agent.call("guest-fsfreeze-freeze-list", Some(mounts.clone()));
+        assert!(
+            refused["error"]["desc"]
+                .as_str()
+                .is_some_and(|d| d.contains("fsfreeze hook has failed")),
+            "{refused}"
+        );
+        assert!(
+            !freeze::is_frozen(fs.path()).unwrap(),
+            "frozen after a failed quiesce"
+        );
+        let status = agent.call("guest-fsfreeze-status", None);
+        assert_eq!(status["return"], "thawed", "{status}");
+        let log = std::fs::read_to_string(tmp.path().join("volsnap.log")).unwrap_or_default();
+        assert!(log.contains("cannot lock: freeze"), "{log}");
+    }
+    // Installed, not configured: nothing to quiesce, the freeze goes ahead.
+    let absent = tmp.path().join("not-written-yet.toml");
+    let agent = Agent::start(tmp.path(), &hook, &absent, fs.path());
+    let frozen = agent.call("guest-fsfreeze-freeze-list", Some(mounts));
+    assert_eq!(frozen["return"], 1, "{frozen}");
+    let thawed = agent.call("guest-fsfreeze-thaw", None);
+    assert_eq!(thawed["return"], 1, "{thawed}");
+    assert!(!freeze::is_frozen(fs.path()).unwrap());
 }
 
 #[test]

@@ -104,6 +104,45 @@ fn invoked_as_fsfreeze_hook() {
     assert_eq!(read(&s.marks), "freeze timeout=25\n");
 }
 
+/// Any name ending in `fsfreeze-hook` is hook mode: `thaw` is qemu-ga's,
+/// not the repair command `volsnap thaw`.
+#[test]
+fn invoked_as_volsnap_fsfreeze_hook() {
+    let s = setup(0);
+    let link = s.dir.path().join("volsnap-fsfreeze-hook");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_volsnap"), &link).unwrap();
+    for action in ["freeze", "thaw"] {
+        let out = run(&link, &s, &[action]);
+        assert_eq!(out.status.code(), Some(0), "{action}: {out:?}");
+    }
+    assert!(
+        read(&s.marks).starts_with("freeze timeout=25\nthaw"),
+        "{}",
+        read(&s.marks)
+    );
+}
+
+/// Installed, not configured: quiesce nothing and exit 0, so that qemu-ga
+/// freezes as it would without volsnap (and says why in syslog).
+#[test]
+fn without_a_config_the_hook_does_nothing_and_succeeds() {
+    let s = setup(0);
+    let exe = Path::new(env!("CARGO_BIN_EXE_volsnap"));
+    for action in ["freeze", "thaw"] {
+        let out = Command::new(exe)
+            .args(["hook", action])
+            .env("VOLSNAP_CONFIG", s.dir.path().join("absent.toml"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{action}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("volsnap is not configured"),
+            "{out:?}"
+        );
+    }
+    assert_eq!(read(&s.marks), "");
+}
+
 #[test]
 fn freeze_is_refused_while_a_backup_runs() {
     let s = setup(0);

@@ -83,16 +83,31 @@ fn the_cloud_config_carries_a_config_volsnap_accepts() {
 }
 
 #[test]
-fn the_qemu_ga_drop_in_runs_volsnap_hook() {
-    let script = std::fs::read_to_string(repo("etc/qemu-ga/volsnap")).unwrap();
-    assert!(script.contains("exec /usr/bin/volsnap hook \"$1\""));
-    let out = Command::new("shellcheck")
-        .arg(repo("etc/qemu-ga/volsnap"))
-        .output()
-        .expect("shellcheck");
+fn the_qemu_ga_drop_in_makes_volsnap_the_hook() {
+    let drop_in =
+        std::fs::read_to_string(repo("etc/qemu-ga/qemu-guest-agent.service.d-volsnap.conf"))
+            .unwrap();
+    // volsnap itself, not the stock wrapper (which ignores exit codes).
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+        drop_in.contains(
+            "\nExecStart=\nExecStart=-/usr/sbin/qemu-ga -F/usr/lib/volsnap/fsfreeze-hook\n"
+        ),
+        "{drop_in}"
     );
+    let hook = std::fs::read_to_string(repo("etc/qemu-ga/fsfreeze-hook")).unwrap();
+    assert!(hook.contains("exec /usr/bin/volsnap hook \"$@\""));
+    let hook_d = std::fs::read_to_string(repo("etc/qemu-ga/volsnap")).unwrap();
+    assert!(hook_d.contains("exec /usr/bin/volsnap hook \"$1\""));
+    assert!(hook_d.contains("WARNING"), "{hook_d}");
+    for script in ["etc/qemu-ga/fsfreeze-hook", "etc/qemu-ga/volsnap"] {
+        let out = Command::new("shellcheck")
+            .arg(repo(script))
+            .output()
+            .expect("shellcheck");
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
 }

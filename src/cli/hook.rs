@@ -32,6 +32,16 @@ pub struct Args {
 impl Args {
     pub fn run(self, ctx: &Context) -> Result<u8> {
         crate::logging::to_syslog();
+        // Installed but not configured yet: quiesce nothing and let qemu-ga
+        // freeze (Nova's snapshot is as crash-consistent as without volsnap);
+        // failing would abort every quiesced snapshot of the VM.
+        if !ctx.config_path.exists() && std::fs::symlink_metadata(&ctx.config_path).is_err() {
+            log::warn!(
+                "qemu-ga fsfreeze hook: {} does not exist: volsnap is not configured, the database is not quiesced",
+                ctx.config_path.display()
+            );
+            return Ok(exit::SUCCESS);
+        }
         let settings = ctx.load_settings()?;
         if let Some(path) = &settings.log_file {
             crate::logging::to_file(path)?;

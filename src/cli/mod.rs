@@ -71,10 +71,13 @@ pub enum Command {
     Check(check::Args),
     /// Run the datastore hook's freeze or thaw, as the QEMU guest agent's fsfreeze hook
     ///
-    /// Freezes nothing itself: qemu-ga does. Installed as qemu-ga's hook
-    /// (`qemu-ga -F/usr/bin/volsnap-fsfreeze-hook`, or a file in
-    /// /etc/qemu/fsfreeze-hook.d/ running `volsnap hook "$1"`). The binary run
-    /// under the name `fsfreeze-hook` behaves as `volsnap hook`.
+    /// Freezes nothing itself: qemu-ga does. Installed as qemu-ga's hook with
+    /// `qemu-ga -F/usr/lib/volsnap/fsfreeze-hook` (the drop-in in
+    /// /usr/share/volsnap/qemu-ga/ sets it), so that a failed quiesce aborts
+    /// the freeze. Without a config file it quiesces nothing and exits 0 (an
+    /// installed but unconfigured volsnap does not abort Nova's snapshots).
+    /// The binary run under a name ending in `fsfreeze-hook` behaves as
+    /// `volsnap hook`.
     Hook(hook::Args),
     /// Thaw the filesystems a run recorded as frozen, and run the hook's thaw
     Thaw(thaw::Args),

@@ -16,6 +16,7 @@ pub const FILES: &[&str] = &[
     "/usr/lib/volsnap/hooks/none",
     "/usr/lib/volsnap/hooks/postgresql",
     "/usr/lib/volsnap/hooks/redis",
+    "/usr/lib/volsnap/fsfreeze-hook",
     "/usr/lib/systemd/system/volsnap.service",
     "/usr/lib/systemd/system/volsnap.timer",
     "/usr/share/volsnap/qemu-ga/fsfreeze-hook.d-volsnap",
@@ -30,6 +31,7 @@ pub const FILES: &[&str] = &[
 pub fn mode_of(file: &str) -> u32 {
     let exec = file.starts_with("/usr/lib/volsnap/hooks/")
         || file.ends_with("/fsfreeze-hook.d-volsnap")
+        || file == "/usr/lib/volsnap/fsfreeze-hook"
         || file == "/usr/bin/volsnap";
     if exec {
         0o755
