@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use super::Context;
+use crate::openstack::auth::{self, Env};
 use crate::{check, exit, mounts};
 
 #[derive(Debug, clap::Args)]
@@ -29,7 +30,19 @@ impl Args {
     pub fn run(self, ctx: &Context) -> anyhow::Result<u8> {
         let settings = ctx.load_settings()?;
         let mountinfo = mounts::read_mountinfo()?;
-        let mut problems = check::offline(&settings, &mountinfo);
+        let mut problems = Vec::new();
+        // clouds.yaml and secure.yaml are configuration too: a broken or
+        // unsafe one is a 78 here as in a backup, even offline.
+        if let Err(e) = auth::check_cloud_files(&settings.openstack, &Env::from_process()) {
+            if exit::code_for(&e) == exit::CONFIG {
+                return Err(e);
+            }
+            // Online, the credentials check below says it again.
+            if self.offline {
+                problems.push(format!("credentials: {e:#}"));
+            }
+        }
+        problems.extend(check::offline(&settings, &mountinfo));
         let checks = if self.offline {
             Vec::new()
         } else {
@@ -50,7 +63,7 @@ impl Args {
                 problems: &problems,
                 checks: &checks,
             };
-            println!("{}", serde_json::to_string(&report)?);
+            super::print_json(&report)?;
         } else if problems.is_empty() {
             for c in &checks {
                 println!("ok: {}: {}", c.name, c.detail);

@@ -71,6 +71,7 @@ impl Args {
                 let record = dir.join("fsfreeze-hook.last");
                 std::fs::write(&record, pairs.join("\n") + "\n")
                     .with_context(|| format!("cannot write {}", record.display()))?;
+                answer(ctx, &settings, "freeze", Some(&out.values), None)?;
             }
             Action::Thaw => {
                 // libvirt thaws even after a freeze that failed, and a freeze
@@ -84,6 +85,15 @@ impl Args {
                         log::warn!(
                             "qemu-ga fsfreeze hook: thaw during a volsnap backup ({e:#}): the database lock is the backup's, left to it"
                         );
+                        answer(
+                            ctx,
+                            &settings,
+                            "thaw",
+                            None,
+                            Some(
+                                "a volsnap backup holds the lock: its database lock is left to it",
+                            ),
+                        )?;
                         return Ok(exit::SUCCESS);
                     }
                     Err(e) => return Err(e),
@@ -94,8 +104,29 @@ impl Args {
                     "qemu-ga fsfreeze hook: {} thaw done",
                     settings.datastore.name()
                 );
+                answer(ctx, &settings, "thaw", None, None)?;
             }
         }
         Ok(exit::SUCCESS)
     }
+}
+
+/// `--json`: what the hook did. qemu-ga throws the output away; a script
+/// calling `volsnap hook --json` gets one object, as from every command.
+fn answer(
+    ctx: &Context,
+    settings: &crate::config::Settings,
+    action: &str,
+    values: Option<&std::collections::BTreeMap<String, String>>,
+    skipped: Option<&str>,
+) -> Result<()> {
+    let report = serde_json::json!({
+        "ok": true,
+        "exit_code": exit::SUCCESS,
+        "action": action,
+        "datastore": settings.datastore.name(),
+        "values": values,
+        "skipped": skipped,
+    });
+    ctx.print(&report, || {})
 }

@@ -10,6 +10,7 @@ mod thaw;
 mod verify;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{ArgAction, Parser, Subcommand};
 
@@ -91,6 +92,22 @@ pub struct Context {
     pub quiet: bool,
 }
 
+/// Whether this process printed its `--json` object already: `main` then
+/// prints none of its own, so stdout always holds exactly one.
+static JSON_PRINTED: AtomicBool = AtomicBool::new(false);
+
+pub fn json_printed() -> bool {
+    JSON_PRINTED.load(Ordering::SeqCst)
+}
+
+/// Prints one JSON object on stdout, as every `--json` answer is printed.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let line = serde_json::to_string(value)?;
+    JSON_PRINTED.store(true, Ordering::SeqCst);
+    println!("{line}");
+    Ok(())
+}
+
 impl Context {
     /// Prints `value` as one JSON object with `--json`, else runs `human`.
     pub fn print<T: serde::Serialize>(
@@ -99,7 +116,7 @@ impl Context {
         human: impl FnOnce(),
     ) -> anyhow::Result<()> {
         if self.json {
-            println!("{}", serde_json::to_string(value)?);
+            print_json(value)?;
         } else {
             human();
         }

@@ -145,12 +145,25 @@ fn cinder_needs_mounts_and_never_root() {
 }
 
 #[test]
-fn mounts_are_sorted_normalised_and_deduplicated() {
+fn mounts_are_sorted_and_normalised_and_a_duplicate_is_refused() {
     let s = parse_str(
-        "storage_strategy = \"Cinder\"\ndatastore = \"none\"\nmounts = [\"/srv/b/\", \"/srv/a\", \"/srv/./b\"]\n",
+        "storage_strategy = \"Cinder\"\ndatastore = \"none\"\nmounts = [\"/srv/b/\", \"/srv/a\"]\n",
     )
     .unwrap();
     assert_eq!(s.mounts, [PathBuf::from("/srv/a"), PathBuf::from("/srv/b")]);
+    for twice in [
+        "\"/data\", \"/data\"",
+        "\"/data\", \"/data/\"",
+        "\"/data/./\", \"/x\", \"/data\"",
+    ] {
+        let e = error_of(&format!(
+            "storage_strategy = \"Cinder\"\ndatastore = \"none\"\nmounts = [{twice}]\n"
+        ));
+        assert!(
+            e.contains(":3:1: mounts: /data is listed twice"),
+            "{twice}: {e}"
+        );
+    }
 }
 
 #[test]
