@@ -18,6 +18,7 @@ pub struct Args {
 #[derive(Serialize)]
 struct Report<'a> {
     ok: bool,
+    exit_code: u8,
     config: String,
     strategy: &'a str,
     datastore: &'a str,
@@ -31,14 +32,11 @@ impl Args {
         let settings = ctx.load_settings()?;
         let mountinfo = mounts::read_mountinfo()?;
         let mut problems = Vec::new();
-        // clouds.yaml and secure.yaml are configuration too: a broken or
-        // unsafe one is a 78 here as in a backup, even offline.
-        if let Err(e) = auth::check_cloud_files(&settings.openstack, &Env::from_process()) {
-            if exit::code_for(&e) == exit::CONFIG {
-                return Err(e);
-            }
-            // Online, the credentials check below says it again.
-            if self.offline {
+        // A broken or unsafe clouds.yaml was refused (78) by load_settings;
+        // a cloud that is not in it is a problem offline too. (Online, the
+        // credentials check says so.)
+        if self.offline {
+            if let Err(e) = auth::check_cloud_files(&settings.openstack, &Env::from_process()) {
                 problems.push(format!("credentials: {e:#}"));
             }
         }
@@ -57,6 +55,11 @@ impl Args {
         if ctx.json {
             let report = Report {
                 ok: problems.is_empty(),
+                exit_code: if problems.is_empty() {
+                    exit::SUCCESS
+                } else {
+                    exit::FAILURE
+                },
                 config: settings.path.display().to_string(),
                 strategy: settings.strategy.name(),
                 datastore: settings.datastore.name(),

@@ -90,6 +90,8 @@ pub struct Context {
     pub json: bool,
     /// `-q`: no progress line.
     pub quiet: bool,
+    /// The command may talk to OpenStack (every one but `hook` and `thaw`).
+    pub uses_openstack: bool,
 }
 
 /// Whether this process printed its `--json` object already: `main` then
@@ -123,8 +125,22 @@ impl Context {
         Ok(())
     }
 
-    pub fn load_settings(&self) -> Result<Settings, config::ConfigError> {
-        config::load(&self.config_path)
+    /// The settings, and for the commands that talk to OpenStack the
+    /// clouds.yaml and secure.yaml they will read: a broken or unsafe one is
+    /// refused here (78), before anything is locked.
+    pub fn load_settings(&self) -> anyhow::Result<Settings> {
+        let settings = config::load(&self.config_path)?;
+        if self.uses_openstack {
+            let env = crate::openstack::auth::Env::from_process();
+            if let Err(e) = crate::openstack::auth::check_cloud_files(&settings.openstack, &env) {
+                // Anything else (no such cloud) is the credentials' own
+                // error, reported where they are resolved.
+                if exit::code_for(&e) == exit::CONFIG {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(settings)
     }
 }
 
@@ -135,6 +151,10 @@ impl Cli {
             config_path: self.config,
             json: self.json,
             quiet: self.quiet > 0,
+            uses_openstack: !matches!(
+                self.command,
+                Command::Hook(_) | Command::Thaw(_) | Command::Watchdog
+            ),
         };
         match self.command {
             Command::Backup(args) => args.run(&ctx),
