@@ -141,6 +141,8 @@ struct Case {
     says: &'static [&'static str],
     /// None of these may appear anywhere in the output.
     never: &'static [&'static str],
+    /// What `check` reports at exit 1.
+    problem: &'static str,
 }
 
 const fn case(
@@ -156,6 +158,7 @@ const fn case(
         code,
         says,
         never: &[],
+        problem: "",
     }
 }
 
@@ -195,6 +198,10 @@ fn corpus() -> Vec<Case> {
         case("Cinder without mounts", b"storage_strategy = \"Cinder\"\ndatastore = \"none\"\n", 78, &["needs at least one mount"]),
         case("duplicate mounts", b"datastore = \"none\"\nmounts = [\"/data\", \"/data/\"]\n", 78, &["{path}:2:1", "mounts: /data is listed twice"]),
         case("the root as a mount", b"storage_strategy = \"Cinder\"\ndatastore = \"none\"\nmounts = [\"/\"]\n", 78, &["\"/\" cannot be frozen"]),
+        Case {
+            problem: "mount /proc: is a proc filesystem",
+            ..case("/proc as a mount to freeze", b"storage_strategy = \"Cinder\"\ndatastore = \"none\"\nmounts = [\"/proc\"]\nruntime_dir = \"{run}\"\n[hooks]\ndir = \"{hooks}\"\n", 1, &[])
+        },
         case("relative mount", b"datastore = \"none\"\nmounts = [\"data\"]\n", 78, &["not an absolute path"]),
         case("LD_PRELOAD for the hooks", b"datastore = \"none\"\n[hooks.env]\nLD_PRELOAD = \"/tmp/evil.so\"\n", 78, &["{path}:3:1", "hooks.env.LD_PRELOAD", "load code"]),
         case("BASH_ENV for the hooks", b"datastore = \"none\"\n[hooks.env]\nBASH_ENV = \"/tmp/evil.sh\"\n", 78, &["{path}:3:1", "hooks.env.BASH_ENV"]),
@@ -350,9 +357,13 @@ fn every_bad_config_gets_its_exit_code_and_message() {
             }
             if args.contains(&"--json") {
                 match serde_json::from_str::<serde_json::Value>(&stdout) {
-                    Ok(v) if v["exit_code"] == c.code || (c.code == 0 && v["ok"] == true) => {}
+                    Ok(v) if v["exit_code"] == c.code => {}
                     _ => wrong.push(format!("stdout is not one JSON answer: {stdout:?}")),
                 }
+            }
+            // `check` reports a problem (exit 1) on stdout, one per line.
+            if c.code == 1 && !stdout.contains(c.problem) {
+                wrong.push(format!("no problem {:?} in {stdout:?}", c.problem));
             }
             if took > Duration::from_secs(1) {
                 wrong.push(format!("took {took:?}"));
