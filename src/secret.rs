@@ -50,6 +50,12 @@ struct SecretVisitor;
 
 impl SecretVisitor {
     fn refuse<E: de::Error>(found: &str) -> E {
+        E::custom(format!("invalid type: {found}, expected a string"))
+    }
+
+    /// A number or a boolean written bare is most often a password that
+    /// needs its quotes.
+    fn refuse_bare<E: de::Error>(found: &str) -> E {
         E::custom(format!(
             "invalid type: {found}, expected a string (put the value in quotes)"
         ))
@@ -72,27 +78,27 @@ impl<'de> de::Visitor<'de> for SecretVisitor {
     }
 
     fn visit_bool<E: de::Error>(self, _: bool) -> Result<Secret, E> {
-        Err(Self::refuse("a boolean"))
+        Err(Self::refuse_bare("a boolean"))
     }
 
     fn visit_i64<E: de::Error>(self, _: i64) -> Result<Secret, E> {
-        Err(Self::refuse("an integer"))
+        Err(Self::refuse_bare("an integer"))
     }
 
     fn visit_u64<E: de::Error>(self, _: u64) -> Result<Secret, E> {
-        Err(Self::refuse("an integer"))
+        Err(Self::refuse_bare("an integer"))
     }
 
     fn visit_i128<E: de::Error>(self, _: i128) -> Result<Secret, E> {
-        Err(Self::refuse("an integer"))
+        Err(Self::refuse_bare("an integer"))
     }
 
     fn visit_u128<E: de::Error>(self, _: u128) -> Result<Secret, E> {
-        Err(Self::refuse("an integer"))
+        Err(Self::refuse_bare("an integer"))
     }
 
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<Secret, E> {
-        Err(Self::refuse("a float"))
+        Err(Self::refuse_bare("a float"))
     }
 
     fn visit_char<E: de::Error>(self, v: char) -> Result<Secret, E> {

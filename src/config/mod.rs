@@ -380,24 +380,18 @@ fn validate(path: &Path, source: &str, file: File) -> Result<Settings, ConfigErr
                 "\"/\" cannot be frozen: freezing the root filesystem hangs the machine".into(),
             ));
         }
-        // `/data` and `/data/` are one filesystem: listed twice, it would be
-        // frozen twice, and the second FIFREEZE fails with EBUSY.
-        if let Some(first) = file
-            .mounts
-            .iter()
-            .find(|m| absolute_normal(m).as_ref() == Some(&normal))
-        {
-            if mounts.contains(&normal) {
-                return Err(err(
-                    "mounts",
-                    format!(
-                        "{} is listed twice ({:?} and {:?}); list each filesystem once",
-                        normal.display(),
-                        first.display().to_string(),
-                        mount.display().to_string()
-                    ),
-                ));
-            }
+        // `/data` and `/data/` are one filesystem. Listed twice, it is most
+        // likely a slip for another mount that then goes unfrozen.
+        if let Some(first) = mounts.iter().position(|m| *m == normal) {
+            return Err(err(
+                "mounts",
+                format!(
+                    "{} is listed twice ({:?} and {:?}); list each filesystem once",
+                    normal.display(),
+                    file.mounts[first].display().to_string(),
+                    mount.display().to_string()
+                ),
+            ));
         }
         mounts.push(normal);
     }
@@ -668,15 +662,12 @@ fn validate_swift(err: &ErrAt, file: SwiftFile) -> Result<SwiftSettings, ConfigE
     // Parsed as the backup will parse them, so that a typo is a 78 here
     // rather than a failed backup tonight.
     for (i, recipient) in file.age_recipients.iter().enumerate() {
-        if let Err(e) = crate::stream::Recipients::parse(recipient, "") {
-            let why = format!("{e:#}");
+        if let Err(e) = crate::stream::Recipients::parse(recipient, "the entry") {
+            // The innermost cause says what is wrong with the key; the
+            // context around it would only say "line 1".
             return Err(err(
                 "swift.age_recipients",
-                format!(
-                    "[{i}]: {}",
-                    why.trim_start_matches([',', ' '])
-                        .trim_start_matches("line 1: ")
-                ),
+                format!("[{i}]: {}", e.root_cause()),
             ));
         }
     }
