@@ -771,3 +771,35 @@ fn mutated_configs_never_panic_hang_or_exit_oddly() {
         one_json(&out);
     }
 }
+
+#[test]
+fn a_password_in_auth_url_is_never_logged_or_reported() {
+    let s = Scratch::new(NONE_HOOK);
+    // Port 1 refuses at once: the run goes through every retry (each logged
+    // at WARN with the URL) and fails with the URL in the error.
+    let config = s.write(
+        "volsnap.toml",
+        format!(
+            "{BASE}[openstack]\nauth_url = \"http://admin:url-pw-5@127.0.0.1:1/v3\"\n\
+             username = \"u\"\npassword = \"toml-pw-5\"\nproject_name = \"p\"\n\
+             user_domain_name = \"Default\"\nproject_domain_name = \"Default\"\n"
+        )
+        .as_bytes(),
+        0o600,
+    );
+    let (out, _) = volsnap_env(&config, &["-vv", "check", "--json"], &[]);
+    let (stdout, stderr) = text(&out);
+    let v = one_json(&out);
+    assert_eq!(v["exit_code"], 1, "{stderr}");
+    assert!(stderr.contains("http://127.0.0.1:1/v3"), "{stderr}");
+    assert!(
+        stderr.contains("the user and password in the URL are ignored"),
+        "{stderr}"
+    );
+    for secret in ["url-pw-5", "toml-pw-5", "admin:"] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{secret}:\n{stdout}\n{stderr}"
+        );
+    }
+}
