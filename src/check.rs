@@ -4,37 +4,37 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::agent::cinder::{plan, runs};
 use crate::config::{Settings, Strategy};
-use crate::mounts::{self, MountEntry, Protected};
+use crate::hooks;
+use crate::mounts::MountEntry;
 use crate::openstack::cinder::Volume;
-use crate::openstack::swift::ContainerState;
 use crate::openstack::{self, auth, Env, Session};
-use crate::{discover, hooks};
 
 /// The local checks: hooks and mounts. Each problem is one line of text.
+/// The Cinder strategy's are the plan's own rules (`agent::cinder::plan`).
 pub fn offline(settings: &Settings, mountinfo: &[MountEntry]) -> Vec<String> {
-    let mut problems = Vec::new();
-    match hooks::check_dir(&settings.hooks.dir) {
-        Ok(()) => {
-            if let Err(p) = hooks::check_file(&hooks::hook_path(settings)) {
-                problems.push(p);
+    let mut problems = match settings.strategy {
+        Strategy::Cinder => plan::local(settings, mountinfo).err().unwrap_or_default(),
+        Strategy::Swift => {
+            let mut problems = Vec::new();
+            match hooks::check_dir(&settings.hooks.dir) {
+                Ok(()) => {
+                    if let Err(p) = hooks::check_file(&hooks::hook_path(settings)) {
+                        problems.push(p);
+                    }
+                }
+                Err(p) => problems.push(p),
             }
+            // For Swift the mounts are the hook's paths, not frozen.
+            for mount in &settings.mounts {
+                if let Err(e) = std::fs::metadata(mount) {
+                    problems.push(format!("mount {}: {e}", mount.display()));
+                }
+            }
+            problems
         }
-        Err(p) => problems.push(p),
-    }
-    let protected = protected_paths(settings);
-    for mount in &settings.mounts {
-        // Only the Cinder strategy freezes; for Swift they are the hook's paths.
-        let result = match settings.strategy {
-            Strategy::Cinder => mounts::check_freezable(mount, mountinfo, &protected).map(drop),
-            Strategy::Swift => std::fs::metadata(mount)
-                .map(drop)
-                .map_err(|e| format!("{}: {e}", mount.display())),
-        };
-        if let Err(p) = result {
-            problems.push(format!("mount {p}"));
-        }
-    }
+    };
     if let Some(p) = settings
         .metrics_file
         .as_deref()
@@ -62,37 +62,6 @@ fn metrics_file_problem(path: &Path) -> Option<String> {
             dir.display()
         )),
     }
-}
-
-/// The paths volsnap writes or reads while the data mounts are frozen.
-pub fn protected_paths(settings: &Settings) -> Vec<Protected<'_>> {
-    let mut protected = vec![
-        Protected {
-            what: "runtime directory",
-            path: &settings.runtime_dir,
-        },
-        Protected {
-            what: "configuration file",
-            path: &settings.path,
-        },
-    ];
-    if let Some(log) = &settings.log_file {
-        protected.push(Protected {
-            what: "log file",
-            path: log,
-        });
-    }
-    if let Some(metrics) = &settings.metrics_file {
-        protected.push(Protected {
-            what: "metrics file",
-            path: metrics,
-        });
-    }
-    protected.push(Protected {
-        what: "hooks directory",
-        path: Path::new(&settings.hooks.dir),
-    });
-    protected
 }
 
 /// One online check and what it found.
@@ -171,66 +140,37 @@ fn cinder_checks(
         "block-storage endpoint",
         Ok(cinder.endpoint().to_string()),
     ));
-    // The project's volumes, listed once, for the mounts given no id.
-    let mut listed: Option<Result<Vec<Volume>, String>> = None;
-    for mount in &settings.mounts {
-        let name = format!("volume for {}", mount.display());
-        let (id, how) = match settings.cinder.volumes.get(mount) {
-            Some(id) => (id.clone(), String::new()),
-            None => {
-                let volumes = listed.get_or_insert_with(|| {
-                    cinder
-                        .volumes()
-                        .map_err(|e| format!("cannot list volumes: {e}"))
-                });
-                match discover_volume(mount, mountinfo, sys_root, volumes) {
-                    Ok(found) => found,
-                    Err(e) => {
-                        checks.push(Check::new(name, Err(e)));
-                        continue;
-                    }
-                }
-            }
-        };
-        let result = match cinder.volume(&id) {
-            Ok(v) if v.status.starts_with("error") => Err(format!(
-                "volume {id}{how} is in status {:?}: Cinder cannot snapshot it",
-                v.status
-            )),
-            Ok(v) => Ok(format!("{}{how}", describe_volume(&v))),
-            Err(e) if e.is_not_found() => {
-                Err(format!("volume {id} does not exist in this project ({e})"))
-            }
-            Err(e) => Err(e.to_string()),
-        };
-        checks.push(Check::new(name, result));
+    // The same resolution a backup makes; a mount that is not freezable is
+    // reported by the offline checks.
+    let Ok(mounts) = plan::local(settings, mountinfo) else {
+        return;
+    };
+    let found = plan::resolve_volumes(settings, &cinder, &mounts, sys_root);
+    for (mount, found) in mounts.iter().zip(found) {
+        let name = format!("volume for {}", mount.configured.display());
+        checks.push(Check::new(
+            name,
+            found.map(|(v, how)| format!("{}{how}", describe_volume(&v))),
+        ));
     }
-}
-
-/// The volume id of a mount with no id in the config, as a backup would find
-/// it, and how it was found.
-fn discover_volume(
-    mount: &Path,
-    mountinfo: &[MountEntry],
-    sys_root: &Path,
-    volumes: &Result<Vec<Volume>, String>,
-) -> Result<(String, String), String> {
-    let entry = mounts::mount_at(mountinfo, mount).ok_or_else(|| {
-        format!(
-            "{} is not mounted: its volume cannot be discovered",
-            mount.display()
-        )
-    })?;
-    let volumes = volumes.as_ref().map_err(Clone::clone)?;
-    let (id, device) =
-        discover::volume_of(sys_root, entry, volumes).map_err(|e| format!("{e:#}"))?;
-    Ok((
-        id,
-        format!(
-            " (discovered: {} has serial {})",
-            device.disk, device.serial
-        ),
-    ))
+    checks.push(Check::new(
+        "earlier runs",
+        match runs::list(&cinder) {
+            Ok(snaps) => {
+                let left = runs::leftovers(&snaps);
+                Ok(if left.is_empty() {
+                    "no snapshot left by a killed or failed run".to_string()
+                } else {
+                    format!(
+                        "{} snapshot(s) left by killed or failed runs, never backups; the next backup, prune or list removes them: {}",
+                        left.len(),
+                        left.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(", ")
+                    )
+                })
+            }
+            Err(e) => Err(format!("{e:#}")),
+        },
+    ));
 }
 
 fn describe_volume(v: &Volume) -> String {
@@ -257,14 +197,65 @@ fn swift_checks(settings: &Settings, session: &Session, checks: &mut Vec<Check>)
         "object-store endpoint",
         Ok(swift.endpoint().to_string()),
     ));
-    let container = &settings.swift.container;
-    let result = match swift.ensure_container(container, settings.swift.create_container) {
-        Ok(ContainerState::Existed) => Ok(format!("container {container} exists")),
-        Ok(ContainerState::Created) => Ok(format!("container {container} was created")),
-        Err(e) if e.is_not_found() => Err(format!(
-            "container {container} does not exist and create_container = false ({e})"
-        )),
-        Err(e) => Err(e.to_string()),
-    };
-    checks.push(Check::new("container", result));
+    // Looked at, never created: `check` changes nothing in the cloud but the
+    // orphans below; a backup creates the containers it needs.
+    let create = settings.swift.create_container;
+    let mut missing = false;
+    let segments = crate::stream::segments_container(&settings.swift.container);
+    for container in [Ok(settings.swift.container.clone()), segments] {
+        let container = match container {
+            Ok(c) => c,
+            Err(e) => {
+                checks.push(Check::new("container", Err(format!("{e:#}"))));
+                return;
+            }
+        };
+        let result = match swift.ensure_container(&container, false) {
+            Ok(_) => Ok(format!("container {container} exists")),
+            Err(e) if e.is_not_found() && create => {
+                missing = true;
+                Ok(format!(
+                    "container {container} does not exist; a backup will create it (create_container = true)"
+                ))
+            }
+            Err(e) if e.is_not_found() => Err(format!(
+                "container {container} does not exist and create_container = false ({e})"
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+        let failed = result.is_err();
+        checks.push(Check::new("container", result));
+        if failed {
+            return;
+        }
+    }
+    if missing {
+        return;
+    }
+    let result = crate::agent::swift::sweep_orphans(settings, &swift)
+        .map_err(|e| format!("{e:#}"))
+        .and_then(|sweep| {
+            let failed: Vec<String> = sweep
+                .found
+                .iter()
+                .filter(|o| o.state == crate::agent::swift::OrphanState::Failed)
+                .map(|o| o.describe())
+                .collect();
+            if !failed.is_empty() {
+                return Err(failed.join("; "));
+            }
+            let mut lines: Vec<String> = sweep.freed().into_iter().collect();
+            lines.extend(
+                sweep
+                    .found
+                    .iter()
+                    .filter(|o| o.state != crate::agent::swift::OrphanState::Removed)
+                    .map(|o| o.describe()),
+            );
+            if lines.is_empty() {
+                lines.push("none: every segment of this host belongs to a backup".to_string());
+            }
+            Ok(lines.join("; "))
+        });
+    checks.push(Check::new("orphan segments", result));
 }

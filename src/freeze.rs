@@ -8,6 +8,7 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use nix::errno::Errno;
@@ -84,19 +85,37 @@ impl std::fmt::Display for ThawError {
 
 impl std::error::Error for ThawError {}
 
+/// Thaws every mount in reverse order, trying each even when one fails: the
+/// one thaw loop, for [`Frozen`], the watchdog and `volsnap thaw`.
+pub fn thaw_in_reverse(mounts: &[(PathBuf, File)]) -> Vec<(PathBuf, Result<(), ThawError>)> {
+    mounts
+        .iter()
+        .rev()
+        .map(|(mount, file)| (mount.clone(), thaw_fd(file, mount)))
+        .collect()
+}
+
 /// The frozen window. Mounts are frozen in the order given and thawed in
 /// reverse; dropping the guard thaws whatever is still frozen.
 pub struct Frozen {
-    /// Still-frozen mounts, in freeze order.
+    /// Frozen mounts, in freeze order; emptied by the thaw.
     mounts: Vec<(PathBuf, File)>,
+    /// Just before the first FIFREEZE.
+    pub since: Instant,
 }
 
 impl Frozen {
-    /// Freezes every mount in order. On the first failure, thaws the ones
+    /// `syncfs` on every mount (what is left to flush since the early sync),
+    /// then FIFREEZE each in order. On the first failure, thaws the ones
     /// already frozen and returns the error: all or nothing.
     pub fn freeze(opened: Vec<(PathBuf, File)>) -> Result<Frozen> {
+        for (mount, file) in &opened {
+            nix::unistd::syncfs(file.as_raw_fd())
+                .with_context(|| format!("syncfs {}", mount.display()))?;
+        }
         let mut frozen = Frozen {
             mounts: Vec::with_capacity(opened.len()),
+            since: Instant::now(),
         };
         for (mount, file) in opened {
             freeze_fd(&file, &mount)?; // `frozen` drops here on error and thaws the rest
@@ -107,6 +126,7 @@ impl Frozen {
     }
 
     /// Thaws in reverse order, trying every mount even when one fails.
+    /// `NotFrozen` in the errors means someone else (the watchdog) thawed first.
     pub fn thaw(mut self) -> Result<(), Vec<ThawError>> {
         let errors = self.thaw_all();
         if errors.is_empty() {
@@ -117,14 +137,17 @@ impl Frozen {
     }
 
     fn thaw_all(&mut self) -> Vec<ThawError> {
-        let mut errors = Vec::new();
-        while let Some((mount, file)) = self.mounts.pop() {
-            match thaw_fd(&file, &mount) {
-                Ok(()) => log::debug!("thawed {}", mount.display()),
-                Err(e) => errors.push(e),
-            }
-        }
-        errors
+        let mounts = std::mem::take(&mut self.mounts);
+        thaw_in_reverse(&mounts)
+            .into_iter()
+            .filter_map(|(mount, result)| match result {
+                Ok(()) => {
+                    log::debug!("thawed {}", mount.display());
+                    None
+                }
+                Err(e) => Some(e),
+            })
+            .collect()
     }
 }
 

@@ -95,6 +95,51 @@ pub const HOOK_BASE_ENV: &[(&str, &str)] = &[
     ("TZ", "UTC"),
 ];
 
+/// Everything a [`Hook`] is, for a process that must run it without the
+/// config (the watchdog): the config may be edited, broken or gone by then.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct HookSpec {
+    path: PathBuf,
+    datastore: String,
+    env: Vec<(String, crate::secret::Revealed)>,
+    timeout_ms: u64,
+    lock_timeout_ms: u64,
+}
+
+impl HookSpec {
+    pub fn timeout_ms(&self) -> u64 {
+        self.timeout_ms
+    }
+}
+
+impl From<&Hook> for HookSpec {
+    fn from(hook: &Hook) -> HookSpec {
+        HookSpec {
+            path: hook.path.clone(),
+            datastore: hook.datastore.clone(),
+            env: hook
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), crate::secret::Revealed(v.clone())))
+                .collect(),
+            timeout_ms: hook.timeout.as_millis() as u64,
+            lock_timeout_ms: hook.lock_timeout.as_millis() as u64,
+        }
+    }
+}
+
+impl From<HookSpec> for Hook {
+    fn from(spec: HookSpec) -> Hook {
+        Hook {
+            path: spec.path,
+            datastore: spec.datastore,
+            env: spec.env.into_iter().map(|(k, v)| (k, v.0)).collect(),
+            timeout: Duration::from_millis(spec.timeout_ms),
+            lock_timeout: Duration::from_millis(spec.lock_timeout_ms),
+        }
+    }
+}
+
 /// What a finished action printed.
 #[derive(Debug, Default)]
 pub struct HookOutput {
@@ -358,6 +403,10 @@ impl Hook {
         action: &'static str,
         limit: Duration,
     ) -> Result<Streaming> {
+        // A hook bounds its own tools by VOLSNAP_TIMEOUT (pg_basebackup runs
+        // under `timeout`): for a stream that must be the stream's limit, not
+        // the lock-holding time of `freeze`, or every real backup is killed.
+        cmd.env("VOLSNAP_TIMEOUT", limit.as_secs().max(1).to_string());
         let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot run hook {} {action}", self.path.display()))?;

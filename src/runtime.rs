@@ -21,9 +21,12 @@ pub fn ensure_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot create runtime directory {}", dir.display()))
 }
 
-/// The one-run-at-a-time lock, held until dropped.
+/// The one-run-at-a-time lock, held until dropped. The file says who holds
+/// it: `PID [RUN]`, the run being the name a backup gives its snapshots, so
+/// that a later run can tell a live run's snapshots from a dead one's.
 pub struct RunLock {
-    _lock: Flock<File>,
+    lock: Flock<File>,
+    path: PathBuf,
 }
 
 impl RunLock {
@@ -31,27 +34,16 @@ impl RunLock {
     pub fn acquire(dir: &Path) -> Result<RunLock> {
         ensure_dir(dir)?;
         let path = dir.join("lock");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
+        let file = open_lock(&path)?;
         let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
             Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
+                let pid = holder.split_whitespace().next().unwrap_or("unknown");
                 return Err(Exit::new(
                     LOCKED,
-                    format!(
-                        "another volsnap run holds {} (pid {})",
-                        path.display(),
-                        if holder.is_empty() { "unknown" } else { holder }
-                    ),
+                    format!("another volsnap run holds {} (pid {pid})", path.display()),
                 )
                 .into());
             }
@@ -62,8 +54,92 @@ impl RunLock {
         lock.set_len(0)?;
         lock.rewind()?;
         writeln!(lock, "{}", std::process::id())?;
-        Ok(RunLock { _lock: lock })
+        Ok(RunLock { lock, path })
     }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records the run that holds the lock (see [`run_is_live`]).
+    pub fn name_run(&mut self, run: &str) -> Result<()> {
+        self.lock.set_len(0)?;
+        self.lock.rewind()?;
+        writeln!(self.lock, "{} {run}", std::process::id())
+            .with_context(|| format!("cannot write {}", self.path.display()))
+    }
+
+    /// The descriptor the lock is held by: the watchdog keeps a copy, so the
+    /// lock outlives a killed run until its watchdog has thawed and released
+    /// the database.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.lock.as_raw_fd()
+    }
+}
+
+/// The pid of the run holding `DIR/lock`, if one does; takes nothing
+/// (what `backup --dry-run` reports).
+pub fn lock_holder(dir: &Path) -> Option<u32> {
+    let path = dir.join("lock");
+    if !is_locked(&path) {
+        return None;
+    }
+    std::fs::read_to_string(&path)
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Whether anyone holds a flock on `path`, read from `/proc/locks` so that
+/// asking never takes the lock, not even for an instant (a probe would turn
+/// a run starting at that moment away with 75).
+fn is_locked(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+        return false;
+    };
+    let dev = meta.dev();
+    // `FLOCK ADVISORY WRITE PID MAJ:MIN:INODE 0 EOF`, major and minor in hex.
+    let id = format!(
+        "{:02x}:{:02x}:{}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev),
+        meta.ino()
+    );
+    locks.lines().any(|l| {
+        let fields: Vec<&str> = l.split_whitespace().collect();
+        fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&id.as_str())
+    })
+}
+
+fn open_lock(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))
+}
+
+/// Whether `run` is still going: the lock file at `lock_path` names it as its
+/// holder and somebody (the run, or its watchdog) holds the lock. A run that
+/// died released its lock; a later run renamed the holder.
+pub fn run_is_live(lock_path: &Path, run: &str) -> bool {
+    let Ok(text) = std::fs::read_to_string(lock_path) else {
+        return false;
+    };
+    if text.split_whitespace().nth(1) != Some(run) {
+        return false;
+    }
+    is_locked(lock_path)
 }
 
 /// What a run froze, and how to undo it.
@@ -154,6 +230,30 @@ pub fn clear_quiesced(dir: &Path) -> Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// What a watchdog did for a run, kept so that the next run can say who
+/// thawed the run whose snapshots it removes.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WatchdogRecord {
+    pub run: String,
+    pub fired_unix_ms: u128,
+    pub summary: String,
+}
+
+const WATCHDOG_RECORD: &str = "watchdog.last.json";
+
+pub fn write_watchdog_record(dir: &Path, record: &WatchdogRecord) {
+    let tmp = dir.join(".watchdog.last.json.tmp");
+    if let Ok(bytes) = serde_json::to_vec(record) {
+        if std::fs::write(&tmp, bytes).is_ok() {
+            let _ = std::fs::rename(&tmp, dir.join(WATCHDOG_RECORD));
+        }
+    }
+}
+
+pub fn read_watchdog_record(dir: &Path) -> Option<WatchdogRecord> {
+    serde_json::from_slice(&std::fs::read(dir.join(WATCHDOG_RECORD)).ok()?).ok()
 }
 
 /// Appends one line to `DIR/watchdog.log`: what the watchdog did and when.

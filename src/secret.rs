@@ -139,6 +139,24 @@ impl Serialize for Secret {
     }
 }
 
+/// A secret on its way to a trusted child process over a pipe (the
+/// watchdog's plan): the one place a secret serializes as its value. Its
+/// `Debug` still redacts.
+#[derive(Clone, Deserialize)]
+pub struct Revealed(pub Secret);
+
+impl Serialize for Revealed {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.expose())
+    }
+}
+
+impl fmt::Debug for Revealed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

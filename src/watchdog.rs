@@ -26,8 +26,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde::{Deserialize, Serialize};
 
 use crate::freeze::{self, ThawError};
-use crate::hooks::Hook;
-use crate::{config, runtime};
+use crate::hooks::{Hook, HookSpec};
+use crate::runtime;
 
 /// The watchdog's deadline trails the agent's own by this much, so that in
 /// the ordinary case the agent thaws and reports, and the watchdog is the
@@ -40,15 +40,33 @@ const TICK_MS: u16 = 10;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Plan {
-    /// The run's config, so the watchdog can build the same hook.
-    pub config: PathBuf,
+    /// The run it guards (what it records when it fires).
+    pub run: String,
     pub runtime_dir: PathBuf,
     pub mounts: Vec<PathBuf>,
-    /// Thaw after this long even if the agent is alive.
+    /// Fire after this long even if the agent is alive, until it says
+    /// `freezing` (it is armed before the hook's `freeze`, so that a run
+    /// killed while the database is held is released at once too)...
     pub deadline_ms: u64,
-    /// Whether to run the hook's `thaw` when firing (false when the hook's
-    /// `freeze` was never attempted).
-    pub run_hook: bool,
+    /// ...and this long after `freezing`: the freeze's own deadline.
+    pub max_freeze_ms: u64,
+    /// The hook whose `thaw` it runs when it fires: carried whole, so that
+    /// editing, breaking or deleting the config mid-run changes nothing.
+    /// `None` when the hook's `freeze` was never attempted.
+    pub hook: Option<HookSpec>,
+    /// The run lock's descriptor, inherited: the lock stays held until the
+    /// watchdog has thawed and released the database, so no run starts in
+    /// between and the killed run's snapshots read as its until then.
+    #[serde(default)]
+    pub lock_fd: Option<i32>,
+}
+
+/// What a watchdog that fired did, as it told the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fired {
+    /// When its FITHAWs were done.
+    pub thawed_unix_ms: u128,
+    pub summary: String,
 }
 
 /// The agent's end of an armed watchdog. Dropping it without `disarm` closes
@@ -73,13 +91,20 @@ impl Watchdog {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        // SAFETY: setsid is async-signal-safe; it puts the watchdog in its own
-        // session so terminal signals and hangups aimed at volsnap miss it.
+        let lock_fd = plan.lock_fd;
+        // SAFETY: setsid and fcntl are async-signal-safe. setsid puts the
+        // watchdog in its own session so terminal signals and hangups aimed
+        // at volsnap miss it; clearing close-on-exec (in the child only)
+        // hands it the run lock's descriptor.
         unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid()
-                    .map(|_| ())
-                    .map_err(std::io::Error::from)
+            cmd.pre_exec(move || {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                if let Some(fd) = lock_fd {
+                    if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
             });
         }
         let mut child = cmd.spawn().context("cannot start the watchdog")?;
@@ -109,6 +134,16 @@ impl Watchdog {
         }
     }
 
+    /// Tells the watchdog the FIFREEZEs start now: its deadline becomes
+    /// `max_freeze_ms` from here.
+    pub fn freezing(&mut self) -> Result<()> {
+        let stdin = self.stdin.as_mut().expect("armed watchdog has stdin");
+        stdin
+            .write_all(b"freezing\n")
+            .and_then(|_| stdin.flush())
+            .context("the watchdog is gone")
+    }
+
     /// The watchdog process's id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -116,7 +151,7 @@ impl Watchdog {
 
     /// Tells the watchdog the run thawed by itself. Returns what the watchdog
     /// did if it had already fired (the deadline passed first).
-    pub fn disarm(mut self) -> Result<Option<String>> {
+    pub fn disarm(mut self) -> Result<Option<Fired>> {
         let mut stdin = self.stdin.take().expect("armed watchdog has stdin");
         let sent = stdin.write_all(b"disarm\n").and_then(|_| stdin.flush());
         let reply = self.replies.recv_timeout(Duration::from_secs(5));
@@ -124,7 +159,7 @@ impl Watchdog {
         let _ = wait_bounded(&mut self.child, Duration::from_secs(5));
         match reply {
             Ok(r) if r == "disarmed" => Ok(None),
-            Ok(r) => Ok(Some(r.trim_start_matches("fired ").to_string())),
+            Ok(r) => Ok(Some(parse_fired(&r))),
             Err(_) => match sent {
                 Err(e) => Err(anyhow!("the watchdog is gone: {e}")),
                 Ok(()) => Err(anyhow!("the watchdog did not answer disarm")),
@@ -145,6 +180,21 @@ impl Watchdog {
         drop(self.stdin.take());
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `fired UNIX_MS SUMMARY`, the watchdog's reply once it thawed.
+fn parse_fired(reply: &str) -> Fired {
+    let rest = reply.trim_start_matches("fired ");
+    match rest.split_once(' ') {
+        Some((ms, summary)) if ms.parse::<u128>().is_ok() => Fired {
+            thawed_unix_ms: ms.parse().unwrap_or(0),
+            summary: summary.to_string(),
+        },
+        _ => Fired {
+            thawed_unix_ms: runtime::now_unix_ms(),
+            summary: rest.to_string(),
+        },
     }
 }
 
@@ -201,10 +251,19 @@ pub fn run_child() -> Result<()> {
     let plan: Plan = match serde_json::from_str(&first) {
         Ok(plan) => plan,
         Err(e) => {
-            let _ = writeln!(stdout, "bad plan: {e}");
-            bail!("bad watchdog plan: {e}");
+            // Position only: the plan carries the hook's environment.
+            let why = format!("line {} column {}", e.line(), e.column());
+            let _ = writeln!(stdout, "bad plan at {why}");
+            bail!("bad watchdog plan at {why}");
         }
     };
+    if let Some(fd) = plan.lock_fd {
+        // Held, not handed on: the hook's thaw must not keep the lock.
+        // SAFETY: fcntl on a descriptor this process owns by inheritance.
+        unsafe {
+            nix::libc::fcntl(fd, nix::libc::F_SETFD, nix::libc::FD_CLOEXEC);
+        }
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [
         signal_hook::consts::SIGTERM,
@@ -223,37 +282,73 @@ pub fn run_child() -> Result<()> {
             }
         }
     }
-    let deadline = Instant::now() + Duration::from_millis(plan.deadline_ms);
+    let mut deadline = Instant::now() + Duration::from_millis(plan.deadline_ms);
     writeln!(stdout, "armed")?;
     stdout.flush()?;
 
-    let trigger = match watch(&stop, deadline)? {
+    let max_freeze = Duration::from_millis(plan.max_freeze_ms);
+    let trigger = match watch(&stop, &mut deadline, max_freeze)? {
         None => {
             let _ = writeln!(stdout, "disarmed");
             return Ok(());
         }
         Some(trigger) => trigger,
     };
-    let summary = fire(&plan, &opened, trigger);
-    let _ = writeln!(stdout, "fired {summary}");
+    let mut summary = format!("{}: {}", trigger.describe(), thaw(&opened));
+    let thawed_unix_ms = runtime::now_unix_ms();
+    let _ = writeln!(stdout, "fired {thawed_unix_ms} {summary}");
     let _ = stdout.flush();
-    if trigger == Trigger::Deadline {
-        // The agent is alive and will see its own deadline; wait (bounded)
-        // for it to go so its disarm finds someone to talk to.
-        let _ = watch(&stop, Instant::now() + Duration::from_secs(60));
+    let hook_is_mine = match trigger {
+        // The agent is alive and runs the hook's thaw itself once it sees its
+        // deadline; the watchdog does it only if the agent goes without
+        // disarming.
+        Trigger::Deadline => {
+            let limit = plan.hook.as_ref().map_or(Duration::ZERO, |h| {
+                Duration::from_millis(h.timeout_ms()) + Duration::from_secs(5)
+            });
+            watch(&stop, &mut (Instant::now() + limit), Duration::ZERO)?.is_some()
+        }
+        Trigger::AgentGone | Trigger::Signal => true,
+    };
+    if let (true, Some(spec)) = (hook_is_mine, plan.hook) {
+        summary.push_str(match Hook::from(spec).run("thaw") {
+            Ok(_) => "; hook thaw ran",
+            Err(e) => {
+                log::error!("watchdog: hook thaw failed: {e:#}");
+                "; hook thaw FAILED (see the log)"
+            }
+        });
+    }
+    log::error!("watchdog: run {}: {summary}", plan.run);
+    runtime::note_watchdog(&plan.runtime_dir, &format!("run {}: {summary}", plan.run));
+    runtime::write_watchdog_record(
+        &plan.runtime_dir,
+        &runtime::WatchdogRecord {
+            run: plan.run.clone(),
+            fired_unix_ms: thawed_unix_ms,
+            summary: summary.clone(),
+        },
+    );
+    if !summary.contains("FAILED: cannot thaw") {
+        let _ = runtime::clear_frozen(&plan.runtime_dir);
     }
     Ok(())
 }
 
-/// Waits for `disarm` (None), or for a reason to fire.
-fn watch(stop: &AtomicBool, deadline: Instant) -> Result<Option<Trigger>> {
+/// Waits for `disarm` (None), or for a reason to fire; `freezing` moves the
+/// deadline to `max_freeze` from now.
+fn watch(
+    stop: &AtomicBool,
+    deadline: &mut Instant,
+    max_freeze: Duration,
+) -> Result<Option<Trigger>> {
     let stdin = std::io::stdin();
     let mut line = String::new();
     loop {
         if stop.load(Ordering::Relaxed) {
             return Ok(Some(Trigger::Signal));
         }
-        if Instant::now() >= deadline {
+        if Instant::now() >= *deadline {
             return Ok(Some(Trigger::Deadline));
         }
         let ready = {
@@ -272,40 +367,21 @@ fn watch(stop: &AtomicBool, deadline: Instant) -> Result<Option<Trigger>> {
         match stdin.lock().read_line(&mut line) {
             Ok(0) | Err(_) => return Ok(Some(Trigger::AgentGone)),
             Ok(_) if line.trim() == "disarm" => return Ok(None),
+            Ok(_) if line.trim() == "freezing" => *deadline = Instant::now() + max_freeze,
             Ok(_) => log::warn!("watchdog: ignoring {:?}", line.trim()),
         }
     }
 }
 
-/// Thaws every mount in reverse order, runs the hook's `thaw`, records it.
-fn fire(plan: &Plan, opened: &[(PathBuf, File)], trigger: Trigger) -> String {
-    let mut done = Vec::new();
-    for (mount, file) in opened.iter().rev() {
-        match freeze::thaw_fd(file, mount) {
-            Ok(()) => done.push(format!("thawed {}", mount.display())),
-            Err(ThawError::NotFrozen(_)) => {
-                done.push(format!("{} was not frozen", mount.display()))
-            }
-            Err(e) => done.push(format!("FAILED: {e}")),
-        }
-    }
-    if plan.run_hook {
-        done.push(match run_hook_thaw(&plan.config) {
-            Ok(()) => "hook thaw ran".to_string(),
-            Err(e) => format!("hook thaw FAILED: {e:#}"),
-        });
-    }
-    let summary = format!("{}: {}", trigger.describe(), done.join("; "));
-    log::error!("watchdog: {summary}");
-    runtime::note_watchdog(&plan.runtime_dir, &summary);
-    if !summary.contains("FAILED: cannot thaw") {
-        let _ = runtime::clear_frozen(&plan.runtime_dir);
-    }
-    summary
-}
-
-fn run_hook_thaw(config_path: &Path) -> Result<()> {
-    let settings = config::load(config_path)?;
-    Hook::new(&settings, settings.hooks.timeout).run("thaw")?;
-    Ok(())
+/// Thaws every mount of the run (in reverse order) and says what happened.
+fn thaw(opened: &[(PathBuf, File)]) -> String {
+    freeze::thaw_in_reverse(opened)
+        .into_iter()
+        .map(|(mount, result)| match result {
+            Ok(()) => format!("thawed {}", mount.display()),
+            Err(ThawError::NotFrozen(_)) => format!("{} was not frozen", mount.display()),
+            Err(e) => format!("FAILED: {e}"),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }

@@ -359,7 +359,7 @@ fn a_snapshot_in_error_fails_the_run_and_is_deleted() {
     knobs.fail_next();
     let (code, stdout, stderr) = output(&mut volsnap(&cloud, &config, &["backup"]));
     assert_eq!(code, Some(1), "{stdout}\n{stderr}");
-    assert!(stderr.contains("as error"), "{stderr}");
+    assert!(stderr.contains("went to status \"error\""), "{stderr}");
     assert_thawed(volume.path());
     assert!(
         volume.snapshots().is_empty(),
@@ -635,4 +635,295 @@ fn list_restore_and_prune() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A `none`-like hook that marks each action as it starts and then sleeps
+/// (`freeze_sleep`, `thaw_sleep` seconds), so a test can kill volsnap while
+/// the hook runs.
+fn sleeping_hook(dir: &Path, freeze_sleep: u32, thaw_sleep: u32) -> (PathBuf, PathBuf) {
+    let marks = dir.join("marks");
+    let body = format!(
+        "#!/bin/sh\necho \"$1\" >> {marks}\ncase \"$1\" in freeze) sleep {freeze_sleep};; thaw) sleep {thaw_sleep};; esac\nexit 0\n",
+        marks = marks.display()
+    );
+    (hooks_dir(dir, &[("none", &body)]), marks)
+}
+
+fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
+}
+
+fn is_good(s: &volsnap::openstack::cinder::Snapshot) -> bool {
+    volsnap::agent::cinder::runs::state(s) == volsnap::agent::cinder::runs::State::Good
+}
+
+/// SIGKILL at three points of a run — while the hook's freeze holds the
+/// database, while Cinder is still making the snapshot (with the config
+/// broken meanwhile), and after the thaw but before the labels (while the
+/// hook's thaw runs) — leaves the filesystem writable within 1 s, the
+/// hook's thaw run within 2 s, no snapshot labelled good, and nothing of
+/// the killed run after the next backup, whose own snapshot is good.
+#[test]
+fn sigkill_at_each_step_leaves_nothing_labelled_good() {
+    let cloud = Cloud::load();
+    let knobs = cloud.knobs();
+    let volume = DataVolume::new(&cloud, "ext4");
+    for (step, freeze_sleep, thaw_sleep, delay) in [
+        ("hook freeze", 3, 0, 0.0),
+        ("snapshot creating", 0, 0, 3.0),
+        ("hook thaw", 0, 3, 0.0),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (hooks, marks_file) = sleeping_hook(tmp.path(), freeze_sleep, thaw_sleep);
+        let config = cinder_config(tmp.path(), &[&volume], &hooks, "none", "");
+        knobs.delay(delay);
+        let mut child = volsnap(&cloud, &config, &["backup"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        match step {
+            "hook freeze" => {
+                wait_until(Duration::from_secs(20), step, || {
+                    marks(&marks_file) == "freeze\n"
+                });
+            }
+            "snapshot creating" => {
+                wait_for_snapshot(&volume, Duration::from_secs(20));
+                // Editing, breaking or deleting the config changes nothing.
+                std::fs::write(&config, "not = = toml\n").unwrap();
+            }
+            _ => {
+                wait_until(Duration::from_secs(20), step, || {
+                    marks(&marks_file).contains("thaw")
+                });
+            }
+        }
+        child.kill().unwrap();
+        let killed = Instant::now();
+        child.wait().unwrap();
+        let writable = wait_until(Duration::from_secs(1), "writable", || {
+            !freeze::is_frozen(volume.path()).unwrap()
+        });
+        wait_until(Duration::from_secs(2), "hook thaw", || {
+            marks(&marks_file).contains("thaw")
+        });
+        let released = killed.elapsed();
+        // Let Cinder finish what it was making: a torn copy would be made now.
+        knobs.clear();
+        let cinder = cloud.cinder();
+        for s in volume.snapshots() {
+            cinder
+                .wait_snapshot(
+                    &s.id,
+                    volsnap::openstack::cinder::Target::Status("available"),
+                    Instant::now() + Duration::from_secs(30),
+                )
+                .unwrap();
+        }
+        let left = volume.snapshots();
+        assert!(
+            left.iter().all(|s| !is_good(s)),
+            "{step}: a killed run's snapshot is labelled good: {left:?}"
+        );
+        if step != "hook freeze" {
+            assert_eq!(left.len(), 1, "{step}: {left:?}");
+            assert_eq!(left[0].metadata["consistency"], "pending", "{step}");
+        }
+
+        let tmp2 = tempfile::tempdir().unwrap();
+        let (hooks2, _) = marking_hook(tmp2.path(), 0);
+        let next = cinder_config(tmp2.path(), &[&volume], &hooks2, "none", "");
+        // The killed run's lock was its own runtime dir's: run the next one
+        // from the same directory, as a timer would.
+        let text = std::fs::read_to_string(&next).unwrap().replace(
+            &tmp2.path().join("run").display().to_string(),
+            &tmp.path().join("run").display().to_string(),
+        );
+        std::fs::write(&next, text).unwrap();
+        let (code, stdout, stderr) = output(&mut volsnap(&cloud, &next, &["--json", "backup"]));
+        assert_eq!(code, Some(0), "{step}: {stdout}\n{stderr}");
+        let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let removed: Vec<String> =
+            serde_json::from_value(report["removed_leftovers"].clone()).unwrap();
+        let expected: Vec<String> = left.iter().map(|s| s.id.clone()).collect();
+        assert_eq!(removed, expected, "{step}: {stderr}");
+        let after = volume.snapshots();
+        assert_eq!(after.len(), 1, "{step}: {after:?}");
+        assert!(is_good(&after[0]), "{step}: {after:?}");
+        assert_eq!(after[0].id, report["snapshots"][0]["id"].as_str().unwrap());
+        assert_eq!(
+            after[0].metadata["freeze_ms"],
+            report["freeze_ms"].to_string()
+        );
+        eprintln!("{step}: writable {writable:?} and hook thaw {released:?} after SIGKILL");
+        let cinder = cloud.cinder();
+        cinder.delete_snapshot(&after[0].id).unwrap();
+        cinder
+            .wait_snapshot(
+                &after[0].id,
+                volsnap::openstack::cinder::Target::Gone,
+                Instant::now() + Duration::from_secs(60),
+            )
+            .unwrap();
+    }
+}
+
+/// A relay between volsnap and Cinder that can stop answering, the way a
+/// Cinder API that was SIGSTOPped does: connections are accepted, requests
+/// read, and nothing comes back. The real Cinder cannot be stopped here — it
+/// serves every test running at the same time — so this is the one fault
+/// injected between them. When it answers again, the requests it held are
+/// dropped (the client sees the connection close) and new ones go through.
+struct Blackhole {
+    endpoint: String,
+    hang: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Blackhole {
+    fn in_front_of_cinder(cloud: &Cloud) -> Blackhole {
+        use std::net::{SocketAddr, TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let url = cloud.get("VOLSNAP_TESTCLOUD_CINDER_URL").to_string();
+        let upstream: SocketAddr = url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hang = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (hang2, stop2) = (hang.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let copy =
+                    |mut from: TcpStream, mut to: TcpStream, hang: Option<Arc<AtomicBool>>| {
+                        std::thread::spawn(move || {
+                            let mut buf = [0u8; 16384];
+                            loop {
+                                let n = match std::io::Read::read(&mut from, &mut buf) {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => n,
+                                };
+                                if let Some(hang) = &hang {
+                                    if hang.load(Ordering::SeqCst) {
+                                        // Held, never forwarded; dropped once it answers again.
+                                        while hang.load(Ordering::SeqCst) {
+                                            std::thread::sleep(Duration::from_millis(10));
+                                        }
+                                        break;
+                                    }
+                                }
+                                if std::io::Write::write_all(&mut to, &buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                            let _ = from.shutdown(std::net::Shutdown::Both);
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                        });
+                    };
+                copy(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    Some(hang2.clone()),
+                );
+                copy(server, client, None);
+            }
+        });
+        Blackhole {
+            endpoint: cloud
+                .get("VOLSNAP_TESTCLOUD_CINDER_ENDPOINT")
+                .replace(&url, &format!("http://{addr}")),
+            hang,
+            stop,
+        }
+    }
+
+    fn hang(&self, on: bool) {
+        self.hang.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        self.hang(false);
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Cinder stops answering right after the 202: the window still ends at
+/// max_freeze (volsnap thaws, not its watchdog), the report says so, and the
+/// snapshot Cinder goes on to make is never labelled good.
+#[test]
+fn cinder_silent_mid_window_thaws_at_max_freeze_and_labels_nothing() {
+    let cloud = Cloud::load();
+    let knobs = cloud.knobs();
+    let volume = DataVolume::new(&cloud, "ext4");
+    let tmp = tempfile::tempdir().unwrap();
+    let (hooks, marks_file) = marking_hook(tmp.path(), 0);
+    let hole = Blackhole::in_front_of_cinder(&cloud);
+    let config = cinder_config(
+        tmp.path(),
+        &[&volume],
+        &hooks,
+        "none",
+        &format!(
+            "[cinder]\nmax_freeze = \"2s\"\n[openstack]\nblock_storage_endpoint = {:?}\n",
+            hole.endpoint
+        ),
+    );
+    knobs.delay(5.0);
+    let mut child = volsnap(&cloud, &config, &["backup"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_snapshot(&volume, Duration::from_secs(20));
+    hole.hang(true);
+    let silent = Instant::now();
+    wait_until(Duration::from_secs(4), "thawed", || {
+        !freeze::is_frozen(volume.path()).unwrap()
+    });
+    let thawed = silent.elapsed();
+    hole.hang(false);
+    let status = wait_exit(&mut child, Duration::from_secs(120));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("still creating at max_freeze (2 s)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("the watchdog thawed"), "{stderr}");
+    let frozen_ms: u64 = stderr
+        .lines()
+        .find_map(|l| l.split("thawed after ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no 'thawed after' line: {stderr}"));
+    assert!(
+        (2000..2600).contains(&frozen_ms),
+        "frozen {frozen_ms} ms with max_freeze 2 s; {thawed:?} after Cinder went silent"
+    );
+    assert_eq!(marks(&marks_file), "freeze\nthaw\n");
+    knobs.clear();
+    let left = volume.snapshots();
+    assert!(left.iter().all(|s| !is_good(s)), "{left:?}");
 }

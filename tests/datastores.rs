@@ -1161,6 +1161,39 @@ fn mariadb_sigkill_mid_freeze_the_watchdog_releases_the_database_within_2s() {
     assert!(!server.backup_lock_held());
     assert!(!tmp.path().join("run/mysql.client.pid").exists());
     eprintln!("INSERT committed {} ms after the SIGKILL", ms(released));
+
+    // Cinder finishes the copy after the thaw: a torn image, never labelled
+    // good. The next backup removes it and its own snapshot is the one good.
+    knobs.clear();
+    let cinder = cloud.cinder();
+    let torn = volume.snapshots();
+    assert_eq!(torn.len(), 1);
+    cinder
+        .wait_snapshot(
+            &torn[0].id,
+            volsnap::openstack::cinder::Target::Status("available"),
+            Instant::now() + Duration::from_secs(30),
+        )
+        .unwrap();
+    let torn = cinder.snapshot(&torn[0].id).unwrap();
+    assert_eq!(
+        torn.metadata["consistency"], "pending",
+        "{:?}",
+        torn.metadata
+    );
+    assert!(!torn.metadata.contains_key("freeze_ms"));
+    let ran = output(&mut volsnap(&cloud, &config, &["--json", "backup"]));
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let report: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(report["removed_leftovers"], serde_json::json!([torn.id]));
+    let after = volume.snapshots();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0].metadata["consistency"], "application");
+    assert!(
+        after[0].metadata.contains_key("binlog_pos"),
+        "{:?}",
+        after[0].metadata
+    );
     drop(knobs);
 }
 

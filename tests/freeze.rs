@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use support::{hooks_dir, LoopFs};
 use volsnap::freeze::{self, Frozen, ThawError};
+use volsnap::hooks::{Hook, HookSpec};
 use volsnap::runtime::{self, FrozenRecord, RunLock};
 use volsnap::watchdog::{Plan, Watchdog};
 
@@ -158,13 +159,21 @@ fn marks(s: &Setup) -> String {
     std::fs::read_to_string(&s.marks).unwrap_or_default()
 }
 
+/// The watchdog's plan carries the hook whole, built from the config now:
+/// the watchdog never reads the config.
 fn plan(s: &Setup, mount: &Path, deadline: Duration) -> Plan {
+    let settings = volsnap::config::load(&s.config).unwrap();
     Plan {
-        config: s.config.clone(),
+        run: "20261203T000000Z-1".into(),
         runtime_dir: s.runtime.clone(),
         mounts: vec![mount.to_path_buf()],
         deadline_ms: deadline.as_millis() as u64,
-        run_hook: true,
+        max_freeze_ms: deadline.as_millis() as u64,
+        hook: Some(HookSpec::from(&Hook::new(
+            &settings,
+            settings.hooks.timeout,
+        ))),
+        lock_fd: None,
     }
 }
 
@@ -177,7 +186,9 @@ fn the_watchdog_thaws_when_its_agent_goes_away() {
     let fs = LoopFs::new("ext4", 64);
     let s = setup(fs.path(), 0);
     let dog = Watchdog::arm_with(exe(), &plan(&s, fs.path(), Duration::from_secs(60))).unwrap();
-    // What SIGKILL of the agent does: no guard runs, the pipe closes.
+    // What SIGKILL of the agent does: no guard runs, the pipe closes. The
+    // config broken meanwhile changes nothing: the plan has the hook.
+    std::fs::write(&s.config, "this is not = = toml\n").unwrap();
     freeze_unguarded(fs.path());
     let start = Instant::now();
     let reply = dog.fire_and_wait(Duration::from_secs(5)).unwrap();
@@ -216,12 +227,46 @@ fn the_watchdog_thaws_at_its_deadline() {
         [ThawError::NotFrozen(_)]
     ));
     let fired = dog.disarm().unwrap().expect("the watchdog fired");
-    assert!(fired.starts_with("max_freeze passed"), "{fired}");
+    assert!(fired.summary.starts_with("max_freeze passed"), "{fired:?}");
     assert!(
-        fired.contains(&format!("thawed {}", fs.path().display())),
-        "{fired}"
+        fired
+            .summary
+            .contains(&format!("thawed {}", fs.path().display())),
+        "{fired:?}"
     );
-    assert_eq!(marks(&s), format!("thaw none {}\n", fs.path().display()));
+    let now = volsnap::runtime::now_unix_ms();
+    assert!(
+        fired.thawed_unix_ms <= now && now - fired.thawed_unix_ms < 5000,
+        "{fired:?}"
+    );
+    // The agent is alive and disarmed: the hook's thaw is its own to run.
+    assert_eq!(marks(&s), "");
+}
+
+#[test]
+fn the_run_lock_outlives_a_killed_run_until_its_watchdog_is_done() {
+    let fs = LoopFs::new("ext4", 64);
+    let s = setup(fs.path(), 0);
+    let lock = RunLock::acquire(&s.runtime).unwrap();
+    let mut p = plan(&s, fs.path(), Duration::from_secs(60));
+    p.lock_fd = Some(lock.fd());
+    let dog = Watchdog::arm_with(exe(), &p).unwrap();
+    // The agent dies: its descriptor of the lock closes, without the unlock
+    // a clean drop would do.
+    let fd = lock.fd();
+    std::mem::forget(lock);
+    nix::unistd::close(fd).unwrap();
+    let err = RunLock::acquire(&s.runtime)
+        .err()
+        .expect("the watchdog holds the lock");
+    assert_eq!(volsnap::exit::code_for(&err), 75);
+    freeze_unguarded(fs.path());
+    dog.fire_and_wait(Duration::from_secs(5)).unwrap();
+    wait_thawed(fs.path(), Duration::from_secs(1));
+    assert!(marks(&s).starts_with("thaw"), "{}", marks(&s));
+    RunLock::acquire(&s.runtime).expect("released once the watchdog is done");
+    let record = runtime::read_watchdog_record(&s.runtime).unwrap();
+    assert_eq!(record.run, "20261203T000000Z-1");
 }
 
 #[test]
@@ -265,6 +310,29 @@ fn one_run_at_a_time() {
     );
     drop(first);
     RunLock::acquire(dir.path()).unwrap();
+}
+
+/// A run is live while the lock file names it and somebody holds the lock;
+/// asking never takes the lock (a run starting meanwhile is not turned away).
+#[test]
+fn a_run_is_live_while_it_holds_its_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lock");
+    let mut lock = RunLock::acquire(dir.path()).unwrap();
+    lock.name_run("run-a").unwrap();
+    assert!(runtime::run_is_live(&path, "run-a"));
+    assert!(!runtime::run_is_live(&path, "run-b"));
+    assert_eq!(runtime::lock_holder(dir.path()), Some(std::process::id()));
+    drop(lock);
+    assert!(!runtime::run_is_live(&path, "run-a"), "a dead run's lock");
+    assert_eq!(runtime::lock_holder(dir.path()), None);
+    let mut next = RunLock::acquire(dir.path()).unwrap();
+    next.name_run("run-c").unwrap();
+    assert!(
+        !runtime::run_is_live(&path, "run-a"),
+        "a later run holds it"
+    );
+    assert!(runtime::run_is_live(&path, "run-c"));
 }
 
 #[test]

@@ -133,3 +133,31 @@ fn a_background_helper_holding_stdout_does_not_hang_the_run() {
         nix::sys::signal::Signal::SIGKILL,
     );
 }
+
+/// `VOLSNAP_TIMEOUT` is the bound of the action the hook runs: for the
+/// streams `backup` and `restore` the stream's limit (hooks.stream_timeout),
+/// which a hook may put on its own tools (pg_basebackup runs under
+/// `timeout "$VOLSNAP_TIMEOUT"`); `freeze` keeps its lock time. A stream
+/// that outlasts hooks.timeout is not cut.
+#[test]
+fn streams_see_their_own_bound_as_volsnap_timeout() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let h = hook(
+        tmp.path(),
+        "#!/bin/sh\ncase \"$1\" in\nbackup) sleep 1.5; echo \"timeout=$VOLSNAP_TIMEOUT\" ;;\nrestore) sleep 1.5; [ \"$(cat)\" = \"in\" ] && [ \"$VOLSNAP_TIMEOUT\" = 300 ] ;;\n*) echo \"timeout=$VOLSNAP_TIMEOUT\" ;;\nesac\n",
+        "1s",
+    );
+    assert_eq!(h.run("freeze").unwrap().values["timeout"], "42");
+
+    let (running, mut stdout) = h.spawn_backup(Duration::from_secs(300)).unwrap();
+    let mut text = String::new();
+    stdout.read_to_string(&mut text).unwrap();
+    running.finish().unwrap();
+    assert_eq!(text.trim(), "timeout=300");
+
+    let (running, mut stdin) = h.spawn_restore(Duration::from_secs(300)).unwrap();
+    stdin.write_all(b"in").unwrap();
+    drop(stdin);
+    running.finish().unwrap();
+}

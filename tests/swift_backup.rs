@@ -227,6 +227,11 @@ struct Conf {
     endpoint: Option<String>,
     retention: &'static str,
     metrics_file: Option<PathBuf>,
+    /// `hooks.timeout` (freeze, thaw, check); streams have 5 minutes.
+    hook_timeout: &'static str,
+    /// Another runtime directory than the rig's: another configuration.
+    runtime_dir: Option<PathBuf>,
+    create_container: bool,
 }
 
 impl Conf {
@@ -244,6 +249,9 @@ impl Conf {
             endpoint: None,
             retention: "",
             metrics_file: None,
+            hook_timeout: "60s",
+            runtime_dir: None,
+            create_container: true,
         }
     }
 
@@ -292,7 +300,11 @@ impl Rig {
             "datastore = {:?}\nmounts = [{}]\nruntime_dir = {:?}\n",
             c.datastore,
             list(&mounts),
-            self.path().join("run").display().to_string()
+            c.runtime_dir
+                .clone()
+                .unwrap_or_else(|| self.path().join("run"))
+                .display()
+                .to_string()
         );
         if let Some(metrics) = &c.metrics_file {
             text += &format!("metrics_file = {:?}\n", metrics.display().to_string());
@@ -301,8 +313,9 @@ impl Rig {
             text += &format!("[openstack]\nobject_store_endpoint = {endpoint:?}\n");
         }
         text += &format!(
-            "[swift]\ncontainer = {:?}\nsegment_size = {:?}\nconcurrency = {}\ncompression = {:?}\nage_recipients = [{}]\n",
+            "[swift]\ncontainer = {:?}\ncreate_container = {}\nsegment_size = {:?}\nconcurrency = {}\ncompression = {:?}\nage_recipients = [{}]\n",
             self.container,
+            c.create_container,
             c.segment_size,
             c.concurrency,
             c.compression,
@@ -312,8 +325,9 @@ impl Rig {
             text += &format!("age_identity_file = {:?}\n", identity.display().to_string());
         }
         text += &format!(
-            "[hooks]\ndir = {:?}\ntimeout = \"60s\"\nstream_timeout = \"5m\"\n[hooks.env]\n",
-            c.hooks.display().to_string()
+            "[hooks]\ndir = {:?}\ntimeout = {:?}\nstream_timeout = \"5m\"\n[hooks.env]\n",
+            c.hooks.display().to_string(),
+            c.hook_timeout
         );
         for (k, v) in &c.env {
             text += &format!("{k} = {v:?}\n");
@@ -761,6 +775,13 @@ fn none_datastore_round_trips_every_compression_with_and_without_age() {
             meta(&headers, "volsnap-encryption"),
             if encrypted { "age" } else { "none" }
         );
+        // What a download is, for a browser or `swift download`.
+        let content_type = match (encrypted, compression) {
+            (false, "zstd") => "application/zstd",
+            (false, "gzip") => "application/gzip",
+            _ => "application/octet-stream",
+        };
+        assert_eq!(headers["content-type"], content_type, "{label}");
         let stored = rig.api.get(&rig.container, &name);
         assert_eq!(stored.len() as u64, stored_size, "{label}");
         if encrypted {
@@ -1164,6 +1185,9 @@ enum Fault {
     /// Flip the bits of one byte in the middle of the body, then forward:
     /// Swift stores the damaged bytes and answers their MD5.
     Damage,
+    /// Take the SLO manifest PUT and never forward it or answer: volsnap
+    /// waits in the middle of writing its manifest.
+    HoldManifest,
 }
 
 impl FaultProxy {
@@ -1269,6 +1293,14 @@ fn proxy_one(
         .unwrap_or(0);
     let mut body = vec![0u8; length];
     reader.read_exact(&mut body)?;
+    if matches!(fault, Fault::HoldManifest)
+        && method == "PUT"
+        && path.contains("multipart-manifest=put")
+    {
+        log.lock().unwrap().push((method, path, 0));
+        // Until volsnap's end closes the connection (or the read timeout).
+        return std::io::copy(&mut reader, &mut std::io::sink()).map(drop);
+    }
     let spoil = method == "PUT"
         && path.contains("_segments/")
         && !body.is_empty()
@@ -1568,7 +1600,9 @@ fn list_and_prune() {
         ));
     }
     let config = &made[2].3;
-    let rows: Vec<Value> = serde_json::from_str(&rig.ok(config, &["--json", "list"])).unwrap();
+    let listing: Value = serde_json::from_str(&rig.ok(config, &["--json", "list"])).unwrap();
+    assert_eq!(listing["orphans"], serde_json::json!([]), "{listing}");
+    let rows = listing["backups"].as_array().unwrap();
     assert_eq!(rows.len(), 3, "{rows:?}");
     for (row, (name, compression, age, _)) in rows.iter().zip(made.iter().rev()) {
         assert_eq!(row["name"], name.as_str());
@@ -1790,4 +1824,632 @@ fn redis_round_trip_uncompressed_age() {
     redis_cli(&redis, &["SET", "new", "after the backup"]);
     rig.ok(&config, &["restore", "--latest"]);
     assert_eq!(redis_digest(&redis), before);
+}
+
+// ---------------------------------------------------------------- orphans
+
+/// A `none` hook whose `backup` writes its pid to `pidfile` (it leads its
+/// process group), streams `input`, then waits while `gate` exists (at most
+/// 60 s) before it ends the stream: a run caught mid-upload.
+fn gated_hook(input: &Path, gate: &Path, pidfile: &Path) -> String {
+    format!(
+        "#!/bin/sh\n[ \"$1\" = backup ] || exit 0\necho $$ > {pid}\ncat {input}\ni=0\nwhile [ -e {gate} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done\n",
+        pid = q(pidfile),
+        input = q(input),
+        gate = q(gate)
+    )
+}
+
+/// A volsnap run in the background; dropping it SIGKILLs it and the hook's
+/// process group (the hook outlives a killed volsnap until its stream ends).
+struct Running {
+    child: std::process::Child,
+    hook_pidfile: PathBuf,
+}
+
+impl Running {
+    fn start(rig: &Rig, config: &Path, pidfile: &Path) -> Running {
+        let child = rig
+            .volsnap(config, &["--json", "backup"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Running {
+            child,
+            hook_pidfile: pidfile.to_path_buf(),
+        }
+    }
+
+    fn kill_hook(&self) {
+        if let Some(pid) = std::fs::read_to_string(&self.hook_pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
+    /// SIGKILL, as the OOM killer or `kill -9` would: no handler runs.
+    fn sigkill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.kill_hook();
+    }
+
+    /// Waits (bounded) for the run to end; its report.
+    fn finish(mut self, limit: Duration) -> Value {
+        let until = std::time::Instant::now() + limit;
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(std::time::Instant::now() < until, "the backup did not end");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut out = String::new();
+        let mut err = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{out}\n{err}");
+        serde_json::from_str(&out).unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.kill_hook();
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + limit;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < until,
+            "{what}: not within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn host() -> String {
+    nix::unistd::gethostname()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A backup killed outright (SIGKILL: no handler, no cleanup) leaves its
+/// segments and no manifest: once mid-upload, once while Swift has not
+/// answered its manifest PUT (a proxy takes it and never forwards it). Each
+/// time `list` names the orphans as removable (the run's record in the
+/// runtime dir is no longer held), and the next `backup` deletes them and
+/// says how much it freed: afterwards every segment belongs to a manifest.
+#[test]
+fn a_sigkilled_backup_leaves_no_orphan_after_the_next_run() {
+    let rig = Rig::new("sigkill");
+    let input = rig.path().join("input.bin");
+    std::fs::write(&input, random_bytes(3 * MIB + MIB / 2, 11)).unwrap();
+    let gate = rig.path().join("gate");
+    let pidfile = rig.path().join("hook.pid");
+    let hooks = hooks_dir(
+        rig.path(),
+        &[("none", &gated_hook(&input, &gate, &pidfile))],
+    );
+    let mut conf = Conf::new("none", &hooks);
+    conf.compression = "none";
+    conf.retention = "keep_last = 10";
+    let config = rig.config("direct", &conf);
+    let proxy = FaultProxy::in_front_of_swift(&rig, Fault::HoldManifest);
+    let mut held = conf.clone();
+    held.endpoint = Some(proxy.endpoint.clone());
+    let held = rig.config("held", &held);
+
+    // Each cleaned up by one of the three commands that sweep.
+    for (phase, killed_config, segments, cleaner) in [
+        ("mid-upload", &config, 3, "backup"),
+        ("mid-manifest", &held, 4, "check"),
+        ("mid-upload", &config, 3, "prune"),
+    ] {
+        let mid_upload = phase == "mid-upload";
+        if mid_upload {
+            std::fs::write(&gate, "").unwrap();
+        }
+        let run = Running::start(&rig, killed_config, &pidfile);
+        if mid_upload {
+            // 3.5 MiB in 1 MiB segments: three are full while the hook waits.
+            wait_for("three segments uploaded", Duration::from_secs(30), || {
+                rig.api.list(&rig.segments).len() >= 3
+            });
+        } else {
+            wait_for("the manifest PUT", Duration::from_secs(30), || {
+                proxy
+                    .log
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|(_, p, _)| p.contains("multipart-manifest=put"))
+            });
+        }
+        run.sigkill();
+        let _ = std::fs::remove_file(&gate);
+        let left = rig.api.list(&rig.segments);
+        assert_eq!(left.len(), segments, "{phase}: {left:?}");
+        assert_eq!(
+            rig.api.list(&rig.container),
+            Vec::<String>::new(),
+            "{phase}"
+        );
+        let run_name = left[0].split("/seg/").next().unwrap().to_string();
+
+        let listing: Value = serde_json::from_str(&rig.ok(&config, &["--json", "list"])).unwrap();
+        let orphans = listing["orphans"].as_array().unwrap();
+        assert_eq!(orphans.len(), 1, "{phase}: {listing}");
+        assert_eq!(orphans[0]["run"], run_name.as_str(), "{phase}");
+        assert_eq!(orphans[0]["state"], "removable", "{phase}");
+        assert_eq!(orphans[0]["segments"], segments, "{phase}");
+        let text = rig.ok(&config, &["list"]);
+        assert!(
+            text.contains(&format!("orphan segments of {run_name}")),
+            "{phase}: {text}"
+        );
+
+        let bytes = if segments == 3 {
+            3 * MIB
+        } else {
+            3 * MIB + MIB / 2
+        };
+        let sweep = match cleaner {
+            "backup" => {
+                let report = rig.backup(&config);
+                let manifests = rig.api.list(&rig.container);
+                assert_eq!(
+                    manifests,
+                    vec![report["name"].as_str().unwrap().to_string()]
+                );
+                assert_eq!(
+                    rig.api.list(&rig.segments),
+                    rig.segments_of(&manifests[0]),
+                    "{phase}"
+                );
+                report["orphans"].clone()
+            }
+            "prune" => {
+                let pruned: Value =
+                    serde_json::from_str(&rig.ok(&config, &["--json", "prune"])).unwrap();
+                pruned["orphans"].clone()
+            }
+            _ => {
+                let out = rig.ok(&config, &["check"]);
+                assert!(
+                    out.contains(&format!(
+                        "ok: orphan segments: removed {segments} orphan segment(s) of 1 killed run(s), freed 3.5 MiB"
+                    )),
+                    "{phase}: {out}"
+                );
+                serde_json::json!({"freed_segments": segments, "freed_bytes": bytes, "found": [{"state": "removed"}]})
+            }
+        };
+        assert_eq!(sweep["freed_segments"], segments, "{phase}: {sweep}");
+        assert_eq!(sweep["freed_bytes"], bytes, "{phase}: {sweep}");
+        assert_eq!(sweep["found"][0]["state"], "removed", "{phase}");
+        let listing: Value = serde_json::from_str(&rig.ok(&config, &["--json", "list"])).unwrap();
+        assert_eq!(listing["orphans"], serde_json::json!([]), "{phase}");
+        // The next round starts from empty containers again.
+        for manifest in rig.api.list(&rig.container) {
+            rig.api.delete(
+                &rig.container,
+                Some(&format!("{manifest}?multipart-manifest=delete")),
+            );
+        }
+        wait_for("the backup deleted", Duration::from_secs(10), || {
+            rig.api.list(&rig.container).is_empty() && rig.api.list(&rig.segments).is_empty()
+        });
+    }
+}
+
+/// Orphans are judged by their run, never by their look alone. While a
+/// backup of another configuration (another runtime dir, same container)
+/// is uploading: `backup` from this configuration sees its segments as
+/// `recent` (no record of its run here, too young to be over) and leaves
+/// them; `check` and `prune` from the uploading run's own runtime dir see
+/// its held record (`in-flight`) and leave them. The uploading run then
+/// completes and verifies. A prefix older than stream_timeout + 1 h with no
+/// record is removed; another host's never is.
+#[test]
+fn a_concurrent_runs_segments_are_never_touched() {
+    let rig = Rig::new("concurrent");
+    let input = rig.path().join("input.bin");
+    std::fs::write(&input, random_bytes(3 * MIB + MIB / 2, 12)).unwrap();
+    let gate = rig.path().join("gate");
+    let pidfile = rig.path().join("hook.pid");
+    let slow = hooks_dir(
+        &rig.path().join("slow"),
+        &[("none", &gated_hook(&input, &gate, &pidfile))],
+    );
+    let mut conf = Conf::new("none", &slow);
+    conf.compression = "none";
+    conf.runtime_dir = Some(rig.path().join("run-slow"));
+    conf.retention = "keep_last = 5";
+    let slow_config = rig.config("slow", &conf);
+    let fast = hooks_dir(
+        &rig.path().join("fast"),
+        &[(
+            "none",
+            &format!(
+                "#!/bin/sh\n[ \"$1\" = backup ] || exit 0\nhead -c 100000 {}\n",
+                q(&input)
+            ),
+        )],
+    );
+    let fast_config = rig.config("fast", &Conf::new("none", &fast));
+
+    let old = "volsnap/{host}/20200102T030405Z/seg/00000000";
+    let mine_old = old.replace("{host}", &host());
+    let theirs_old = old.replace("{host}", "another-host");
+    std::fs::write(&gate, "").unwrap();
+    let run = Running::start(&rig, &slow_config, &pidfile);
+    wait_for("three segments uploaded", Duration::from_secs(30), || {
+        rig.api.list(&rig.segments).len() >= 3
+    });
+    let in_flight = rig.api.list(&rig.segments);
+    // Planted after the slow run's own sweep (which would remove one).
+    rig.api.put(&rig.segments, &mine_old, vec![7u8; 1000]);
+    rig.api.put(&rig.segments, &theirs_old, vec![7u8; 1000]);
+    let run_name = in_flight[0].split("/seg/").next().unwrap().to_string();
+
+    let report = rig.backup(&fast_config);
+    let orphans = report["orphans"]["found"].as_array().unwrap();
+    let state = |run: &str| {
+        orphans
+            .iter()
+            .find(|o| o["run"] == run)
+            .map(|o| o["state"].as_str().unwrap().to_string())
+    };
+    assert_eq!(state(&run_name).as_deref(), Some("recent"), "{report}");
+    let mine_old_run = mine_old.split("/seg/").next().unwrap();
+    assert_eq!(state(mine_old_run).as_deref(), Some("removed"), "{report}");
+    assert_eq!(report["orphans"]["freed_bytes"], 1000, "{report}");
+
+    let out = rig.ok(&slow_config, &["check"]);
+    assert!(
+        out.contains(&format!("segments of {run_name}"))
+            && out.contains("a backup is uploading them now"),
+        "{out}"
+    );
+    let pruned: Value = serde_json::from_str(&rig.ok(&slow_config, &["--json", "prune"])).unwrap();
+    assert_eq!(
+        pruned["orphans"]["found"][0]["state"], "in-flight",
+        "{pruned}"
+    );
+    assert_eq!(pruned["orphans"]["freed_bytes"], 0, "{pruned}");
+
+    let now: Vec<String> = rig
+        .api
+        .list(&rig.segments)
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{run_name}/")))
+        .collect();
+    assert!(
+        in_flight.iter().all(|n| now.contains(n)),
+        "{in_flight:?} {now:?}"
+    );
+    assert!(rig.api.list(&rig.segments).contains(&theirs_old));
+    assert!(!rig.api.list(&rig.segments).contains(&mine_old));
+
+    std::fs::remove_file(&gate).unwrap();
+    let done = run.finish(Duration::from_secs(60));
+    assert_eq!(done["name"], run_name.as_str(), "{done}");
+    assert_eq!(done["segments"], 4, "{done}");
+    rig.ok(&slow_config, &["verify", "--backup", &run_name]);
+}
+
+/// Two configurations of one host share a container: datastore `none` and
+/// `redis` (a stand-in hook streaming a file). `list` shows both with their
+/// datastore; `verify --latest` and `restore --latest` take the newest
+/// backup of their own datastore even when the other's is newer, and
+/// `prune` applies retention to its own datastore's backups only.
+#[test]
+fn latest_and_retention_stay_within_the_datastore() {
+    let rig = Rig::new("latest");
+    let body = |name: &str, out: &Path| {
+        format!(
+            "#!/bin/sh\ncase \"$1\" in\nbackup) echo {name} ;;\nrestore) cat > {} ;;\nesac\n",
+            q(out)
+        )
+    };
+    let restored = rig.path().join("restored");
+    let hooks = hooks_dir(
+        rig.path(),
+        &[
+            ("none", &body("none-data", &restored)),
+            ("redis", &body("redis-data", &restored)),
+        ],
+    );
+    let mut none = Conf::new("none", &hooks);
+    none.retention = "keep_last = 1\nafter_backup = false";
+    let none = rig.config("none", &none);
+    let redis = rig.config("redis", &Conf::new("redis", &hooks));
+    let first_none = rig.backup(&none)["name"].as_str().unwrap().to_string();
+    let second_none = rig.backup(&none)["name"].as_str().unwrap().to_string();
+    let newest_redis = rig.backup(&redis)["name"].as_str().unwrap().to_string();
+
+    let listing: Value = serde_json::from_str(&rig.ok(&none, &["--json", "list"])).unwrap();
+    let rows: Vec<(&str, &str)> = listing["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap(),
+                r["datastore"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (&*newest_redis, "redis"),
+            (&*second_none, "none"),
+            (&*first_none, "none")
+        ]
+    );
+
+    let verified: Value =
+        serde_json::from_str(&rig.ok(&none, &["--json", "verify", "--latest"])).unwrap();
+    assert_eq!(verified["name"], second_none.as_str());
+    rig.ok(&none, &["restore", "--latest"]);
+    assert_eq!(std::fs::read_to_string(&restored).unwrap(), "none-data\n");
+    let verified: Value =
+        serde_json::from_str(&rig.ok(&redis, &["--json", "verify", "--latest"])).unwrap();
+    assert_eq!(verified["name"], newest_redis.as_str());
+
+    let pruned: Value = serde_json::from_str(&rig.ok(&none, &["--json", "prune"])).unwrap();
+    assert_eq!(
+        pruned["deleted"],
+        serde_json::json!([first_none]),
+        "{pruned}"
+    );
+    let mut left = rig.api.list(&rig.container);
+    left.sort();
+    let mut want = vec![second_none, newest_redis];
+    want.sort();
+    assert_eq!(left, want);
+}
+
+/// `check` looks at both containers and creates neither: a missing one is
+/// what a backup creates with create_container = true (ok, and said so),
+/// and a problem without it. Once a backup made them, `check` says they
+/// exist and that no segment is an orphan.
+#[test]
+fn check_creates_no_container() {
+    let rig = Rig::new("check");
+    let hooks = hooks_dir(
+        rig.path(),
+        &[(
+            "none",
+            "#!/bin/sh\n[ \"$1\" = backup ] || exit 0\necho data\n",
+        )],
+    );
+    let status = |container: &str| {
+        rig.api
+            .send(rig.api.client.head(rig.api.url(container, None)))
+            .status()
+            .as_u16()
+    };
+    let config = rig.config("create", &Conf::new("none", &hooks));
+    let out = rig.ok(&config, &["check"]);
+    for container in [&rig.container, &rig.segments] {
+        assert!(
+            out.contains(&format!("ok: container: container {container} does not exist; a backup will create it (create_container = true)")),
+            "{out}"
+        );
+        assert_eq!(status(container), 404, "check created {container}");
+    }
+    let mut conf = Conf::new("none", &hooks);
+    conf.create_container = false;
+    let strict = rig.config("strict", &conf);
+    let (code, out, err) = rig.run(&strict, &["check"]);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert!(
+        out.contains(&format!(
+            "problem: container: container {} does not exist and create_container = false",
+            rig.container
+        )),
+        "{out}"
+    );
+    assert_eq!(status(&rig.container), 404);
+
+    rig.backup(&config);
+    let out = rig.ok(&strict, &["check"]);
+    assert!(
+        out.contains(&format!("ok: container: container {} exists", rig.segments)),
+        "{out}"
+    );
+    assert!(out.contains("ok: orphan segments: none"), "{out}");
+}
+
+// ------------------------------------------------ streams longer than hooks.timeout
+
+/// `PARENT/hooks/<datastore>`: the repository's hook, its `backup` stream
+/// read and its `restore` stream fed with a 3 s pause after the first
+/// 64 KiB, so that each action lasts longer than `hooks.timeout = "2s"`
+/// however fast the machine. Behind the pause the real tools block on a
+/// full pipe, as they do behind a slow Swift; the real hook still bounds
+/// them by the `VOLSNAP_TIMEOUT` it is given, as in production.
+fn slowed_hooks(parent: &Path, datastore: &str) -> PathBuf {
+    let body = format!(
+        r#"#!/bin/sh
+set -eu
+real={real}
+pause() {{ head -c 65536; sleep 3; cat; }}
+case "$1" in
+backup)
+    status=$(mktemp)
+    {{ if "$real" backup; then echo 0 >"$status"; else echo $? >"$status"; fi; }} | pause
+    rc=$(cat "$status")
+    rm -f "$status"
+    exit "$rc"
+    ;;
+restore) pause | "$real" restore ;;
+*) exec "$real" "$1" ;;
+esac
+"#,
+        real = q(&repo().join("hooks").join(datastore))
+    );
+    hooks_dir(parent, &[(datastore, &body)])
+}
+
+/// Row for row; on a difference, the first differing row, not megabytes.
+fn assert_same_rows(what: &str, got: &str, want: &str) {
+    let (got, want): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
+    if let Some(i) = (0..got.len().max(want.len())).find(|&i| got.get(i) != want.get(i)) {
+        panic!(
+            "{what}: row {i} differs: restored {:?}, backed up {:?} ({} rows restored, {} backed up)",
+            got.get(i),
+            want.get(i),
+            got.len(),
+            want.len()
+        );
+    }
+}
+
+/// A PostgreSQL backup and restore each lasting longer than `hooks.timeout`
+/// (2 s here; a real database takes minutes to hours): both are bounded by
+/// `hooks.stream_timeout`, in volsnap and in the hook (pg_basebackup runs
+/// under `timeout "$VOLSNAP_TIMEOUT"`, which was hooks.timeout). 100,000
+/// rows in 1 MiB segments, several of them; the restore gives back every
+/// row as it was.
+#[test]
+fn postgresql_stream_longer_than_hooks_timeout_round_trips() {
+    let rig = Rig::new("pg-long");
+    let db = Server::start("postgres.sh", &rig.path().join("db"));
+    psql(
+        &db,
+        "CREATE TABLE r (k int PRIMARY KEY, v text);
+         INSERT INTO r SELECT g, md5(g::text) FROM generate_series(1, 100000) g",
+    );
+    let query = "SELECT k, v FROM r ORDER BY k";
+    let before = psql(&db, query);
+    assert_eq!(before.lines().count(), 100_000);
+    let mut conf = Conf::new("postgresql", &slowed_hooks(rig.path(), "postgresql"))
+        .env("VOLSNAP_PG_HOST", db.get("PG_HOST"))
+        .env("VOLSNAP_PG_PORT", db.get("PG_PORT"))
+        .env("VOLSNAP_PG_DATADIR", db.get("PG_DATADIR"))
+        .env("VOLSNAP_PG_BINDIR", db.get("PG_BINDIR"))
+        .env("VOLSNAP_PG_STOP_CMD", db.command("stop"))
+        .env("VOLSNAP_PG_START_CMD", db.command("start"));
+    conf.hook_timeout = "2s";
+    let config = rig.config("pg", &conf);
+    let report = rig.backup(&config);
+    eprintln!(
+        "postgresql: backup {} ms, {} segments, {} bytes stored",
+        report["total_ms"], report["segments"], report["stored_size"]
+    );
+    assert!(report["total_ms"].as_u64().unwrap() > 3000, "{report}");
+    assert!(report["segments"].as_u64().unwrap() >= 3, "{report}");
+    psql(
+        &db,
+        "TRUNCATE r; INSERT INTO r VALUES (1, 'after the backup')",
+    );
+    let started = std::time::Instant::now();
+    rig.ok(&config, &["restore", "--latest"]);
+    eprintln!("postgresql: restore {} ms", started.elapsed().as_millis());
+    assert!(started.elapsed() > Duration::from_secs(3));
+    assert_same_rows("postgresql", &psql(&db, query), &before);
+}
+
+/// The same for MariaDB through mariadb-backup's xbstream: a backup and a
+/// restore (extract, --prepare, swap, start) each longer than
+/// `hooks.timeout`, several segments, every row back as it was.
+#[test]
+fn mariadb_stream_longer_than_hooks_timeout_round_trips() {
+    let rig = Rig::new("mariadb-long");
+    let db = Server::start("mariadb.sh", &rig.path().join("db"));
+    mariadb_sql(
+        &db,
+        "CREATE DATABASE d; CREATE TABLE d.r (k INT PRIMARY KEY, v VARCHAR(64)) ENGINE=InnoDB;
+         USE d; INSERT INTO d.r SELECT seq, md5(seq) FROM seq_1_to_100000",
+    );
+    let query = "SELECT k, v FROM d.r ORDER BY k";
+    let before = mariadb_sql(&db, query);
+    assert_eq!(before.lines().count(), 100_000);
+    let mut conf = Conf::new("mysql", &slowed_hooks(rig.path(), "mysql"))
+        .env("VOLSNAP_MYSQL_DEFAULTS_FILE", db.get("MYSQL_DEFAULTS_FILE"))
+        .env("VOLSNAP_MYSQL_DATADIR", db.get("MYSQL_DATADIR"))
+        .env("VOLSNAP_MYSQL_STOP_CMD", db.command("stop"))
+        .env("VOLSNAP_MYSQL_START_CMD", db.command("start"));
+    conf.hook_timeout = "2s";
+    let config = rig.config("mysql", &conf);
+    let report = rig.backup(&config);
+    eprintln!(
+        "mariadb: backup {} ms, {} segments, {} bytes stored",
+        report["total_ms"], report["segments"], report["stored_size"]
+    );
+    assert!(report["total_ms"].as_u64().unwrap() > 3000, "{report}");
+    assert!(report["segments"].as_u64().unwrap() >= 3, "{report}");
+    mariadb_sql(
+        &db,
+        "DELETE FROM d.r WHERE k % 7 = 0; UPDATE d.r SET v = 'changed' WHERE k < 100",
+    );
+    let started = std::time::Instant::now();
+    rig.ok(&config, &["restore", "--latest"]);
+    eprintln!("mariadb: restore {} ms", started.elapsed().as_millis());
+    assert!(started.elapsed() > Duration::from_secs(3));
+    assert_same_rows("mariadb", &mariadb_sql(&db, query), &before);
+}
+
+/// Redis (`redis-cli --rdb`) and `none` (a tar of the mounts): a backup and
+/// a restore each longer than `hooks.timeout`, the data back as it was.
+#[test]
+fn redis_and_none_streams_longer_than_hooks_timeout_round_trip() {
+    let rig = Rig::new("redis-none-long");
+    let redis = Server::start("redis.sh", &rig.path().join("redis"));
+    for i in 0..3 {
+        redis_set(&redis, &format!("blob{i}"), &random_bytes(700_000, 300 + i));
+    }
+    let before = redis_digest(&redis);
+    let mut conf = redis_env(
+        Conf::new("redis", &slowed_hooks(&rig.path().join("r"), "redis")),
+        &redis,
+    );
+    conf.hook_timeout = "2s";
+    let config = rig.config("redis", &conf);
+    let report = rig.backup(&config);
+    assert!(report["total_ms"].as_u64().unwrap() > 3000, "{report}");
+    redis_cli(&redis, &["FLUSHALL"]);
+    let started = std::time::Instant::now();
+    rig.ok(&config, &["restore", "--latest"]);
+    assert!(started.elapsed() > Duration::from_secs(3));
+    assert_eq!(redis_digest(&redis), before);
+
+    let src = rig.path().join("src");
+    make_tree(&src);
+    let restored = rig.path().join("restored");
+    let mut conf = Conf::new("none", &slowed_hooks(&rig.path().join("n"), "none"))
+        .env("VOLSNAP_RESTORE_DIR", restored.display().to_string());
+    conf.mounts = vec![src.clone()];
+    conf.hook_timeout = "2s";
+    let config = rig.config("none", &conf);
+    let report = rig.backup(&config);
+    assert!(report["total_ms"].as_u64().unwrap() > 3000, "{report}");
+    let started = std::time::Instant::now();
+    rig.ok(&config, &["restore", "--latest"]);
+    assert!(started.elapsed() > Duration::from_secs(3));
+    let rel = src.strip_prefix("/").unwrap();
+    assert_eq!(tree_listing(&restored.join(rel)), tree_listing(&src));
 }

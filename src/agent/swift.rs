@@ -1,9 +1,12 @@
 //! The Swift strategy, the one place that knows the order of its steps:
 //!
-//! backup: lock → checks, authentication, containers → hook `backup` →
-//! compress → encrypt → segments PUT in parallel → hook exit status → SLO
-//! manifest with the metadata → HEAD to verify → retention. Any failure
-//! deletes what this run uploaded: no half backup ever looks complete.
+//! backup: lock → checks, authentication, containers → remove the segments
+//! of earlier runs that were killed ([`orphans`]) → this run's name, recorded
+//! in the runtime dir → hook `backup` → compress → encrypt → segments PUT in
+//! parallel → hook exit status → SLO manifest with the metadata → HEAD to
+//! verify → retention. Any failure volsnap lives through deletes what this
+//! run uploaded: no half backup ever looks complete; after a SIGKILL the
+//! next run's sweep does it.
 //!
 //! restore: HEAD (metadata) → GET → decrypt → decompress → SHA-256 → hook
 //! `restore`, which swaps the data in only once volsnap closes its stdin,
@@ -17,8 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Serialize;
 
-use crate::cli::Context;
-use crate::config::Settings;
+use crate::config::{Compression, Settings};
 use crate::exit;
 use crate::hooks::{self, Hook};
 use crate::openstack::swift::{Metadata, SloSegment, Swift};
@@ -29,6 +31,11 @@ use crate::stream::{
     self, segments_container, BackupMeta, BackupName, BackupPlan, Encryption, Identities, Progress,
     Segment, META_PREFIX,
 };
+
+mod orphans;
+
+use orphans::InFlight;
+pub use orphans::{Orphan, State as OrphanState, Sweep};
 
 /// Where the `backup` action leaves its `key=value` lines (stdout is data).
 const BACKUP_META_FILE: &str = "backup.meta";
@@ -62,52 +69,8 @@ pub struct BackupReport {
     pub total_ms: u64,
     pub metadata: BTreeMap<String, String>,
     pub pruned: Vec<String>,
-}
-
-/// Prints a backup's report, human or `--json`.
-pub fn print_backup(report: &BackupReport, ctx: &Context) -> Result<()> {
-    ctx.print(report, || {
-        if report.dry_run {
-            println!(
-                "dry run: would stream hook {} backup into {}/{} ({} segments, {}, {})",
-                report.datastore,
-                report.container,
-                report.name,
-                report.segments_container,
-                report.compression,
-                if report.encryption.is_empty() {
-                    "not encrypted".to_string()
-                } else {
-                    format!("age to {}", report.encryption.join(", "))
-                }
-            );
-            return;
-        }
-        println!(
-            "backup done: {}/{} — {} plain, {} stored in {} segment(s), {}, {}, {:.1} MiB/s, {} ms",
-            report.container,
-            report.name,
-            crate::config::human_bytes(report.size),
-            crate::config::human_bytes(report.stored_size),
-            report.segments,
-            report.compression,
-            if report.encryption.is_empty() {
-                "not encrypted".to_string()
-            } else {
-                "age-encrypted".to_string()
-            },
-            report.bytes_per_sec / (1 << 20) as f64,
-            report.total_ms
-        );
-        println!("  sha256 {}", report.sha256);
-        if !report.pruned.is_empty() {
-            println!(
-                "  retention deleted {} older backup(s): {}",
-                report.pruned.len(),
-                report.pruned.join(", ")
-            );
-        }
-    })
+    /// Segments of earlier runs that were killed, found before this one.
+    pub orphans: Sweep,
 }
 
 pub fn backup(
@@ -126,15 +89,27 @@ pub fn backup(
     let host = crate::agent::cinder::hostname();
     let swift = connect(settings)?;
     for container in [&s.container, &seg_container] {
-        swift
-            .ensure_container(container, s.create_container)
-            .with_context(|| {
-                format!(
+        // A dry run creates nothing; a missing container it would create is
+        // not a failure.
+        match swift.ensure_container(container, s.create_container && !dry_run) {
+            Ok(_) => {}
+            Err(e) if dry_run && s.create_container && e.is_not_found() => {
+                log::info!("dry run: would create Swift container {container}");
+            }
+            Err(e) => {
+                return Err(anyhow!(e).context(format!(
                     "Swift container {container} (create_container = {})",
                     s.create_container
-                )
-            })?;
+                )))
+            }
+        }
     }
+    // Before this run's own record replaces the previous run's. A failed
+    // sweep costs storage, not the backup.
+    let orphans = orphans::sweep(settings, &swift, !dry_run).unwrap_or_else(|e| {
+        log::warn!("looking for orphan segments failed: {e:#}");
+        Sweep::default()
+    });
     let name = fresh_name(&swift, &s.prefix, &host, &s.container, &seg_container)?;
     let mut report = BackupReport {
         strategy: "swift",
@@ -158,6 +133,7 @@ pub fn backup(
         total_ms: 0,
         metadata: BTreeMap::new(),
         pruned: Vec::new(),
+        orphans,
     };
     if dry_run {
         return Ok(report);
@@ -167,6 +143,7 @@ pub fn backup(
     }
 
     runtime::ensure_dir(&settings.runtime_dir)?;
+    let in_flight = InFlight::begin(&settings.runtime_dir, &name.manifest())?;
     let meta_file = settings.runtime_dir.join(BACKUP_META_FILE);
     let _ = std::fs::remove_file(&meta_file);
     let hook = Hook::new(settings, settings.hooks.timeout);
@@ -209,6 +186,7 @@ pub fn backup(
                 &swift,
                 &seg_container,
                 &names,
+                in_flight,
                 e.context("the backup stream is incomplete"),
             ));
         }
@@ -222,7 +200,7 @@ pub fn backup(
                 Ok(()) => failure.error,
                 Err(hook) => hook.context(format!("{:#}", failure.error)),
             };
-            return Err(cleanup(&swift, &seg_container, &names, error));
+            return Err(cleanup(&swift, &seg_container, &names, in_flight, error));
         }
     };
     let hook_values = read_meta_file(&meta_file);
@@ -246,11 +224,19 @@ pub fn backup(
         .iter()
         .map(|s| name.segment(s.index))
         .collect();
-    if let Err(e) = swift.put_slo(&s.container, &name.manifest(), &slo, &metadata) {
+    let content_type = content_type(plan.compression, plan.recipients.is_some());
+    if let Err(e) = swift.put_slo(
+        &s.container,
+        &name.manifest(),
+        &slo,
+        &metadata,
+        content_type,
+    ) {
         return Err(cleanup(
             &swift,
             &seg_container,
             &segment_names,
+            in_flight,
             anyhow!(e).context("writing the SLO manifest"),
         ));
     }
@@ -269,9 +255,12 @@ pub fn backup(
         Ok(())
     });
     if let Err(e) = verified {
-        let _ = swift.delete_slo(&s.container, &name.manifest());
+        if swift.delete_slo(&s.container, &name.manifest()).is_ok() {
+            in_flight.end();
+        }
         return Err(e.context("the stored backup does not match what was uploaded; deleted it"));
     }
+    in_flight.end();
     log::info!(
         "backup {}/{}: {} plain bytes, {} stored, {} segments",
         s.container,
@@ -359,11 +348,13 @@ fn fresh_name(
 }
 
 /// Deletes the segments a failed run uploaded; returns the run's error,
-/// saying what was cleaned up or what is left.
+/// saying what was cleaned up or what is left. What is left stays recorded
+/// as this run's, for the next sweep.
 fn cleanup(
     swift: &Swift,
     container: &str,
     objects: &[String],
+    in_flight: InFlight,
     error: anyhow::Error,
 ) -> anyhow::Error {
     let mut left = Vec::new();
@@ -378,12 +369,23 @@ fn cleanup(
         }
     }
     if left.is_empty() {
+        in_flight.end();
         error.context(format!(
             "backup failed; deleted the {} segment(s) it had uploaded, no manifest was written",
             objects.len()
         ))
     } else {
         error.context(format!("backup failed; no manifest was written, but these segments could not be deleted from {container}: {}", left.join(", ")))
+    }
+}
+
+/// What the joined object is, for whoever downloads it: age's output has no
+/// registered type of its own.
+fn content_type(compression: Compression, encrypted: bool) -> &'static str {
+    match (encrypted, compression) {
+        (true, _) | (false, Compression::None) => "application/octet-stream",
+        (false, Compression::Zstd) => "application/zstd",
+        (false, Compression::Gzip) => "application/gzip",
     }
 }
 
@@ -412,8 +414,8 @@ pub struct Listed {
     pub encryption: Option<String>,
 }
 
-/// This host's backups, newest first.
-pub fn list(settings: &Settings, swift: &Swift) -> Result<Vec<(BackupName, Listed)>> {
+/// This host's backups, newest first, of every datastore.
+fn backups(settings: &Settings, swift: &Swift) -> Result<Vec<(BackupName, Listed)>> {
     let s = &settings.swift;
     let host = crate::agent::cinder::hostname();
     let prefix = BackupName::host_prefix(&s.prefix, &host);
@@ -448,40 +450,47 @@ pub fn list(settings: &Settings, swift: &Swift) -> Result<Vec<(BackupName, Liste
     Ok(out)
 }
 
-pub fn list_command(settings: &Settings, ctx: &Context) -> Result<u8> {
+/// This host's backups of the configured datastore, newest first: what
+/// `--latest` and retention choose from. Another datastore's backups in the
+/// same container (another configuration of this host) are never theirs.
+fn own_backups(settings: &Settings, swift: &Swift) -> Result<Vec<(BackupName, Listed)>> {
+    let datastore = settings.datastore.name();
+    Ok(backups(settings, swift)?
+        .into_iter()
+        .filter(|(_, l)| l.datastore.as_deref() == Some(datastore))
+        .collect())
+}
+
+/// What `volsnap list` shows.
+#[derive(Debug, Serialize)]
+pub struct Listing {
+    pub container: String,
+    /// This host's backups, every datastore, newest first.
+    pub backups: Vec<Listed>,
+    /// This host's segments that no manifest points to (none removed).
+    pub orphans: Vec<Orphan>,
+}
+
+pub fn list(settings: &Settings) -> Result<Listing> {
     let swift = connect(settings)?;
-    let rows: Vec<Listed> = list(settings, &swift)?
+    let backups = backups(settings, &swift)?
         .into_iter()
         .map(|(_, l)| l)
         .collect();
-    ctx.print(&rows, || {
-        if rows.is_empty() {
-            println!(
-                "no volsnap backups of this host in {}",
-                settings.swift.container
-            );
-            return;
-        }
-        println!(
-            "{:<44}  {:<20}  {:>10}  {:<10}  {:<11}  ENCRYPTION",
-            "BACKUP", "CREATED", "SIZE", "DATASTORE", "COMPRESSION"
-        );
-        for r in &rows {
-            println!(
-                "{:<44}  {:<20}  {:>10}  {:<10}  {:<11}  {}",
-                r.name,
-                r.created,
-                r.size.map_or("?".into(), crate::config::human_bytes),
-                r.datastore.as_deref().unwrap_or("?"),
-                r.compression.as_deref().unwrap_or("?"),
-                r.encryption.as_deref().unwrap_or("?")
-            );
-        }
-    })?;
-    Ok(exit::SUCCESS)
+    let orphans = orphans::sweep(settings, &swift, false)
+        .map(|sweep| sweep.found)
+        .unwrap_or_else(|e| {
+            log::warn!("looking for orphan segments failed: {e:#}");
+            Vec::new()
+        });
+    Ok(Listing {
+        container: settings.swift.container.clone(),
+        backups,
+        orphans,
+    })
 }
 
-/// Which backup: by name, or this host's newest.
+/// Which backup: by name, or this host's newest of this datastore.
 fn choose(
     settings: &Settings,
     swift: &Swift,
@@ -490,13 +499,14 @@ fn choose(
 ) -> Result<String> {
     match (backup, latest) {
         (Some(name), _) => Ok(name.to_string()),
-        (None, true) => list(settings, swift)?
+        (None, true) => own_backups(settings, swift)?
             .into_iter()
             .next()
             .map(|(_, l)| l.name)
             .ok_or_else(|| {
                 anyhow!(
-                    "no volsnap backups of this host in {}",
+                    "no volsnap backups of datastore {} of this host in {} (see `volsnap list`)",
+                    settings.datastore.name(),
                     settings.swift.container
                 )
             }),
@@ -621,38 +631,34 @@ pub fn restore(
     })
 }
 
-pub fn restore_command(
-    settings: &Settings,
-    ctx: &Context,
-    backup: Option<&str>,
-    latest: bool,
-    identity: Option<&Path>,
-    into_hook: bool,
-) -> Result<u8> {
-    let report = restore(settings, backup, latest, identity, into_hook, ctx.quiet)?;
-    ctx.print(&report, || {
-        let verb = if report.restored {
-            "restored"
-        } else {
-            "verified"
-        };
-        println!(
-            "{verb} {}: {}, sha256 {} matches",
-            report.name,
-            crate::config::human_bytes(report.verified.plain_bytes),
-            report.verified.sha256
-        );
-    })?;
-    Ok(exit::SUCCESS)
+/// What `volsnap prune` did.
+#[derive(Debug, Serialize)]
+pub struct PruneReport {
+    pub dry_run: bool,
+    pub deleted: Vec<String>,
+    pub orphans: Sweep,
 }
 
-pub fn prune(settings: &Settings, dry_run: bool) -> Result<Vec<String>> {
+pub fn prune(settings: &Settings, dry_run: bool) -> Result<PruneReport> {
     let swift = connect(settings)?;
-    prune_with(settings, &swift, dry_run)
+    let deleted = prune_with(settings, &swift, dry_run)?;
+    let orphans = orphans::sweep(settings, &swift, !dry_run)?;
+    Ok(PruneReport {
+        dry_run,
+        deleted,
+        orphans,
+    })
 }
 
+/// Finds this host's orphan segments and deletes those whose run is over:
+/// for `volsnap check`.
+pub fn sweep_orphans(settings: &Settings, swift: &Swift) -> Result<Sweep> {
+    orphans::sweep(settings, swift, true)
+}
+
+/// Applies retention to this host's backups of this datastore.
 fn prune_with(settings: &Settings, swift: &Swift, dry_run: bool) -> Result<Vec<String>> {
-    let backups = list(settings, swift)?;
+    let backups = own_backups(settings, swift)?;
     let times: Vec<jiff::Timestamp> = backups.iter().map(|(n, _)| n.created).collect();
     let mut deleted = Vec::new();
     for i in retention::to_delete(&settings.retention, &times) {

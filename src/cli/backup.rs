@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Result;
 
 use super::Context;
-use crate::config::Strategy;
+use crate::config::{human_bytes, Strategy};
 use crate::metrics::{self, Outcome};
 use crate::{agent, exit};
 
@@ -36,20 +36,15 @@ impl Args {
         let mut sizes = None;
         let result = match settings.strategy {
             Strategy::Cinder => {
-                let options = agent::cinder::Options {
-                    dry_run,
-                    sys_root: self.sys_root,
-                };
-                agent::cinder::backup(&settings, &options, stop).and_then(|report| {
-                    freeze = report.freeze_ms.map(Duration::from_millis);
-                    ctx.print(&report, || report.print_human())?;
-                    Ok(report.exit_code())
+                cinder(&settings, &self.sys_root, dry_run, ctx, stop).map(|(code, frozen)| {
+                    freeze = frozen.map(Duration::from_millis);
+                    code
                 })
             }
             Strategy::Swift => {
                 agent::swift::backup(&settings, dry_run, ctx.quiet, stop).and_then(|report| {
                     sizes = Some((report.size, report.stored_size));
-                    agent::swift::print_backup(&report, ctx)?;
+                    ctx.print(&report, || print_swift(&report))?;
                     Ok(exit::SUCCESS)
                 })
             }
@@ -79,4 +74,125 @@ impl Args {
         }
         result
     }
+}
+
+/// The Cinder strategy: the plan (all `--dry-run` does: it locks nothing),
+/// then the backup. Returns the exit code and a backup's freeze window.
+fn cinder(
+    settings: &crate::config::Settings,
+    sys_root: &std::path::Path,
+    dry_run: bool,
+    ctx: &Context,
+    stop: &'static std::sync::atomic::AtomicBool,
+) -> Result<(u8, Option<u64>)> {
+    let client = agent::cinder::connect(settings)?;
+    let plan = agent::cinder::Plan::resolve(settings, &client, sys_root)?;
+    if dry_run {
+        let lock = crate::runtime::lock_holder(&settings.runtime_dir);
+        let value = serde_json::json!({
+            "strategy": "cinder",
+            "dry_run": true,
+            "plan": &plan,
+            "lock_holder_pid": lock,
+        });
+        ctx.print(&value, || {
+            println!("dry run: nothing was locked, frozen or created. The plan:");
+            for v in &plan.volumes {
+                println!(
+                    "  freeze {}  snapshot volume {} ({})",
+                    v.mount.display(),
+                    v.volume_id,
+                    v.status
+                );
+            }
+            println!(
+                "  hook {} (datastore {}), max_freeze {} ms",
+                plan.hook.display(),
+                plan.datastore,
+                plan.max_freeze_ms
+            );
+            if let Some(pid) = lock {
+                println!("  a volsnap run holds the lock now (pid {pid}): a backup would exit 75");
+            }
+        })?;
+        return Ok((exit::SUCCESS, None));
+    }
+    let report = agent::cinder::backup(settings, &client, &plan, stop)?;
+    ctx.print(&report, || print_cinder(&report))?;
+    Ok((report.exit_code(), Some(report.freeze_ms)))
+}
+
+fn print_cinder(report: &agent::cinder::Report) {
+    println!(
+        "backup done: {} snapshot(s), consistency {}, frozen {} ms, database held {} ms, total {} ms",
+        report.snapshots.len(),
+        report.consistency.name(),
+        report.freeze_ms,
+        report.lock_ms,
+        report.total_ms
+    );
+    for s in &report.snapshots {
+        println!(
+            "  {}  volume {}  snapshot {}  {}",
+            s.mount.display(),
+            s.volume_id,
+            s.id,
+            s.status
+        );
+    }
+    if !report.removed_leftovers.is_empty() {
+        println!(
+            "  removed {} snapshot(s) that killed or failed runs left: {}",
+            report.removed_leftovers.len(),
+            report.removed_leftovers.join(", ")
+        );
+    }
+    if !report.pruned.is_empty() {
+        println!(
+            "  retention deleted {} older snapshot(s): {}",
+            report.pruned.len(),
+            report.pruned.join(", ")
+        );
+    }
+}
+
+fn print_swift(report: &agent::swift::BackupReport) {
+    let encryption = if report.encryption.is_empty() {
+        "not encrypted".to_string()
+    } else if report.dry_run {
+        format!("age to {}", report.encryption.join(", "))
+    } else {
+        "age-encrypted".to_string()
+    };
+    if report.dry_run {
+        println!(
+            "dry run: would stream hook {} backup into {}/{} ({} segments, {}, {encryption})",
+            report.datastore,
+            report.container,
+            report.name,
+            report.segments_container,
+            report.compression,
+        );
+    } else {
+        println!(
+            "backup done: {}/{} — {} plain, {} stored in {} segment(s), {}, {encryption}, {:.1} MiB/s, {} ms",
+            report.container,
+            report.name,
+            human_bytes(report.size),
+            human_bytes(report.stored_size),
+            report.segments,
+            report.compression,
+            report.bytes_per_sec / (1 << 20) as f64,
+            report.total_ms
+        );
+        println!("  sha256 {}", report.sha256);
+    }
+    if !report.pruned.is_empty() {
+        println!(
+            "  retention deleted {} older backup(s): {}",
+            report.pruned.len(),
+            report.pruned.join(", ")
+        );
+    }
+    super::print_orphans("  ", &report.orphans);
 }

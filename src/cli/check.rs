@@ -10,7 +10,9 @@ use crate::{check, exit, mounts};
 pub struct Args {
     /// Only the local checks: configuration, hooks, mounts (no OpenStack calls).
     /// Without it, also: authentication, the endpoint, and the Cinder volumes
-    /// or the Swift container (created when create_container = true)
+    /// or the Swift containers (never created here; with create_container =
+    /// true a missing one is what a backup creates), removing this host's
+    /// orphan segments of killed runs
     #[arg(long)]
     pub offline: bool,
 }

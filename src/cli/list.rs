@@ -14,6 +14,10 @@ pub struct Args {}
 #[derive(Serialize)]
 struct Row {
     id: String,
+    /// `good` (a backup), `in-progress` (its run is going) or `incomplete`
+    /// (a killed or failed run left it: never a backup).
+    state: &'static str,
+    run: Option<String>,
     name: Option<String>,
     volume_id: String,
     mount: Option<String>,
@@ -29,9 +33,18 @@ impl Args {
         match settings.strategy {
             Strategy::Cinder => {
                 let cinder = agent::cinder::connect(&settings)?;
+                // What killed runs left is removed first (without waiting
+                // for one still being made), then the rest is shown.
+                let cleanup = agent::cinder::runs::clean(
+                    &cinder,
+                    &settings.runtime_dir,
+                    std::time::Duration::ZERO,
+                )?;
                 let rows: Vec<Row> = agent::cinder::list(&cinder)?
                     .into_iter()
                     .map(|s| Row {
+                        state: agent::cinder::runs::state(&s).name(),
+                        run: s.metadata.get("volsnap_run").cloned(),
                         consistency: s.metadata.get("consistency").cloned(),
                         mount: s.metadata.get("mount").cloned(),
                         id: s.id,
@@ -43,20 +56,24 @@ impl Args {
                     })
                     .collect();
                 ctx.print(&rows, || {
+                    for id in &cleanup.removed {
+                        println!("removed snapshot {id}: a killed or failed run left it");
+                    }
                     if rows.is_empty() {
                         println!("no volsnap snapshots of this host");
                         return;
                     }
                     println!(
-                        "{:<36}  {:<36}  {:<26}  {:<11}  {:>5}  STATUS",
-                        "SNAPSHOT", "VOLUME", "CREATED", "CONSISTENCY", "GiB"
+                        "{:<36}  {:<36}  {:<26}  {:<11}  {:<11}  {:>5}  STATUS",
+                        "SNAPSHOT", "VOLUME", "CREATED", "STATE", "CONSISTENCY", "GiB"
                     );
                     for r in &rows {
                         println!(
-                            "{:<36}  {:<36}  {:<26}  {:<11}  {:>5}  {}",
+                            "{:<36}  {:<36}  {:<26}  {:<11}  {:<11}  {:>5}  {}",
                             r.id,
                             r.volume_id,
                             r.created_at.as_deref().unwrap_or("-"),
+                            r.state,
                             r.consistency.as_deref().unwrap_or("-"),
                             r.size_gib,
                             r.status
@@ -65,7 +82,36 @@ impl Args {
                 })?;
                 Ok(exit::SUCCESS)
             }
-            Strategy::Swift => agent::swift::list_command(&settings, ctx),
+            Strategy::Swift => {
+                let listing = agent::swift::list(&settings)?;
+                ctx.print(&listing, || print_swift(&listing))?;
+                Ok(exit::SUCCESS)
+            }
         }
+    }
+}
+
+fn print_swift(listing: &agent::swift::Listing) {
+    if listing.backups.is_empty() {
+        println!("no volsnap backups of this host in {}", listing.container);
+    } else {
+        println!(
+            "{:<44}  {:<20}  {:>10}  {:<10}  {:<11}  ENCRYPTION",
+            "BACKUP", "CREATED", "SIZE", "DATASTORE", "COMPRESSION"
+        );
+        for r in &listing.backups {
+            println!(
+                "{:<44}  {:<20}  {:>10}  {:<10}  {:<11}  {}",
+                r.name,
+                r.created,
+                r.size.map_or("?".into(), crate::config::human_bytes),
+                r.datastore.as_deref().unwrap_or("?"),
+                r.compression.as_deref().unwrap_or("?"),
+                r.encryption.as_deref().unwrap_or("?")
+            );
+        }
+    }
+    for orphan in &listing.orphans {
+        println!("{}", orphan.describe());
     }
 }

@@ -144,6 +144,21 @@ impl Context {
     }
 }
 
+/// The orphan segments a sweep found: what it freed, then one line per run
+/// it left (in flight, too recent to judge, a failed DELETE).
+fn print_orphans(indent: &str, sweep: &crate::agent::swift::Sweep) {
+    if let Some(freed) = sweep.freed() {
+        println!("{indent}{freed}");
+    }
+    for orphan in sweep
+        .found
+        .iter()
+        .filter(|o| o.state != crate::agent::swift::OrphanState::Removed)
+    {
+        println!("{indent}{}", orphan.describe());
+    }
+}
+
 impl Cli {
     /// Runs the subcommand; the returned code is the process's exit code.
     pub fn run(self) -> anyhow::Result<u8> {

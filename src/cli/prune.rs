@@ -23,31 +23,44 @@ impl Args {
                 settings.path.display()
             );
         }
-        let kind = match settings.strategy {
-            Strategy::Cinder => "snapshot",
-            Strategy::Swift => "backup",
+        let verb = if self.dry_run {
+            "would delete"
+        } else {
+            "deleted"
         };
-        let deleted = match settings.strategy {
+        let print_deleted = |kind: &str, deleted: &[String]| {
+            for d in deleted {
+                println!("{verb} {kind} {d}");
+            }
+            println!("{verb} {} {kind}(s)", deleted.len());
+        };
+        match settings.strategy {
             Strategy::Cinder => {
                 let cinder = agent::cinder::connect(&settings)?;
-                agent::cinder::prune(&settings, &cinder, self.dry_run)?
-            }
-            Strategy::Swift => agent::swift::prune(&settings, self.dry_run)?,
-        };
-        ctx.print(
-            &serde_json::json!({"dry_run": self.dry_run, "deleted": deleted}),
-            || {
-                let verb = if self.dry_run {
-                    "would delete"
-                } else {
-                    "deleted"
-                };
-                for d in &deleted {
-                    println!("{verb} {kind} {d}");
+                if !self.dry_run {
+                    let cleanup = agent::cinder::runs::clean(
+                        &cinder,
+                        &settings.runtime_dir,
+                        std::time::Duration::from_secs(60),
+                    )?;
+                    for id in &cleanup.removed {
+                        log::info!("removed snapshot {id}: a killed or failed run left it");
+                    }
                 }
-                println!("{verb} {} {kind}(s)", deleted.len());
-            },
-        )?;
+                let deleted = agent::cinder::prune(&settings, &cinder, self.dry_run)?;
+                ctx.print(
+                    &serde_json::json!({"dry_run": self.dry_run, "deleted": deleted}),
+                    || print_deleted("snapshot", &deleted),
+                )?;
+            }
+            Strategy::Swift => {
+                let report = agent::swift::prune(&settings, self.dry_run)?;
+                ctx.print(&report, || {
+                    print_deleted("backup", &report.deleted);
+                    super::print_orphans("", &report.orphans);
+                })?;
+            }
+        }
         Ok(exit::SUCCESS)
     }
 }

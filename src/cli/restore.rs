@@ -28,9 +28,14 @@ pub struct Args {
     #[arg(long, value_name = "NAME", conflicts_with_all = ["latest", "snapshot"])]
     pub backup: Option<String>,
 
-    /// Swift: restore this host's newest backup
+    /// Swift: restore this host's newest backup of the configured datastore
     #[arg(long, conflicts_with = "snapshot")]
     pub latest: bool,
+
+    /// Cinder: restore a snapshot that is not labelled good (one a killed or
+    /// failed run left, whose image may be of a thawed filesystem)
+    #[arg(long, requires = "snapshot")]
+    pub force: bool,
 
     /// Swift: the age identity file to decrypt with (default: swift.age_identity_file)
     #[arg(long, value_name = "FILE", conflicts_with = "snapshot")]
@@ -68,6 +73,22 @@ impl Args {
                         snapshot.status
                     );
                 }
+                let state = agent::cinder::runs::state(&snapshot);
+                if state != agent::cinder::runs::State::Good {
+                    let label = snapshot
+                        .metadata
+                        .get("consistency")
+                        .map_or("none", String::as_str);
+                    if !self.force {
+                        anyhow::bail!(
+                            "snapshot {snapshot_id} is not a good backup ({}: consistency {label:?}, freeze_ms {}); \
+                             its image may be of a filesystem that was no longer frozen; --force restores it anyway",
+                            state.name(),
+                            snapshot.metadata.get("freeze_ms").map_or("missing", String::as_str)
+                        );
+                    }
+                    log::warn!("restoring snapshot {snapshot_id} although it is {} (consistency {label:?}): --force", state.name());
+                }
                 let name = self
                     .name
                     .unwrap_or_else(|| format!("volsnap-restore-{snapshot_id}"));
@@ -90,15 +111,34 @@ impl Args {
                 if self.snapshot.is_some() {
                     return Err(Exit::new(exit::USAGE, "--snapshot is for the Cinder strategy; the Swift strategy restores with --backup NAME or --latest").into());
                 }
-                agent::swift::restore_command(
+                let report = agent::swift::restore(
                     &settings,
-                    ctx,
                     self.backup.as_deref(),
                     self.latest,
                     self.identity.as_deref(),
                     true,
-                )
+                    ctx.quiet,
+                )?;
+                print_swift(ctx, &report)?;
+                Ok(exit::SUCCESS)
             }
         }
     }
+}
+
+/// A Swift restore's or verify's result.
+pub(super) fn print_swift(ctx: &Context, report: &agent::swift::RestoreReport) -> Result<()> {
+    ctx.print(report, || {
+        let verb = if report.restored {
+            "restored"
+        } else {
+            "verified"
+        };
+        println!(
+            "{verb} {}: {}, sha256 {} matches",
+            report.name,
+            crate::config::human_bytes(report.verified.plain_bytes),
+            report.verified.sha256
+        );
+    })
 }

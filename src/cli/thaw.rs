@@ -35,16 +35,18 @@ impl Args {
             return Ok(exit::SUCCESS);
         };
         let mut failed = false;
-        for mount in record.mounts.iter().rev() {
-            let file = match freeze::open_mount(mount) {
-                Ok(file) => file,
+        let mut opened = Vec::new();
+        for mount in &record.mounts {
+            match freeze::open_mount(mount) {
+                Ok(file) => opened.push((mount.clone(), file)),
                 Err(e) => {
                     failed = true;
                     println!("problem: {e:#}");
-                    continue;
                 }
-            };
-            match freeze::thaw_fd(&file, mount) {
+            }
+        }
+        for (mount, result) in freeze::thaw_in_reverse(&opened) {
+            match result {
                 Ok(()) => println!("thawed {}", mount.display()),
                 Err(ThawError::NotFrozen(_)) => println!("{} was not frozen", mount.display()),
                 Err(e) => {

@@ -16,7 +16,7 @@ pub struct Args {
     #[arg(long, value_name = "NAME", conflicts_with = "latest")]
     pub backup: Option<String>,
 
-    /// Verify this host's newest backup
+    /// Verify this host's newest backup of the configured datastore
     #[arg(long)]
     pub latest: bool,
 
@@ -35,13 +35,15 @@ impl Args {
             )
             .into());
         }
-        agent::swift::restore_command(
+        let report = agent::swift::restore(
             &settings,
-            ctx,
             self.backup.as_deref(),
             self.latest,
             self.identity.as_deref(),
             false,
-        )
+            ctx.quiet,
+        )?;
+        super::restore::print_swift(ctx, &report)?;
+        Ok(exit::SUCCESS)
     }
 }

@@ -44,6 +44,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use reqwest::blocking::Response;
@@ -1023,7 +1024,13 @@ impl Session {
     pub fn send(&self, req: &Request) -> Result<Response, Error> {
         let token = self.token();
         match self.inner.http.send(req, Some(&token)) {
-            Err(e) if e.status() == Some(reqwest::StatusCode::UNAUTHORIZED) => {
+            // No new login inside a deadline (the freeze window): Keystone's
+            // round trip is not bounded by it. The token is checked fresh
+            // before the window opens.
+            Err(e)
+                if e.status() == Some(reqwest::StatusCode::UNAUTHORIZED)
+                    && req.deadline.is_none() =>
+            {
                 let Some(config) = &self.inner.config else {
                     return Err(e);
                 };
@@ -1033,6 +1040,27 @@ impl Session {
             }
             other => other,
         }
+    }
+
+    /// Logs in again now if the token expires within `needed`: a request
+    /// inside the freeze window does not re-authenticate (see `send`).
+    pub fn ensure_fresh(&self, needed: Duration) -> Result<(), Error> {
+        let (Some(config), Some(expires)) = (&self.inner.config, self.token_info().expires_at)
+        else {
+            return Ok(());
+        };
+        let Ok(expires) = expires.parse::<jiff::Timestamp>() else {
+            return Ok(());
+        };
+        let left = expires.duration_since(jiff::Timestamp::now());
+        if left.as_secs_f64() > needed.as_secs_f64() {
+            return Ok(());
+        }
+        log::info!(
+            "the token expires in {:.0} s: authenticating again before the freeze",
+            left.as_secs_f64()
+        );
+        self.reauthenticate(config, &self.token())
     }
 
     fn reauthenticate(&self, config: &AuthConfig, failed: &Secret) -> Result<(), Error> {

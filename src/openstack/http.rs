@@ -170,6 +170,9 @@ impl Http {
     pub fn send(&self, req: &Request, token: Option<&Secret>) -> Result<Response, Error> {
         let mut retry = 0;
         loop {
+            if req.left().is_some_and(|left| left.is_zero()) {
+                return Err(Error::past_deadline(req));
+            }
             let started = Instant::now();
             let outcome = self.attempt(req, token);
             let elapsed = started.elapsed().as_millis();
@@ -239,6 +242,9 @@ impl Http {
                 }
                 return Err(error);
             }
+            if req.left().is_some_and(|left| left <= wait) {
+                return Err(error.note("no time left before the deadline to retry".to_string()));
+            }
             retry += 1;
             log::warn!(
                 "{error}; retry {retry}/{} in {} ms",
@@ -264,9 +270,11 @@ impl Http {
             // Bytes clones share the buffer: a retry costs no copy.
             builder = builder.body(body.clone());
         }
-        if let Some(timeout) = req.timeout {
-            builder = builder.timeout(timeout);
-        }
+        let timeout = req.timeout.unwrap_or(self.request_timeout);
+        builder = builder.timeout(match req.left() {
+            Some(left) => timeout.min(left),
+            None => timeout,
+        });
         builder.send()
     }
 }
@@ -296,6 +304,10 @@ pub struct Request {
     pub idempotent: bool,
     /// Whether [`Http::send`] retries at all (a status poll has its own budget).
     pub retry: bool,
+    /// Nothing of this request outlives it: each attempt's timeout is cut to
+    /// the time left, and no retry starts that would end past it (a request
+    /// made while filesystems are frozen).
+    pub deadline: Option<Instant>,
 }
 
 impl fmt::Debug for Request {
@@ -319,6 +331,7 @@ impl Request {
             timeout: None,
             idempotent,
             retry: true,
+            deadline: None,
         }
     }
 
@@ -370,6 +383,17 @@ impl Request {
     pub fn no_retry(mut self) -> Request {
         self.retry = false;
         self
+    }
+
+    pub fn deadline(mut self, deadline: Option<Instant>) -> Request {
+        self.deadline = deadline;
+        self
+    }
+
+    /// The time left before the deadline; `None` without one.
+    fn left(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
     }
 }
 
@@ -479,6 +503,18 @@ impl Error {
             method: req.method.clone(),
             url: req.url.to_string(),
             kind: Box::new(ErrorKind::Invalid { message }),
+            notes: Vec::new(),
+        }
+    }
+
+    fn past_deadline(req: &Request) -> Error {
+        Error {
+            method: req.method.clone(),
+            url: req.url.to_string(),
+            kind: Box::new(ErrorKind::Transport {
+                message: "not sent: its deadline has passed".to_string(),
+                timeout: true,
+            }),
             notes: Vec::new(),
         }
     }

@@ -300,18 +300,23 @@ impl Swift {
 
     /// PUTs a Static Large Object manifest over segments already uploaded;
     /// returns the manifest's ETag (the MD5 of the segment MD5s, as Swift says).
+    /// `content_type` is the joined object's (what a GET serves), not the
+    /// JSON body's: Swift gives the large object the PUT's Content-Type.
     pub fn put_slo(
         &self,
         container: &str,
         name: &str,
         segments: &[SloSegment],
         metadata: &Metadata,
+        content_type: &str,
     ) -> Result<String, Error> {
         let mut req = self.request(Method::PUT, container, Some(name))?;
         req.url
             .query_pairs_mut()
             .append_pair("multipart-manifest", "put");
-        let req = Self::with_metadata(req, metadata)?.json(&segments);
+        let req = Self::with_metadata(req, metadata)?
+            .json(&segments)
+            .header("content-type", content_type)?;
         let resp = self.session.send(&req)?;
         Ok(ObjectInfo::from_headers(resp.headers()).etag)
     }
@@ -378,6 +383,45 @@ impl Swift {
             ));
         }
         Ok(())
+    }
+
+    /// The "directories" right under `prefix` (which ends in `/`): the
+    /// distinct `prefix…/` each object name under it starts with, one entry
+    /// however many objects share it, following `marker` pages.
+    pub fn list_subdirs(&self, container: &str, prefix: &str) -> Result<Vec<String>, Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Entry {
+            Subdir { subdir: String },
+            Object { name: String },
+        }
+        let mut dirs = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let mut req = self.request(Method::GET, container, None)?;
+            {
+                let mut q = req.url.query_pairs_mut();
+                q.append_pair("format", "json")
+                    .append_pair("prefix", prefix)
+                    .append_pair("delimiter", "/");
+                if let Some(m) = &marker {
+                    q.append_pair("marker", m);
+                }
+            }
+            let resp = self.session.send(&req)?;
+            let page: Vec<Entry> = http::read_json(&req, resp)?;
+            let Some(last) = page.last() else {
+                return Ok(dirs);
+            };
+            marker = Some(match last {
+                Entry::Subdir { subdir } => subdir.clone(),
+                Entry::Object { name } => name.clone(),
+            });
+            dirs.extend(page.into_iter().filter_map(|e| match e {
+                Entry::Subdir { subdir } => Some(subdir),
+                Entry::Object { .. } => None,
+            }));
+        }
     }
 
     /// Every object whose name starts with `prefix` (all if empty), in name

@@ -178,6 +178,12 @@ pub struct DataVolume {
 
 impl DataVolume {
     pub fn new(cloud: &Cloud, fs_type: &str) -> DataVolume {
+        DataVolume::new_in(cloud, fs_type, &std::env::temp_dir())
+    }
+
+    /// Mounted under `base` (a test that boots systemd gives it a /tmp of
+    /// its own: the volume must live elsewhere to be seen there).
+    pub fn new_in(cloud: &Cloud, fs_type: &str, base: &Path) -> DataVolume {
         let cinder = cloud.cinder();
         let volume = cinder
             .create_volume(&NewVolume {
@@ -186,7 +192,7 @@ impl DataVolume {
                 ..NewVolume::default()
             })
             .unwrap();
-        DataVolume::attach(cinder, &volume.id, Some(fs_type))
+        DataVolume::attach(cinder, &volume.id, Some(fs_type), base)
     }
 
     /// Attaches an existing volume (a restored one) and mounts its filesystem.
@@ -200,10 +206,10 @@ impl DataVolume {
     /// filesystem can be looked at as the snapshot left it (`dumpe2fs`,
     /// `e2fsck -n`) before a mount replays anything; then `mount`.
     pub fn existing_unmounted(cloud: &Cloud, id: &str) -> DataVolume {
-        DataVolume::attach(cloud.cinder(), id, None)
+        DataVolume::attach(cloud.cinder(), id, None, &std::env::temp_dir())
     }
 
-    fn attach(cinder: Cinder, id: &str, mkfs: Option<&str>) -> DataVolume {
+    fn attach(cinder: Cinder, id: &str, mkfs: Option<&str>, base: &Path) -> DataVolume {
         cinder
             .wait_volume(
                 id,
@@ -214,7 +220,7 @@ impl DataVolume {
         let volume = cinder.volume(id).unwrap();
         let dir = tempfile::Builder::new()
             .prefix("volsnap-vol-")
-            .tempdir()
+            .tempdir_in(base)
             .unwrap();
         let mount = dir.path().join("mnt");
         std::fs::create_dir(&mount).unwrap();

@@ -1,0 +1,240 @@
+//! This host's volsnap snapshots, as runs: which are good backups, which are
+//! a run still going, and which a killed or failed run left — found here and
+//! removed by `backup`, `prune` and `list`. Retention counts good runs only.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::plan::hostname;
+use super::verdict::{self, FAILED_RUN, PENDING};
+use crate::config::Settings;
+use crate::openstack::cinder::{Cinder, Snapshot, SnapshotFilter};
+use crate::{retention, runtime};
+
+/// What a snapshot is to volsnap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    /// Labelled with its final consistency and its freeze window: a backup.
+    Good,
+    /// Its run is still going (it holds its lock).
+    InProgress,
+    /// Left by a run that died or failed: never a backup.
+    Incomplete,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Good => "good",
+            State::InProgress => "in-progress",
+            State::Incomplete => "incomplete",
+        }
+    }
+}
+
+pub fn run_of(s: &Snapshot) -> &str {
+    s.metadata
+        .get("volsnap_run")
+        .map_or(s.id.as_str(), String::as_str)
+}
+
+/// Good means both halves of the second phase landed: a final label and
+/// `freeze_ms`, set in one update. (A label without `freeze_ms` is what
+/// versions before the two phases left when killed after the 202.)
+pub fn state(s: &Snapshot) -> State {
+    let label = s.metadata.get("consistency").map(String::as_str);
+    let final_label = matches!(label, Some("application" | "filesystem" | "crash"));
+    let timed = s
+        .metadata
+        .get("freeze_ms")
+        .is_some_and(|v| v.parse::<u64>().is_ok());
+    if final_label && timed && s.status == "available" {
+        return State::Good;
+    }
+    if label == Some(PENDING) {
+        if let Some(lock) = s.metadata.get("volsnap_lock") {
+            if runtime::run_is_live(Path::new(lock), run_of(s)) {
+                return State::InProgress;
+            }
+        }
+    }
+    State::Incomplete
+}
+
+/// This host's volsnap snapshots, newest first.
+pub fn list(cinder: &Cinder) -> Result<Vec<Snapshot>> {
+    let filter = SnapshotFilter {
+        metadata: BTreeMap::from([
+            ("created_by".to_string(), "volsnap".to_string()),
+            ("host".to_string(), hostname()),
+        ]),
+        ..SnapshotFilter::default()
+    };
+    let mut snaps = cinder.snapshots(&filter).context("listing snapshots")?;
+    snaps.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    Ok(snaps)
+}
+
+/// What a killed or failed run left, and what became of it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Cleanup {
+    pub removed: Vec<String>,
+    /// Still there (with why): the next run tries again.
+    pub remaining: Vec<String>,
+    /// What the watchdog recorded about the runs removed, if it fired.
+    pub watchdog: Vec<String>,
+}
+
+impl Cleanup {
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.remaining.is_empty()
+    }
+}
+
+/// Leftovers: labelled `pending` or `none-failed-run` and not of a live run.
+/// Snapshots with an old-style label but no `freeze_ms` are only shown as
+/// incomplete, never deleted: they may be somebody's only copy.
+pub fn leftovers(snaps: &[Snapshot]) -> Vec<&Snapshot> {
+    snaps
+        .iter()
+        .filter(|s| {
+            matches!(
+                s.metadata.get("consistency").map(String::as_str),
+                Some(PENDING | FAILED_RUN)
+            ) && state(s) == State::Incomplete
+        })
+        .collect()
+}
+
+/// Finds and removes what earlier runs left, waiting up to `wait` for
+/// snapshots still `creating`.
+pub fn clean(cinder: &Cinder, runtime_dir: &Path, wait: Duration) -> Result<Cleanup> {
+    let snaps = list(cinder)?;
+    let left = leftovers(&snaps);
+    let mut cleanup = Cleanup::default();
+    if left.is_empty() {
+        return Ok(cleanup);
+    }
+    let record = runtime::read_watchdog_record(runtime_dir);
+    for s in &left {
+        if let Some(r) = record.as_ref().filter(|r| r.run == run_of(s)) {
+            let line = format!("run {}: {}", r.run, r.summary);
+            if !cleanup.watchdog.contains(&line) {
+                cleanup.watchdog.push(line);
+            }
+        }
+    }
+    let ids: Vec<String> = left.iter().map(|s| s.id.clone()).collect();
+    cleanup.remaining = verdict::discard(cinder, &ids, wait);
+    cleanup.removed = ids
+        .into_iter()
+        .filter(|id| !cleanup.remaining.iter().any(|r| r.starts_with(id.as_str())))
+        .collect();
+    for id in &cleanup.removed {
+        let s = left.iter().find(|s| &s.id == id).expect("listed");
+        log::warn!(
+            "removed snapshot {id} of volume {}: left {} by run {} (killed or failed)",
+            s.volume_id,
+            s.metadata.get("consistency").map_or("?", String::as_str),
+            run_of(s)
+        );
+    }
+    for r in &cleanup.remaining {
+        log::warn!("snapshot left by an earlier run not removed yet: {r}");
+    }
+    Ok(cleanup)
+}
+
+/// Applies `[retention]` to this host's good runs (the snapshots of one run
+/// stand or fall together; runs that are not good are not counted, so they
+/// never push a good run out). Returns the deleted ids.
+pub fn prune(settings: &Settings, cinder: &Cinder, dry_run: bool) -> Result<Vec<String>> {
+    let snaps = list(cinder)?;
+    let mut runs: BTreeMap<&str, Vec<&Snapshot>> = BTreeMap::new();
+    for s in &snaps {
+        runs.entry(run_of(s)).or_default().push(s);
+    }
+    runs.retain(|_, snaps| snaps.iter().all(|s| state(s) == State::Good));
+    let keys: Vec<&str> = runs.keys().copied().collect();
+    let times: Vec<jiff::Timestamp> = keys
+        .iter()
+        .map(|k| {
+            runs[k]
+                .iter()
+                .filter_map(|s| s.created_at.as_deref().and_then(parse_cinder_time))
+                .max()
+                .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+        })
+        .collect();
+    let mut deleted = Vec::new();
+    for i in retention::to_delete(&settings.retention, &times) {
+        for s in &runs[keys[i]] {
+            if !dry_run {
+                cinder
+                    .delete_snapshot(&s.id)
+                    .with_context(|| format!("deleting snapshot {}", s.id))?;
+                log::info!("retention: deleted snapshot {}", s.id);
+            }
+            deleted.push(s.id.clone());
+        }
+    }
+    Ok(deleted)
+}
+
+/// Cinder writes UTC without an offset: `2026-11-25T22:46:21.000000`.
+pub fn parse_cinder_time(text: &str) -> Option<jiff::Timestamp> {
+    let text = text.trim_end_matches('Z');
+    let civil: jiff::civil::DateTime = text.parse().ok()?;
+    jiff::tz::TimeZone::UTC.to_timestamp(civil).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(meta: &[(&str, &str)], status: &str) -> Snapshot {
+        Snapshot {
+            id: "s".into(),
+            name: None,
+            description: None,
+            status: status.into(),
+            volume_id: "v".into(),
+            size: 1,
+            metadata: meta
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            created_at: None,
+            progress: None,
+        }
+    }
+
+    #[test]
+    fn only_a_final_label_with_freeze_ms_is_good() {
+        let good = [("consistency", "application"), ("freeze_ms", "312")];
+        assert_eq!(state(&snap(&good, "available")), State::Good);
+        assert_eq!(state(&snap(&good, "creating")), State::Incomplete);
+        // What a run killed after the 202 left before the two phases.
+        let torn = [("consistency", "application")];
+        assert_eq!(state(&snap(&torn, "available")), State::Incomplete);
+        let pending = [("consistency", "pending"), ("freeze_ms", "1")];
+        assert_eq!(state(&snap(&pending, "available")), State::Incomplete);
+        assert_eq!(
+            state(&snap(&[("consistency", "none-failed-run")], "available")),
+            State::Incomplete
+        );
+        assert_eq!(leftovers(&[snap(&torn, "available")]).len(), 0);
+        assert_eq!(leftovers(&[snap(&pending, "available")]).len(), 1);
+    }
+
+    #[test]
+    fn cinder_times() {
+        let t = parse_cinder_time("2026-11-25T22:46:21.000000").unwrap();
+        assert_eq!(t.to_string(), "2026-11-25T22:46:21Z");
+    }
+}

@@ -1,0 +1,286 @@
+//! The freeze window, on one screen: tell the armed watchdog → freeze →
+//! create and wait for every snapshot → thaw → disarm. Nothing in it outlives the
+//! deadline: every request is bounded by the time left, and at the deadline
+//! the window ends whatever the network does. What it saw is judged after.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use super::plan::{Plan, Volume};
+use crate::freeze::{Frozen, ThawError};
+use crate::hooks::HookSpec;
+use crate::openstack::cinder::{Cinder, NewSnapshot, Schedule, Target, Until};
+use crate::runtime::{self, RunLock};
+use crate::watchdog::{self, Fired, Watchdog};
+
+/// How long after the deadline the window waits for late answers (their
+/// snapshots must be known to be deleted); requests end at the deadline.
+const LATE: Duration = Duration::from_secs(5);
+
+/// One volume's snapshot as the window saw it.
+#[derive(Clone, Debug)]
+pub struct Shot {
+    pub volume: Volume,
+    pub name: String,
+    /// Set once Cinder accepted the POST (even if the snapshot then failed).
+    pub id: Option<String>,
+    /// `available` was seen before the thaw.
+    pub available: bool,
+    pub error: Option<String>,
+    /// From the FIFREEZE: the 202, and `available` seen.
+    pub accepted: Option<Duration>,
+    pub seen_available: Option<Duration>,
+    pub polls: u32,
+    /// Time spent inside the polls' requests (the rest is sleeping).
+    pub in_polls: Duration,
+}
+
+/// What happened in the window.
+pub struct Window {
+    pub shots: Vec<Shot>,
+    /// FIFREEZE to the thaw that actually happened (volsnap's or the watchdog's).
+    pub freeze_ms: u64,
+    /// volsnap's own FITHAW errors; `NotFrozen` means someone thawed first.
+    pub thaw_errors: Vec<ThawError>,
+    /// How long the FIFREEZEs and the FITHAWs themselves took.
+    pub froze_in: Duration,
+    pub thawed_in: Duration,
+    /// The watchdog fired before volsnap thawed.
+    pub fired: Option<Fired>,
+    /// Disarming failed (the watchdog is gone or mute).
+    pub disarm_error: Option<String>,
+}
+
+/// What every snapshot of the run is created with.
+pub struct Request<'a> {
+    pub run: &'a str,
+    pub metadata: &'a BTreeMap<String, String>,
+    pub name_prefix: &'a str,
+}
+
+pub fn run(
+    plan: &Plan,
+    cinder: &Cinder,
+    mut dog: Watchdog,
+    opened: Vec<(PathBuf, File)>,
+    request: &Request,
+    stop: &'static AtomicBool,
+) -> Result<Window> {
+    let frozen = match dog.freezing().and_then(|()| Frozen::freeze(opened)) {
+        Ok(frozen) => frozen,
+        Err(e) => {
+            let _ = dog.disarm();
+            return Err(e);
+        }
+    };
+    let (since, since_unix_ms) = (frozen.since, runtime::now_unix_ms());
+    let froze_in = since.elapsed();
+    let deadline = since + plan.max_freeze;
+    let snapshots = Snapshots::start(&cinder.until(deadline), plan, request, since, stop);
+    let mut shots = snapshots.collect_until(deadline, stop);
+    let thaw_started = Instant::now();
+    let thawed = frozen.thaw();
+    let thawed_at = Instant::now();
+    let disarmed = dog.disarm();
+    shots.extend(snapshots.late());
+
+    let fired = disarmed.as_ref().ok().cloned().flatten();
+    let freeze_ms = match &fired {
+        Some(f) => f.thawed_unix_ms.saturating_sub(since_unix_ms) as u64,
+        None => ms(thawed_at - since),
+    };
+    Ok(Window {
+        shots,
+        freeze_ms,
+        thaw_errors: thawed.err().unwrap_or_default(),
+        froze_in,
+        thawed_in: thawed_at - thaw_started,
+        fired,
+        disarm_error: disarmed.err().map(|e| format!("{e:#}")),
+    })
+}
+
+/// Armed before the hook's `freeze`: a run killed anywhere from there on
+/// has its filesystems thawed and its database released by the watchdog.
+pub fn watchdog_plan(
+    plan: &Plan,
+    lock: &RunLock,
+    run: &str,
+    hook_timeout: Duration,
+) -> watchdog::Plan {
+    watchdog::Plan {
+        run: run.to_string(),
+        runtime_dir: plan.runtime_dir.clone(),
+        mounts: plan.mounts(),
+        deadline_ms: ms(hook_timeout + plan.max_freeze + watchdog::GRACE),
+        max_freeze_ms: ms(plan.max_freeze + watchdog::GRACE),
+        hook: Some(HookSpec::from(&plan.runner)),
+        lock_fd: Some(lock.fd()),
+    }
+}
+
+/// One thread per volume: POST the snapshot, then wait for `available`.
+struct Snapshots {
+    rx: mpsc::Receiver<Shot>,
+    started: usize,
+}
+
+impl Snapshots {
+    fn start(
+        cinder: &Cinder,
+        plan: &Plan,
+        request: &Request,
+        since: Instant,
+        stop: &'static AtomicBool,
+    ) -> Snapshots {
+        let (tx, rx) = mpsc::channel();
+        let deadline = since + plan.max_freeze;
+        for volume in &plan.volumes {
+            let (tx, cinder) = (tx.clone(), cinder.clone());
+            let new = new_snapshot(volume, plan, request);
+            let volume = volume.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(snapshot_one(&cinder, volume, new, since, deadline, stop));
+            });
+        }
+        Snapshots {
+            rx,
+            started: plan.volumes.len(),
+        }
+    }
+
+    /// Until every snapshot is `available`, one failed, a signal, or the
+    /// deadline — whichever comes first.
+    fn collect_until(&self, deadline: Instant, stop: &AtomicBool) -> Vec<Shot> {
+        let mut shots = Vec::new();
+        while shots.len() < self.started && !stop.load(Ordering::SeqCst) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.rx.recv_timeout(left.min(Duration::from_millis(10))) {
+                Ok(shot) if shot.error.is_some() => {
+                    shots.push(shot);
+                    break;
+                }
+                Ok(shot) => shots.push(shot),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        shots
+    }
+
+    /// The answers that came after the window closed (bounded): their
+    /// snapshots were taken too late, or not at all.
+    fn late(self) -> Vec<Shot> {
+        let mut late = Vec::new();
+        let until = Instant::now() + LATE;
+        while let Ok(mut shot) = self
+            .rx
+            .recv_timeout(until.saturating_duration_since(Instant::now()))
+        {
+            shot.available = false;
+            shot.error.get_or_insert_with(|| {
+                format!(
+                    "snapshot of volume {} was not seen available before the thaw",
+                    shot.volume.volume_id
+                )
+            });
+            late.push(shot);
+        }
+        late
+    }
+}
+
+fn new_snapshot(volume: &Volume, plan: &Plan, request: &Request) -> NewSnapshot {
+    let mut metadata = request.metadata.clone();
+    metadata.insert(
+        "mount".into(),
+        super::clip(&volume.mount.display().to_string()),
+    );
+    NewSnapshot {
+        volume_id: volume.volume_id.clone(),
+        name: super::snapshot_name(request.name_prefix, &plan.host, &volume.mount, request.run),
+        description: Some(format!(
+            "volsnap backup of {} on {} (run {})",
+            volume.mount.display(),
+            plan.host,
+            request.run
+        )),
+        metadata,
+    }
+}
+
+fn snapshot_one(
+    cinder: &Cinder,
+    volume: Volume,
+    new: NewSnapshot,
+    since: Instant,
+    deadline: Instant,
+    stop: &'static AtomicBool,
+) -> Shot {
+    let mut shot = Shot {
+        volume,
+        name: new.name.clone(),
+        id: None,
+        available: false,
+        error: None,
+        accepted: None,
+        seen_available: None,
+        polls: 0,
+        in_polls: Duration::ZERO,
+    };
+    let created = match cinder.create_snapshot(&new) {
+        Ok(s) => s,
+        Err(e) => {
+            shot.error = Some(format!(
+                "cannot snapshot volume {}: {e}",
+                shot.volume.volume_id
+            ));
+            return shot;
+        }
+    };
+    shot.accepted = Some(since.elapsed());
+    shot.id = Some(created.id.clone());
+    let stats = std::cell::Cell::new((0, Duration::ZERO));
+    let until = Until {
+        deadline,
+        schedule: Schedule::FROZEN,
+        stop: Some(stop),
+        stats: Some(&stats),
+    };
+    let waited = cinder.wait_snapshot_until(&created.id, Target::Status("available"), &until);
+    (shot.polls, shot.in_polls) = stats.get();
+    match waited {
+        Ok(_) => {
+            shot.available = true;
+            shot.seen_available = Some(since.elapsed());
+        }
+        Err(_) if Instant::now() >= deadline => {
+            shot.error = Some(format!(
+                "snapshot {} of volume {} still creating at max_freeze ({} s)",
+                created.id,
+                shot.volume.volume_id,
+                (deadline - since).as_secs_f64()
+            ))
+        }
+        Err(e) => {
+            shot.error = Some(format!(
+                "snapshot {} of volume {}: {e:#}",
+                created.id, shot.volume.volume_id
+            ))
+        }
+    }
+    shot
+}
+
+pub fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
