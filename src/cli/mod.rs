@@ -104,9 +104,11 @@ pub fn json_printed() -> bool {
 
 /// Prints one JSON object on stdout, as every `--json` answer is printed.
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    use std::io::Write;
     let line = serde_json::to_string(value)?;
     JSON_PRINTED.store(true, Ordering::SeqCst);
-    println!("{line}");
+    // Not println!: a reader that went away (EPIPE) is an error, not a panic.
+    writeln!(std::io::stdout().lock(), "{line}")?;
     Ok(())
 }
 
