@@ -157,7 +157,7 @@ fn cinder_checks(
         "earlier runs",
         match runs::list(&cinder) {
             Ok(snaps) => {
-                let left = runs::leftovers(&snaps);
+                let left = runs::leftovers(&snaps, &crate::runtime::lock_path(&settings.runtime_dir));
                 Ok(if left.is_empty() {
                     "no snapshot left by a killed or failed run".to_string()
                 } else {

@@ -33,7 +33,7 @@ impl RunLock {
     /// Takes `DIR/lock` or fails at once with exit 75 naming the holder.
     pub fn acquire(dir: &Path) -> Result<RunLock> {
         ensure_dir(dir)?;
-        let path = dir.join("lock");
+        let path = lock_path(dir);
         let file = open_lock(&path)?;
         let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
@@ -81,7 +81,7 @@ impl RunLock {
 /// The pid of the run holding `DIR/lock`, if one does; takes nothing
 /// (what `backup --dry-run` reports).
 pub fn lock_holder(dir: &Path) -> Option<u32> {
-    let path = dir.join("lock");
+    let path = lock_path(dir);
     if !is_locked(&path) {
         return None;
     }
@@ -116,6 +116,11 @@ fn is_locked(path: &Path) -> bool {
         let fields: Vec<&str> = l.split_whitespace().collect();
         fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&id.as_str())
     })
+}
+
+/// The run lock of a runtime dir (recorded in a run's snapshots).
+pub fn lock_path(dir: &Path) -> PathBuf {
+    dir.join("lock")
 }
 
 fn open_lock(path: &Path) -> Result<File> {

@@ -552,6 +552,19 @@ fn dry_run_prints_the_plan_and_touches_nothing() {
     );
     assert!(volume.snapshots().is_empty());
     assert_eq!(marks(&marks_file), "");
+
+    // It takes no lock: with a run holding it, it still plans, and says so.
+    let held = volsnap::runtime::RunLock::acquire(&tmp.path().join("run")).unwrap();
+    let (code, stdout, stderr) = output(&mut volsnap(
+        &cloud,
+        &config,
+        &["--json", "backup", "--dry-run"],
+    ));
+    assert_eq!(code, Some(0), "{stderr}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(plan["lock_holder_pid"], std::process::id(), "{stdout}");
+    assert_eq!(plan["plan"]["volumes"][0]["volume_id"], volume.id.as_str());
+    drop(held);
 }
 
 #[test]

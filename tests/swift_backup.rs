@@ -1131,6 +1131,12 @@ fn the_metrics_file_records_every_outcome() {
     let (code, _, stderr) = rig.run(&config, &["backup"]);
     assert_eq!(code, Some(75), "{stderr}");
     assert_eq!(std::fs::read_to_string(&prom).unwrap(), text);
+    // A dry run takes no lock: it plans, and says a run holds it.
+    std::fs::write(rig.path().join("run/lock"), "4242\n").unwrap();
+    let (code, stdout, stderr) = rig.run(&config, &["--json", "backup", "--dry-run"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let planned: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(planned["lock_holder_pid"], 4242, "{stdout}");
     drop(held);
 
     // A dry run writes nothing either; the textfile directory holds only the file.

@@ -71,6 +71,9 @@ pub struct BackupReport {
     pub pruned: Vec<String>,
     /// Segments of earlier runs that were killed, found before this one.
     pub orphans: Sweep,
+    /// A dry run's: the pid of a run holding the lock now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_holder_pid: Option<u32>,
 }
 
 pub fn backup(
@@ -80,7 +83,11 @@ pub fn backup(
     stop: &AtomicBool,
 ) -> Result<BackupReport> {
     let started = Instant::now();
-    let _lock = RunLock::acquire(&settings.runtime_dir)?;
+    // A dry run takes no lock; it reports whether a run holds it.
+    let _lock = match dry_run {
+        true => None,
+        false => Some(RunLock::acquire(&settings.runtime_dir)?),
+    };
     hooks::check_dir(&settings.hooks.dir).map_err(anyhow::Error::msg)?;
     hooks::check_file(&hooks::hook_path(settings)).map_err(anyhow::Error::msg)?;
     let plan = BackupPlan::from_settings(&settings.swift)?;
@@ -134,6 +141,9 @@ pub fn backup(
         metadata: BTreeMap::new(),
         pruned: Vec::new(),
         orphans,
+        lock_holder_pid: dry_run
+            .then(|| runtime::lock_holder(&settings.runtime_dir))
+            .flatten(),
     };
     if dry_run {
         return Ok(report);

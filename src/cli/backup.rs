@@ -173,6 +173,9 @@ fn print_swift(report: &agent::swift::BackupReport) {
             report.segments_container,
             report.compression,
         );
+        if let Some(pid) = report.lock_holder_pid {
+            println!("  a volsnap run holds the lock now (pid {pid}): a backup would exit 75");
+        }
     } else {
         println!(
             "backup done: {}/{} — {} plain, {} stored in {} segment(s), {}, {encryption}, {:.1} MiB/s, {} ms",

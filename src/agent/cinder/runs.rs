@@ -96,17 +96,23 @@ impl Cleanup {
     }
 }
 
-/// Leftovers: labelled `pending` or `none-failed-run` and not of a live run.
-/// Snapshots with an old-style label but no `freeze_ms` are only shown as
-/// incomplete, never deleted: they may be somebody's only copy.
-pub fn leftovers(snaps: &[Snapshot]) -> Vec<&Snapshot> {
+/// Leftovers: labelled `pending` or `none-failed-run`, not of a live run,
+/// and of a run that used this runtime dir (`lock` is its lock file): a
+/// second config on the same host (tests run many) keeps its own. Snapshots
+/// with an old-style label but no `freeze_ms` are only shown as incomplete,
+/// never deleted: they may be somebody's only copy.
+pub fn leftovers<'a>(snaps: &'a [Snapshot], lock: &Path) -> Vec<&'a Snapshot> {
     snaps
         .iter()
         .filter(|s| {
             matches!(
                 s.metadata.get("consistency").map(String::as_str),
                 Some(PENDING | FAILED_RUN)
-            ) && state(s) == State::Incomplete
+            ) && s
+                .metadata
+                .get("volsnap_lock")
+                .map_or(true, |l| Path::new(l) == lock)
+                && state(s) == State::Incomplete
         })
         .collect()
 }
@@ -115,7 +121,7 @@ pub fn leftovers(snaps: &[Snapshot]) -> Vec<&Snapshot> {
 /// snapshots still `creating`.
 pub fn clean(cinder: &Cinder, runtime_dir: &Path, wait: Duration) -> Result<Cleanup> {
     let snaps = list(cinder)?;
-    let left = leftovers(&snaps);
+    let left = leftovers(&snaps, &runtime::lock_path(runtime_dir));
     let mut cleanup = Cleanup::default();
     if left.is_empty() {
         return Ok(cleanup);
@@ -228,8 +234,20 @@ mod tests {
             state(&snap(&[("consistency", "none-failed-run")], "available")),
             State::Incomplete
         );
-        assert_eq!(leftovers(&[snap(&torn, "available")]).len(), 0);
-        assert_eq!(leftovers(&[snap(&pending, "available")]).len(), 1);
+        let lock = Path::new("/run/volsnap/lock");
+        assert_eq!(leftovers(&[snap(&torn, "available")], lock).len(), 0);
+        assert_eq!(leftovers(&[snap(&pending, "available")], lock).len(), 1);
+        // Another runtime dir's run is that config's to clean up.
+        let theirs = [
+            ("consistency", "pending"),
+            ("volsnap_lock", "/elsewhere/lock"),
+        ];
+        assert_eq!(leftovers(&[snap(&theirs, "available")], lock).len(), 0);
+        let ours = [
+            ("consistency", "pending"),
+            ("volsnap_lock", "/run/volsnap/lock"),
+        ];
+        assert_eq!(leftovers(&[snap(&ours, "available")], lock).len(), 1);
     }
 
     #[test]
