@@ -82,6 +82,19 @@ pub struct Hook {
     lock_timeout: Duration,
 }
 
+/// The environment every hook starts from (`[hooks.env]` may override it).
+/// A fixed locale and time zone, so that the output volsnap parses and the
+/// times hooks log do not depend on who started volsnap.
+pub const HOOK_BASE_ENV: &[(&str, &str)] = &[
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
+    ("LANG", "C.UTF-8"),
+    ("LC_ALL", "C.UTF-8"),
+    ("TZ", "UTC"),
+];
+
 /// Everything a [`Hook`] is, for a process that must run it without the
 /// config (the watchdog): the config may be edited, broken or gone by then.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -175,9 +188,15 @@ impl Hook {
         self.lock_timeout
     }
 
+    /// The hook runs as root with nothing of volsnap's own environment:
+    /// not its `OS_*` credentials, not an `LD_PRELOAD` or `BASH_ENV` that
+    /// whoever started volsnap had set. It gets [`HOOK_BASE_ENV`], then
+    /// `[hooks.env]` and the `VOLSNAP_*` variables.
     fn command(&self, action: &str) -> Command {
         let mut cmd = Command::new(&self.path);
         cmd.arg(action)
+            .env_clear()
+            .envs(HOOK_BASE_ENV.iter().copied())
             .envs(self.env.iter().map(|(k, v)| (k, v.expose())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

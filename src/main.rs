@@ -5,21 +5,64 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use volsnap::cli::Cli;
+use volsnap::cli::{self, Cli};
 use volsnap::{exit, logging};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(arguments());
+    let args = arguments();
+    let json = wants_json(&args);
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e, json),
+    };
     logging::init(cli.verbose, cli.quiet);
-    match cli.run() {
-        Ok(code) => ExitCode::from(code),
+    let code = match cli.run() {
+        Ok(code) => {
+            if json && !cli::json_printed() {
+                let _ = cli::print_json(&exit::json_done(code));
+            }
+            code
+        }
         Err(err) => {
             let line = format!("error: {err:#}\n");
             let _ = std::io::stderr().write_all(line.as_bytes());
             logging::to_sinks_only(&line);
-            ExitCode::from(exit::code_for(&err))
+            let code = exit::code_for(&err);
+            if json && !cli::json_printed() {
+                let _ = cli::print_json(&exit::json_failure(&err, code));
+            }
+            code
         }
+    };
+    ExitCode::from(code)
+}
+
+/// Whether `--json` was asked for, read from the raw arguments so that a
+/// command line clap refuses still gets its JSON answer.
+fn wants_json(args: &[OsString]) -> bool {
+    args.iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--json")
+}
+
+/// clap's refusal: its text on stderr as always, and with `--json` the
+/// failure object on stdout (exit 2). `--help` and `--version` print their
+/// text on stdout and exit 0, JSON or not: they are read by people.
+fn usage_error(e: clap::Error, json: bool) -> ExitCode {
+    let _ = e.print();
+    if !e.use_stderr() {
+        return ExitCode::from(exit::SUCCESS);
     }
+    if json {
+        let rendered = e.render().to_string();
+        let first = rendered.lines().next().unwrap_or_default();
+        let message = first.strip_prefix("error: ").unwrap_or(first);
+        let _ = cli::print_json(
+            &serde_json::json!({"ok": false, "exit_code": exit::USAGE, "error": message}),
+        );
+    }
+    ExitCode::from(exit::USAGE)
 }
 
 /// Run under a name ending in `fsfreeze-hook` (`fsfreeze-hook`,

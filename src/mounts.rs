@@ -130,6 +130,13 @@ pub fn check_freezable<'a>(
             containing_mount(entries, &real).map_or("?".into(), |e| e.mount_point.display().to_string())
         )
     })?;
+    if let Some(why) = not_on_a_volume(&entry.fs_type) {
+        return Err(format!(
+            "{}: is a {} filesystem ({why}); name the mountpoint of the data volume",
+            mount.display(),
+            entry.fs_type
+        ));
+    }
     let dev = std::fs::metadata(&real)
         .map_err(|e| format!("{}: {e}", mount.display()))?
         .dev();
@@ -148,6 +155,40 @@ pub fn check_freezable<'a>(
         }
     }
     Ok((real, entry))
+}
+
+/// Why a filesystem of this type cannot be what a Cinder snapshot copies:
+/// the kernel's views (proc, sysfs, cgroup, …) and memory (tmpfs, ramfs)
+/// live on no volume, and FIFREEZE on them fails or means nothing.
+fn not_on_a_volume(fs_type: &str) -> Option<&'static str> {
+    const KERNEL: &[&str] = &[
+        "proc",
+        "sysfs",
+        "devtmpfs",
+        "devpts",
+        "cgroup",
+        "cgroup2",
+        "debugfs",
+        "tracefs",
+        "securityfs",
+        "pstore",
+        "bpf",
+        "configfs",
+        "fusectl",
+        "mqueue",
+        "hugetlbfs",
+        "binfmt_misc",
+        "autofs",
+        "efivarfs",
+        "nsfs",
+    ];
+    if KERNEL.contains(&fs_type) {
+        Some("a view of the kernel, on no volume")
+    } else if matches!(fs_type, "tmpfs" | "ramfs") {
+        Some("held in memory, on no volume")
+    } else {
+        None
+    }
 }
 
 /// The mount that holds `path`: the longest mount point that is a prefix.
@@ -188,6 +229,27 @@ mod tests {
                 .mount_point,
             Path::new("/")
         );
+    }
+
+    #[test]
+    fn pseudo_filesystems_are_not_freezable() {
+        let entries = parse_mountinfo(
+            "22 1 0:4 / /proc rw - proc proc rw\n23 1 0:5 / /run rw - tmpfs tmpfs rw\n\
+             24 1 0:6 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n"
+                .as_bytes(),
+        )
+        .unwrap();
+        for (mount, kind) in [
+            ("/proc", "proc"),
+            ("/run", "tmpfs"),
+            ("/sys/fs/cgroup", "cgroup2"),
+        ] {
+            let e = check_freezable(Path::new(mount), &entries, &[]).unwrap_err();
+            assert!(e.contains(&format!("is a {kind} filesystem")), "{e}");
+        }
+        for fs in ["ext4", "xfs", "btrfs"] {
+            assert_eq!(not_on_a_volume(fs), None);
+        }
     }
 
     #[test]

@@ -350,6 +350,10 @@ fn volsnap_thaw_repairs_what_the_record_says() {
     let out = volsnap(&["thaw"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing is recorded as frozen"));
+    // --json: one object, nothing else on stdout.
+    let out = volsnap(&["--json", "thaw"]);
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["ok"], true, "{answer}");
 
     runtime::write_frozen(
         &s.runtime,

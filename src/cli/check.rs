@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use super::Context;
+use crate::openstack::auth::{self, Env};
 use crate::{check, exit, mounts};
 
 #[derive(Debug, clap::Args)]
@@ -19,6 +20,7 @@ pub struct Args {
 #[derive(Serialize)]
 struct Report<'a> {
     ok: bool,
+    exit_code: u8,
     config: String,
     strategy: &'a str,
     datastore: &'a str,
@@ -31,7 +33,16 @@ impl Args {
     pub fn run(self, ctx: &Context) -> anyhow::Result<u8> {
         let settings = ctx.load_settings()?;
         let mountinfo = mounts::read_mountinfo()?;
-        let mut problems = check::offline(&settings, &mountinfo);
+        let mut problems = Vec::new();
+        // A broken or unsafe clouds.yaml was refused (78) by load_settings;
+        // a cloud that is not in it is a problem offline too. (Online, the
+        // credentials check says so.)
+        if self.offline {
+            if let Err(e) = auth::check_cloud_files(&settings.openstack, &Env::from_process()) {
+                problems.push(format!("credentials: {e:#}"));
+            }
+        }
+        problems.extend(check::offline(&settings, &mountinfo));
         let checks = if self.offline {
             Vec::new()
         } else {
@@ -46,13 +57,18 @@ impl Args {
         if ctx.json {
             let report = Report {
                 ok: problems.is_empty(),
+                exit_code: if problems.is_empty() {
+                    exit::SUCCESS
+                } else {
+                    exit::FAILURE
+                },
                 config: settings.path.display().to_string(),
                 strategy: settings.strategy.name(),
                 datastore: settings.datastore.name(),
                 problems: &problems,
                 checks: &checks,
             };
-            println!("{}", serde_json::to_string(&report)?);
+            super::print_json(&report)?;
         } else if problems.is_empty() {
             for c in &checks {
                 println!("ok: {}: {}", c.name, c.detail);

@@ -35,11 +35,25 @@ impl Args {
         // Installed but not configured yet: quiesce nothing and let qemu-ga
         // freeze (Nova's snapshot is as crash-consistent as without volsnap);
         // failing would abort every quiesced snapshot of the VM.
-        if !ctx.config_path.exists() && std::fs::symlink_metadata(&ctx.config_path).is_err() {
-            log::warn!(
-                "qemu-ga fsfreeze hook: {} does not exist: volsnap is not configured, the database is not quiesced",
+        if std::fs::symlink_metadata(&ctx.config_path).is_err() {
+            let why = format!(
+                "{} does not exist: volsnap is not configured, the database is not quiesced",
                 ctx.config_path.display()
             );
+            log::warn!("qemu-ga fsfreeze hook: {why}");
+            let action = match self.action {
+                Action::Freeze => "freeze",
+                Action::Thaw => "thaw",
+            };
+            let report = serde_json::json!({
+                "ok": true,
+                "exit_code": exit::SUCCESS,
+                "action": action,
+                "datastore": null,
+                "values": null,
+                "skipped": why,
+            });
+            ctx.print(&report, || {})?;
             return Ok(exit::SUCCESS);
         }
         let settings = ctx.load_settings()?;
@@ -81,6 +95,7 @@ impl Args {
                 let record = dir.join("fsfreeze-hook.last");
                 std::fs::write(&record, pairs.join("\n") + "\n")
                     .with_context(|| format!("cannot write {}", record.display()))?;
+                answer(ctx, &settings, "freeze", Some(&out.values), None)?;
             }
             Action::Thaw => {
                 // libvirt thaws even after a freeze that failed, and a freeze
@@ -94,6 +109,15 @@ impl Args {
                         log::warn!(
                             "qemu-ga fsfreeze hook: thaw during a volsnap backup ({e:#}): the database lock is the backup's, left to it"
                         );
+                        answer(
+                            ctx,
+                            &settings,
+                            "thaw",
+                            None,
+                            Some(
+                                "a volsnap backup holds the lock: its database lock is left to it",
+                            ),
+                        )?;
                         return Ok(exit::SUCCESS);
                     }
                     Err(e) => return Err(e),
@@ -104,8 +128,29 @@ impl Args {
                     "qemu-ga fsfreeze hook: {} thaw done",
                     settings.datastore.name()
                 );
+                answer(ctx, &settings, "thaw", None, None)?;
             }
         }
         Ok(exit::SUCCESS)
     }
+}
+
+/// `--json`: what the hook did. qemu-ga throws the output away; a script
+/// calling `volsnap hook --json` gets one object, as from every command.
+fn answer(
+    ctx: &Context,
+    settings: &crate::config::Settings,
+    action: &str,
+    values: Option<&std::collections::BTreeMap<String, String>>,
+    skipped: Option<&str>,
+) -> Result<()> {
+    let report = serde_json::json!({
+        "ok": true,
+        "exit_code": exit::SUCCESS,
+        "action": action,
+        "datastore": settings.datastore.name(),
+        "values": values,
+        "skipped": skipped,
+    });
+    ctx.print(&report, || {})
 }

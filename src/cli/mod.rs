@@ -10,6 +10,7 @@ mod thaw;
 mod verify;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{ArgAction, Parser, Subcommand};
 
@@ -92,6 +93,26 @@ pub struct Context {
     pub json: bool,
     /// `-q`: no progress line.
     pub quiet: bool,
+    /// The command may talk to OpenStack (every one but `hook` and `thaw`).
+    pub uses_openstack: bool,
+}
+
+/// Whether this process printed its `--json` object already: `main` then
+/// prints none of its own, so stdout always holds exactly one.
+static JSON_PRINTED: AtomicBool = AtomicBool::new(false);
+
+pub fn json_printed() -> bool {
+    JSON_PRINTED.load(Ordering::SeqCst)
+}
+
+/// Prints one JSON object on stdout, as every `--json` answer is printed.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    use std::io::Write;
+    let line = serde_json::to_string(value)?;
+    JSON_PRINTED.store(true, Ordering::SeqCst);
+    // Not println!: a reader that went away (EPIPE) is an error, not a panic.
+    writeln!(std::io::stdout().lock(), "{line}")?;
+    Ok(())
 }
 
 impl Context {
@@ -102,15 +123,29 @@ impl Context {
         human: impl FnOnce(),
     ) -> anyhow::Result<()> {
         if self.json {
-            println!("{}", serde_json::to_string(value)?);
+            print_json(value)?;
         } else {
             human();
         }
         Ok(())
     }
 
-    pub fn load_settings(&self) -> Result<Settings, config::ConfigError> {
-        config::load(&self.config_path)
+    /// The settings, and for the commands that talk to OpenStack the
+    /// clouds.yaml and secure.yaml they will read: a broken or unsafe one is
+    /// refused here (78), before anything is locked.
+    pub fn load_settings(&self) -> anyhow::Result<Settings> {
+        let settings = config::load(&self.config_path)?;
+        if self.uses_openstack {
+            let env = crate::openstack::auth::Env::from_process();
+            if let Err(e) = crate::openstack::auth::check_cloud_files(&settings.openstack, &env) {
+                // Anything else (no such cloud) is the credentials' own
+                // error, reported where they are resolved.
+                if exit::code_for(&e) == exit::CONFIG {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(settings)
     }
 }
 
@@ -136,6 +171,10 @@ impl Cli {
             config_path: self.config,
             json: self.json,
             quiet: self.quiet > 0,
+            uses_openstack: !matches!(
+                self.command,
+                Command::Hook(_) | Command::Thaw(_) | Command::Watchdog
+            ),
         };
         match self.command {
             Command::Backup(args) => args.run(&ctx),

@@ -30,42 +30,49 @@ impl Args {
                 e
             }
         })?;
-        let Some(record) = runtime::read_frozen(dir)? else {
-            println!("nothing is recorded as frozen in {}", dir.display());
-            return Ok(exit::SUCCESS);
-        };
-        let mut failed = false;
-        let mut opened = Vec::new();
-        for mount in &record.mounts {
-            match freeze::open_mount(mount) {
-                Ok(file) => opened.push((mount.clone(), file)),
-                Err(e) => {
-                    failed = true;
-                    println!("problem: {e:#}");
+        // What was done, one line each; `problem: …` lines fail the repair.
+        let mut lines = Vec::new();
+        match runtime::read_frozen(dir)? {
+            None => lines.push(format!(
+                "nothing is recorded as frozen in {}",
+                dir.display()
+            )),
+            Some(record) => {
+                let mut opened = Vec::new();
+                for mount in &record.mounts {
+                    match freeze::open_mount(mount) {
+                        Ok(file) => opened.push((mount.clone(), file)),
+                        Err(e) => lines.push(format!("problem: {e:#}")),
+                    }
                 }
-            }
-        }
-        for (mount, result) in freeze::thaw_in_reverse(&opened) {
-            match result {
-                Ok(()) => println!("thawed {}", mount.display()),
-                Err(ThawError::NotFrozen(_)) => println!("{} was not frozen", mount.display()),
-                Err(e) => {
-                    failed = true;
-                    println!("problem: {e}");
+                for (mount, result) in freeze::thaw_in_reverse(&opened) {
+                    lines.push(match result {
+                        Ok(()) => format!("thawed {}", mount.display()),
+                        Err(ThawError::NotFrozen(_)) => {
+                            format!("{} was not frozen", mount.display())
+                        }
+                        Err(e) => format!("problem: {e}"),
+                    });
                 }
+                lines.push(
+                    match Hook::new(&settings, settings.hooks.timeout).run("thaw") {
+                        Ok(_) => format!("hook {} thaw ran", settings.datastore.name()),
+                        Err(e) => format!("problem: {e:#}"),
+                    },
+                );
             }
         }
-        match Hook::new(&settings, settings.hooks.timeout).run("thaw") {
-            Ok(_) => println!("hook {} thaw ran", settings.datastore.name()),
-            Err(e) => {
-                failed = true;
-                println!("problem: {e:#}");
+        let failed = lines.iter().any(|l| l.starts_with("problem: "));
+        if !failed {
+            runtime::clear_frozen(dir).context("clearing the frozen record")?;
+        }
+        let code = if failed { exit::FAILURE } else { exit::SUCCESS };
+        let report = serde_json::json!({ "ok": !failed, "exit_code": code, "done": lines });
+        ctx.print(&report, || {
+            for line in &lines {
+                println!("{line}");
             }
-        }
-        if failed {
-            return Ok(exit::FAILURE);
-        }
-        runtime::clear_frozen(dir).context("clearing the frozen record")?;
-        Ok(exit::SUCCESS)
+        })?;
+        Ok(code)
     }
 }

@@ -5,6 +5,7 @@
 //! file, line, column and key; nothing else in volsnap re-checks settings.
 
 mod error;
+pub mod files;
 mod units;
 
 use std::collections::BTreeMap;
@@ -304,12 +305,15 @@ pub const DEFAULT_STREAM_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
 pub const DEFAULT_CONCURRENCY: u32 = 4;
 
-/// Reads, parses and validates a config file.
+/// Reads, parses and validates a config file: a regular file that only
+/// root (or the user volsnap runs as) can change, in directories the same.
 pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-    let source = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::whole_file(path, format!("cannot read: {e}")))?;
+    let (source, meta) = files::read_regular(path)?;
+    files::check_trusted(path, &meta, "configuration file")
+        .map_err(|message| ConfigError::whole_file(path, message))?;
     let settings = parse(path, &source)?;
-    check_permissions(&settings)?;
+    check_permissions(&settings, &meta)?;
+    check_recipients_file(&settings, &source)?;
     Ok(settings)
 }
 
@@ -376,10 +380,22 @@ fn validate(path: &Path, source: &str, file: File) -> Result<Settings, ConfigErr
                 "\"/\" cannot be frozen: freezing the root filesystem hangs the machine".into(),
             ));
         }
+        // `/data` and `/data/` are one filesystem. Listed twice, it is most
+        // likely a slip for another mount that then goes unfrozen.
+        if let Some(first) = mounts.iter().position(|m| *m == normal) {
+            return Err(err(
+                "mounts",
+                format!(
+                    "{} is listed twice ({:?} and {:?}); list each filesystem once",
+                    normal.display(),
+                    file.mounts[first].display().to_string(),
+                    mount.display().to_string()
+                ),
+            ));
+        }
         mounts.push(normal);
     }
     mounts.sort();
-    mounts.dedup();
     if strategy == Strategy::Cinder && mounts.is_empty() {
         return Err(err(
             "mounts",
@@ -416,7 +432,10 @@ fn validate(path: &Path, source: &str, file: File) -> Result<Settings, ConfigErr
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 return Err(err(
                     key,
-                    format!("{url:?} is not an http:// or https:// URL"),
+                    format!(
+                        "{:?} is not an http:// or https:// URL",
+                        crate::secret::strip_userinfo(url)
+                    ),
                 ));
             }
         }
@@ -457,6 +476,12 @@ fn validate(path: &Path, source: &str, file: File) -> Result<Settings, ConfigErr
             return Err(err(
                 &format!("hooks.env.{name}"),
                 format!("{name:?} is not a valid environment variable name"),
+            ));
+        }
+        if let Some(why) = loads_code(name) {
+            return Err(err(
+                &format!("hooks.env.{name}"),
+                format!("{name} {why}; volsnap does not pass it to the hooks it runs as root"),
             ));
         }
         if name.starts_with("VOLSNAP_")
@@ -634,16 +659,15 @@ fn validate_swift(err: &ErrAt, file: SwiftFile) -> Result<SwiftSettings, ConfigE
             },
         ));
     }
-    for recipient in &file.age_recipients {
-        let plausible = recipient.starts_with("age1")
-            || recipient.starts_with("ssh-ed25519 ")
-            || recipient.starts_with("ssh-rsa ");
-        if !plausible {
+    // Parsed as the backup will parse them, so that a typo is a 78 here
+    // rather than a failed backup tonight.
+    for (i, recipient) in file.age_recipients.iter().enumerate() {
+        if let Err(e) = crate::stream::Recipients::parse(recipient, "the entry") {
+            // The innermost cause says what is wrong with the key; the
+            // context around it would only say "line 1".
             return Err(err(
                 "swift.age_recipients",
-                format!(
-                    "{recipient:?} is not an age recipient (age1…, ssh-ed25519 … or ssh-rsa …)"
-                ),
+                format!("[{i}]: {}", e.root_cause()),
             ));
         }
     }
@@ -762,31 +786,76 @@ impl Settings {
     }
 }
 
-/// Environment names such as `MYSQL_PWD` or `PGPASSWORD` carry secrets.
+/// The variables the hooks' own programs read a password from
+/// (hooks/README.md), whatever their names look like.
+pub const SECRET_ENV_NAMES: &[&str] = &["REDISCLI_AUTH", "PGPASSWORD", "MYSQL_PWD"];
+
+/// What a name must contain to be taken for a secret.
+pub const SECRET_ENV_WORDS: &[&str] = &["PASS", "PWD", "SECRET", "TOKEN", "KEY", "AUTH", "CRED"];
+
+/// Environment names such as `MYSQL_PWD`, `PGPASSWORD` or `REDISCLI_AUTH`
+/// carry secrets.
 fn looks_secret(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
-    ["PASS", "PWD", "SECRET", "TOKEN", "KEY"]
-        .iter()
-        .any(|word| upper.contains(word))
+    SECRET_ENV_NAMES.contains(&upper.as_str())
+        || SECRET_ENV_WORDS.iter().any(|word| upper.contains(word))
+}
+
+/// Why a variable may not be set for the hooks: it makes the dynamic
+/// loader, a shell or an interpreter load code the hook did not name.
+fn loads_code(name: &str) -> Option<&'static str> {
+    const EXACT: &[&str] = &[
+        "BASH_ENV",
+        "ENV",
+        "IFS",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "PS4",
+        "CDPATH",
+        "GLOBIGNORE",
+        "PROMPT_COMMAND",
+        "GCONV_PATH",
+        "GLIBC_TUNABLES",
+        "HOSTALIASES",
+        "LOCPATH",
+        "NLSPATH",
+        "RESOLV_HOST_CONF",
+        "RUBYOPT",
+        "RUBYLIB",
+        "NODE_OPTIONS",
+        "NODE_PATH",
+        "JAVA_TOOL_OPTIONS",
+        "_JAVA_OPTIONS",
+        "LUA_INIT",
+        "TCLLIBPATH",
+        "OPENSSL_CONF",
+        "OPENSSL_ENGINES",
+        "MYSQL_HOME",
+        "LIBMYSQL_PLUGIN_DIR",
+        "LIBMYSQL_PLUGINS",
+    ];
+    const PREFIXES: &[&str] = &[
+        "LD_",
+        "PYTHON",
+        "PERL5",
+        "PERLLIB",
+        "PERL_",
+        "MALLOC_",
+        "BASH_FUNC_",
+    ];
+    let upper = name.to_ascii_uppercase();
+    if EXACT.contains(&upper.as_str()) || PREFIXES.iter().any(|p| upper.starts_with(p)) {
+        Some("makes programs load code (a library, a startup file, a module path)")
+    } else {
+        None
+    }
 }
 
 /// As ssh refuses a private key others can read: a config holding a secret
-/// must be private, and no config may be writable by others (it names the
-/// hooks volsnap runs as root).
-fn check_permissions(settings: &Settings) -> Result<(), ConfigError> {
+/// must be private. (That no one else can write it is `files::check_trusted`.)
+fn check_permissions(settings: &Settings, meta: &std::fs::Metadata) -> Result<(), ConfigError> {
     let path = settings.path.as_path();
-    let meta = std::fs::metadata(path)
-        .map_err(|e| ConfigError::whole_file(path, format!("cannot stat: {e}")))?;
     let mode = meta.mode() & 0o777;
-    if mode & 0o022 != 0 {
-        return Err(ConfigError::whole_file(
-            path,
-            format!(
-                "is writable by group or others (mode {mode:04o}) and names the hooks volsnap runs as root; run: chmod go-w {}",
-                path.display()
-            ),
-        ));
-    }
     let secrets = settings.secret_keys();
     if !secrets.is_empty() && mode & 0o044 != 0 {
         return Err(ConfigError::whole_file(
@@ -798,6 +867,31 @@ fn check_permissions(settings: &Settings) -> Result<(), ConfigError> {
             ),
         ));
     }
+    Ok(())
+}
+
+/// The recipients file is read and parsed at load, as the backup will read
+/// it, so that `check` finds a missing or garbled one.
+fn check_recipients_file(settings: &Settings, source: &str) -> Result<(), ConfigError> {
+    let Some(file) = &settings.swift.age_recipients_file else {
+        return Ok(());
+    };
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        ConfigError::at_key(
+            &settings.path,
+            source,
+            "swift.age_recipients_file",
+            format!("cannot read {}: {e}", file.display()),
+        )
+    })?;
+    crate::stream::Recipients::parse(&text, &file.display().to_string()).map_err(|e| {
+        ConfigError::at_key(
+            &settings.path,
+            source,
+            "swift.age_recipients_file",
+            format!("{e:#}"),
+        )
+    })?;
     Ok(())
 }
 

@@ -145,12 +145,25 @@ fn cinder_needs_mounts_and_never_root() {
 }
 
 #[test]
-fn mounts_are_sorted_normalised_and_deduplicated() {
+fn mounts_are_sorted_and_normalised_and_a_duplicate_is_refused() {
     let s = parse_str(
-        "storage_strategy = \"Cinder\"\ndatastore = \"none\"\nmounts = [\"/srv/b/\", \"/srv/a\", \"/srv/./b\"]\n",
+        "storage_strategy = \"Cinder\"\ndatastore = \"none\"\nmounts = [\"/srv/b/\", \"/srv/a\"]\n",
     )
     .unwrap();
     assert_eq!(s.mounts, [PathBuf::from("/srv/a"), PathBuf::from("/srv/b")]);
+    for twice in [
+        "\"/data\", \"/data\"",
+        "\"/data\", \"/data/\"",
+        "\"/data/./\", \"/x\", \"/data\"",
+    ] {
+        let e = error_of(&format!(
+            "storage_strategy = \"Cinder\"\ndatastore = \"none\"\nmounts = [{twice}]\n"
+        ));
+        assert!(
+            e.contains(":3:1: mounts: /data is listed twice"),
+            "{twice}: {e}"
+        );
+    }
 }
 
 #[test]
@@ -258,6 +271,40 @@ fn the_sample_config_parses() {
     let source = std::fs::read_to_string(&path).unwrap();
     let s = parse(&path, &source).unwrap();
     assert_eq!(s.datastore, Datastore::Mysql);
+}
+
+/// Every `# key = value` and `# [table]` line of the sample uncommented, and
+/// `mounts` set to its example: what an operator gets by following it.
+#[test]
+fn the_sample_config_parses_uncommented() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/volsnap.toml");
+    let source = std::fs::read_to_string(&path).unwrap();
+    let mut uncommented = 0;
+    let text: Vec<String> = source
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest) if rest.starts_with('[') || rest.contains(" = ") => {
+                uncommented += 1;
+                rest.to_string()
+            }
+            _ if line.starts_with("mounts = []") => "mounts = [\"/var/lib/mysql\"]".into(),
+            _ => line.to_string(),
+        })
+        .collect();
+    assert!(uncommented > 30, "only {uncommented} lines uncommented");
+    let s = parse(&path, &text.join("\n")).unwrap_or_else(|e| panic!("{e}"));
+    // The keys after each table line stayed where the sample puts them.
+    assert_eq!(s.cinder.max_freeze, Duration::from_secs(30));
+    assert_eq!(s.cinder.name_prefix, "volsnap");
+    assert_eq!(
+        s.cinder.volumes[Path::new("/var/lib/mysql")],
+        "0b6f5a2e-5b4c-4b8e-9c1a-2f3e4d5c6b7a"
+    );
+    assert_eq!(s.cinder.metadata["owner"], "dba-team");
+    assert_eq!(s.swift.container, "volsnap");
+    assert_eq!(s.hooks.env["VOLSNAP_MYSQL_USER"].expose(), "root");
+    assert!(s.retention.after_backup && s.retention.keep_last == Some(7));
+    assert!(s.log_file.is_some() && s.metrics_file.is_some());
 }
 
 #[test]

@@ -53,8 +53,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{self, Error, Http, HttpOptions, Request};
-use crate::config::{AuthType, ConfigDuration, Interface, OpenStack};
-use crate::secret::Secret;
+use crate::config::{files, AuthType, ConfigDuration, ConfigError, Interface, OpenStack};
+use crate::secret::{strip_userinfo, Secret};
 
 /// The process environment as far as OpenStack cares: `OS_*`, `HOME` and the
 /// working directory (for `./clouds.yaml`). Tests build their own.
@@ -419,10 +419,85 @@ fn candidates(env: &Env, file: &str, variable: &str) -> Vec<PathBuf> {
     out
 }
 
-fn read_yaml(path: &Path) -> anyhow::Result<serde_norway::Value> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_norway::from_str(&text).with_context(|| format!("{} is not valid YAML", path.display()))
+/// clouds.yaml or secure.yaml, read as volsnap.toml is: a regular file of
+/// at most 1 MiB; parse errors name the line (exit 78). One that holds a
+/// secret is held to the config's strict modes, since its owner could send
+/// volsnap's backups and credentials elsewhere; secure.yaml, which exists
+/// to hold secrets, must also be unreadable by group and others.
+fn read_yaml(path: &Path, secure: bool) -> Result<serde_norway::Value, ConfigError> {
+    let (text, meta) = files::read_regular(path)?;
+    let value: serde_norway::Value = serde_norway::from_str(&text).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        position: e.location().map(|l| (l.line(), l.column())),
+        key: None,
+        message: format!("is not valid YAML: {}", yaml_message(&e)),
+    })?;
+    let secrets = secret_keys(&value);
+    if secrets.is_empty() {
+        return Ok(value);
+    }
+    let what = if secure { "secure.yaml" } else { "clouds.yaml" };
+    files::check_trusted(path, &meta, what)
+        .map_err(|message| ConfigError::whole_file(path, message))?;
+    let mode = std::os::unix::fs::MetadataExt::mode(&meta) & 0o777;
+    if mode & 0o044 != 0 {
+        let message = format!(
+            "holds a secret ({}) and is readable by group or others (mode {mode:04o}); run: chmod 600 {}",
+            secrets.join(", "),
+            path.display()
+        );
+        if secure {
+            return Err(ConfigError::whole_file(path, message));
+        }
+        log::warn!("{}: {message}", path.display());
+    }
+    Ok(value)
+}
+
+/// serde_norway's message without the position it appends (the error
+/// carries that separately).
+fn yaml_message(e: &serde_norway::Error) -> String {
+    let text = e.to_string();
+    match text.find(" at line ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+/// The secret keys a clouds.yaml or secure.yaml holds, as `clouds.NAME.auth.KEY`.
+fn secret_keys(value: &serde_norway::Value) -> Vec<String> {
+    fn walk(value: &serde_norway::Value, at: &str, out: &mut Vec<String>) {
+        if let serde_norway::Value::Mapping(map) = value {
+            for (k, v) in map {
+                let Some(k) = k.as_str() else { continue };
+                let here = if at.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{at}.{k}")
+                };
+                let secret = matches!(k, "password" | "application_credential_secret" | "token");
+                if secret && !v.is_null() {
+                    out.push(here);
+                } else {
+                    walk(v, &here, out);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(value, "", &mut out);
+    out
+}
+
+/// Reads clouds.yaml and secure.yaml when a cloud is named, as a backup
+/// would, so that `check --offline` finds a broken or unsafe file: those are
+/// configuration errors (78); anything else (no such cloud) is returned as
+/// the problem it is.
+pub fn check_cloud_files(toml: &OpenStack, env: &Env) -> anyhow::Result<()> {
+    match toml.cloud.clone().or_else(|| env.get("OS_CLOUD")) {
+        Some(name) => cloud_layer(&name, env).map(drop),
+        None => Ok(()),
+    }
 }
 
 /// `upper`'s keys win, recursively through mappings.
@@ -455,7 +530,7 @@ fn cloud_layer(name: &str, env: &Env) -> anyhow::Result<(OpenStack, String)> {
                 .join(", ")
         );
     };
-    let clouds = read_yaml(clouds_path)?;
+    let clouds = read_yaml(clouds_path, false)?;
     let Some(mut entry) = clouds.get("clouds").and_then(|c| c.get(name)).cloned() else {
         let known: Vec<String> = clouds
             .get("clouds")
@@ -479,15 +554,19 @@ fn cloud_layer(name: &str, env: &Env) -> anyhow::Result<(OpenStack, String)> {
     let mut files = clouds_path.display().to_string();
     let secure_candidates = candidates(env, "secure.yaml", "OS_CLIENT_SECURE_FILE");
     if let Some(secure_path) = secure_candidates.iter().find(|p| p.is_file()) {
-        let secure = read_yaml(secure_path)?;
+        let secure = read_yaml(secure_path, true)?;
         if let Some(secret_entry) = secure.get("clouds").and_then(|c| c.get(name)).cloned() {
             deep_merge(&mut entry, secret_entry);
             files.push_str(&format!(" + {}", secure_path.display()));
         }
     }
     let whence = format!("{} cloud {name:?}", clouds_path.display());
-    let entry: CloudEntry =
-        serde_norway::from_value(entry).with_context(|| format!("{whence}: unexpected value"))?;
+    let entry: CloudEntry = serde_norway::from_value(entry).map_err(|e| ConfigError {
+        file: clouds_path.clone(),
+        position: None,
+        key: Some(format!("clouds.{name}")),
+        message: format!("unexpected value: {}", yaml_message(&e)),
+    })?;
     if let Some(profile) = &entry.profile {
         log::warn!("{whence}: profile {profile:?} is ignored; volsnap reads only the entry itself");
     }
@@ -542,10 +621,19 @@ fn domain(id: Option<String>, name: Option<String>) -> Option<DomainRef> {
     id.map(DomainRef::Id).or(name.map(DomainRef::Name))
 }
 
+/// A URL without its userinfo: Keystone takes credentials in the request
+/// body, and a `user:password@` left in the URL would be in every log line
+/// and error that names it.
 fn parse_url(value: &str, key: &str) -> anyhow::Result<Url> {
-    let url = Url::parse(value).with_context(|| format!("{key} {value:?} is not a URL"))?;
+    let shown = strip_userinfo(value);
+    let mut url = Url::parse(value).with_context(|| format!("{key} {shown:?} is not a URL"))?;
     if !matches!(url.scheme(), "http" | "https") {
-        bail!("{key} {value:?} is not an http:// or https:// URL");
+        bail!("{key} {shown:?} is not an http:// or https:// URL");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        log::warn!("{key} {shown}: the user and password in the URL are ignored (and never logged); give them as their own keys");
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
     }
     Ok(url)
 }

@@ -207,6 +207,24 @@ mountpoint_restore_test() {
     "$DB/mariadb.sh" start "$WORK/db" >/dev/null 2>&1 || true
 }
 
+# check_with VAR=VALUE...: `hook mysql check` with these settings only.
+check_with() {
+    HOOK_RC=0
+    timeout 60 env "$@" "$HOOKS/mysql" check >"$WORK/hook.out" 2>"$WORK/hook.err" || HOOK_RC=$?
+}
+
+socket_and_user_test() {
+    say "VOLSNAP_MYSQL_SOCKET and VOLSNAP_MYSQL_USER"
+    sock=$(sed -n 's/^socket=//p' "$MYSQL_DEFAULTS_FILE" | head -n 1)
+    check_with VOLSNAP_MYSQL_DEFAULTS_FILE=/nonexistent VOLSNAP_MYSQL_SOCKET="$sock" VOLSNAP_MYSQL_USER=root
+    expect "socket and user reach the server without a defaults file" rc_is 0
+    check_with VOLSNAP_MYSQL_DEFAULTS_FILE=/nonexistent VOLSNAP_MYSQL_SOCKET="$WORK/none.sock" VOLSNAP_MYSQL_USER=root
+    expect "... a wrong socket is used (and fails)" rc_not 0
+    check_with VOLSNAP_MYSQL_SOCKET="$WORK/none.sock"
+    expect "... and wins over the defaults file's" rc_not 0
+    expect "... which stays private" sh -c "[ \"\$(stat -c %a '$VOLSNAP_RUNTIME_DIR/mysql-client.cnf')\" = 600 ]"
+}
+
 sql "CREATE DATABASE d; CREATE TABLE d.t (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(20)) ENGINE=InnoDB;
      CREATE TABLE d.u (i INT) ENGINE=InnoDB; INSERT INTO d.t (v) VALUES ('first')"
 
@@ -217,6 +235,7 @@ hook mysql thaw
 expect "thaw without freeze exits 0" rc_is 0
 hook mysql check
 expect "check exits 0 against the running server" rc_is 0
+socket_and_user_test
 
 freeze_thaw_cycle backup_stage
 freeze_thaw_cycle ftwrl

@@ -40,10 +40,16 @@ clouds:
       application_credential_secret: app-secret
 ";
 
+fn private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 fn clouds_dir() -> (tempfile::TempDir, Env) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("clouds.yaml"), CLOUDS).unwrap();
     std::fs::write(dir.path().join("secure.yaml"), SECURE).unwrap();
+    private(&dir.path().join("secure.yaml"));
     let mut e = env(&[
         // Credentials in the environment that a named cloud must not pick up.
         ("OS_PASSWORD", "from-env"),
@@ -342,4 +348,71 @@ fn endpoints_by_type_region_and_interface() {
         err.contains("no object-store service") && err.contains("identity, volumev3"),
         "{err}"
     );
+}
+
+#[test]
+fn a_secure_yaml_others_can_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, e) = clouds_dir();
+    let secure = dir.path().join("secure.yaml");
+    let toml = OpenStack {
+        cloud: Some("pw".into()),
+        ..OpenStack::default()
+    };
+    check_cloud_files(&toml, &e).unwrap();
+    std::fs::set_permissions(&secure, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let err = check_cloud_files(&toml, &e).unwrap_err();
+    assert_eq!(crate::exit::code_for(&err), crate::exit::CONFIG);
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("holds a secret (clouds.pw.auth.password, clouds.app.auth.application_credential_secret) and is readable by group or others (mode 0640); run: chmod 600"),
+        "{text}"
+    );
+    assert!(!text.contains("from-secure-yaml"), "{text}");
+}
+
+#[test]
+fn a_broken_clouds_yaml_is_a_configuration_error_with_its_line() {
+    let (dir, e) = clouds_dir();
+    std::fs::write(
+        dir.path().join("clouds.yaml"),
+        "clouds:\n  pw:\n    auth: [unclosed\n    x: 1\n",
+    )
+    .unwrap();
+    let toml = OpenStack {
+        cloud: Some("pw".into()),
+        ..OpenStack::default()
+    };
+    let err = check_cloud_files(&toml, &e).unwrap_err();
+    assert_eq!(crate::exit::code_for(&err), crate::exit::CONFIG);
+    let text = format!("{err:#}");
+    let at = format!("{}:4:", dir.path().join("clouds.yaml").display());
+    assert!(
+        text.contains(&at) && text.contains("is not valid YAML"),
+        "{text}"
+    );
+
+    // A number where a secret belongs: named by key and type, never shown.
+    std::fs::write(
+        dir.path().join("clouds.yaml"),
+        "clouds:\n  pw:\n    auth:\n      auth_url: http://k:5000\n      password: 98765432\n",
+    )
+    .unwrap();
+    private(&dir.path().join("clouds.yaml"));
+    std::fs::remove_file(dir.path().join("secure.yaml")).unwrap();
+    let err = check_cloud_files(&toml, &e).unwrap_err();
+    let text = format!("{err:#}");
+    assert_eq!(crate::exit::code_for(&err), crate::exit::CONFIG, "{text}");
+    assert!(
+        text.contains("expected a string") && !text.contains("98765432"),
+        "{text}"
+    );
+}
+
+#[test]
+fn userinfo_in_auth_url_is_dropped() {
+    let url = parse_url("https://admin:hunter2@keystone:5000/v3", "auth_url").unwrap();
+    assert_eq!(url.as_str(), "https://keystone:5000/v3");
+    let err = parse_url("ftp://admin:hunter2@keystone/", "auth_url").unwrap_err();
+    assert!(!format!("{err:#}").contains("hunter2"), "{err:#}");
 }
