@@ -319,19 +319,11 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
 
 /// Parses and validates config text; `path` is only used in messages.
 pub fn parse(path: &Path, source: &str) -> Result<Settings, ConfigError> {
-    let deserializer = toml::Deserializer::new(source);
-    let file: File = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        let key = e
-            .path()
-            .to_string()
-            .replace(".$__serde_spanned_private_value", "");
-        let inner = e.into_inner();
-        ConfigError {
-            file: path.to_path_buf(),
-            position: inner.span().map(|span| line_column(source, span.start)),
-            key: (key != ".").then_some(key),
-            message: inner.message().trim().to_string(),
-        }
+    let file: File = toml::from_str(source).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        position: e.span().map(|span| line_column(source, span.start)),
+        key: e.span().and_then(|span| error::key_at(source, span.start)),
+        message: e.message().trim().to_string(),
     })?;
     validate(path, source, file)
 }
