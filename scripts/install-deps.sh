@@ -18,7 +18,12 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "install-deps: installing ${missing[*]}"
     apt-get update -qq
+    before=$(mktemp)
+    dpkg-query -W -f '${Package}\n' >"$before"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    # cloud-init and anything else pulled in: nothing enabled at boot.
+    "$(dirname "$0")/no-enable-links.sh" "$before"
+    rm -f "$before"
 fi
 
 for component in rustfmt clippy; do

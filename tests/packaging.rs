@@ -69,6 +69,73 @@ fn cloud_config_is_valid() {
     assert!(text.contains("Valid cloud-config"), "{text}");
 }
 
+/// The cloud-config's runcmd, turned into the script cloud-init runs (by
+/// cloud-init's own `shellify`), against a `volsnap` that fails its check
+/// and one that passes: the timer is enabled only after a passing check.
+#[test]
+fn a_failing_check_leaves_the_timer_disabled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let script = tmp.path().join("runcmd");
+    let out = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import sys, yaml\nfrom cloudinit import util\n\
+             d = yaml.safe_load(open(sys.argv[1]))\n\
+             open(sys.argv[2], 'w').write(util.shellify(d['runcmd']))",
+        ])
+        .arg(repo("etc/cloud-init.yaml"))
+        .arg(&script)
+        .output()
+        .expect("cloud-init's python is installed by scripts/install-deps.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let calls = tmp.path().join("calls");
+    for check in [1, 0] {
+        let _ = std::fs::remove_file(&calls);
+        for (name, code) in [("volsnap", check), ("systemctl", 0)] {
+            let fake = bin.join(name);
+            std::fs::write(
+                &fake,
+                format!(
+                    "#!/bin/sh\necho \"{name} $*\" >> {}\nexit {code}\n",
+                    calls.display()
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
+        let out = Command::new("sh")
+            .arg(&script)
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .output()
+            .unwrap();
+        let called = std::fs::read_to_string(&calls).unwrap_or_default();
+        if check == 0 {
+            assert!(out.status.success(), "{out:?}");
+            assert_eq!(
+                called,
+                "volsnap check\nsystemctl enable --now volsnap.timer\n"
+            );
+        } else {
+            assert!(!out.status.success(), "a failed check must fail runcmd");
+            assert_eq!(
+                called, "volsnap check\n",
+                "the timer was enabled after a failed check"
+            );
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("volsnap.timer is NOT enabled"),
+                "{out:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn the_cloud_config_carries_a_config_volsnap_accepts() {
     let yaml = std::fs::read_to_string(repo("etc/cloud-init.yaml")).unwrap();

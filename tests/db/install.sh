@@ -56,8 +56,13 @@ main() {
     forbid_service_starts
     export DEBIAN_FRONTEND=noninteractive
     timeout 600 apt-get update -q
+    before=$(mktemp)
+    dpkg-query -W -f '${Package}\n' >"$before"
     # shellcheck disable=SC2086 # word splitting of the package list is intended
     timeout 1200 apt-get install -y -q --no-install-recommends $missing
+    # Nothing enabled at boot either (see the script).
+    "$(dirname "$0")/../../scripts/no-enable-links.sh" "$before"
+    rm -f "$before"
 }
 
 main "$@"
