@@ -386,3 +386,39 @@ fn volsnap_thaw_repairs_what_the_record_says() {
     assert!(runtime::read_frozen(&s.runtime).unwrap().is_none());
     drop(s.dir);
 }
+
+/// One filesystem under two paths (a bind mount): `check` refuses it, as the
+/// backup's plan does, before the second FIFREEZE would fail with EBUSY.
+#[test]
+fn one_filesystem_listed_twice_is_refused_before_anything_runs() {
+    let fs = LoopFs::new("ext4", 64);
+    let s = setup(fs.path(), 0);
+    let bind = s.dir.path().join("bind");
+    std::fs::create_dir(&bind).unwrap();
+    support::run(
+        "mount",
+        &[
+            "--bind",
+            fs.path().to_str().unwrap(),
+            bind.to_str().unwrap(),
+        ],
+    );
+    let text = std::fs::read_to_string(&s.config).unwrap().replace(
+        &format!("mounts = [{:?}]", fs.path().display().to_string()),
+        &format!(
+            "mounts = [{:?}, {:?}]",
+            fs.path().display().to_string(),
+            bind.display().to_string()
+        ),
+    );
+    std::fs::write(&s.config, text).unwrap();
+    let out = Command::new(exe())
+        .args(["--config", s.config.to_str().unwrap(), "check", "--offline"])
+        .output()
+        .unwrap();
+    let _ = Command::new("umount").arg(&bind).status();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("is the same filesystem as"), "{stdout}");
+    assert_eq!(marks(&s), "");
+}

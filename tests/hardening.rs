@@ -612,6 +612,25 @@ fn clouds_yaml_and_secure_yaml_are_configuration() {
     let out = run(&["backup"]);
     assert_eq!(out.status.code(), Some(78), "{:?}", text(&out));
     assert!(!s.path().join("run/lock").exists());
+
+    // A cloud that is not there, or no clouds.yaml at all: configuration too.
+    std::fs::write(&clouds, "clouds:\n  other:\n    auth: {}\n").unwrap();
+    let out = run(&["backup"]);
+    assert_eq!(out.status.code(), Some(78), "{:?}", text(&out));
+    assert!(
+        text(&out).1.contains("has no cloud \"c\""),
+        "{:?}",
+        text(&out)
+    );
+    std::fs::remove_file(&clouds).unwrap();
+    let out = run(&["backup"]);
+    assert_eq!(out.status.code(), Some(78), "{:?}", text(&out));
+    assert!(
+        text(&out).1.contains("no clouds.yaml was found"),
+        "{:?}",
+        text(&out)
+    );
+    assert!(!s.path().join("run/lock").exists());
 }
 
 /// xorshift64*: the same mutations on every run, no dependency.

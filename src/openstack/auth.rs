@@ -520,15 +520,21 @@ fn deep_merge(lower: &mut serde_norway::Value, upper: serde_norway::Value) {
 
 fn cloud_layer(name: &str, env: &Env) -> anyhow::Result<(OpenStack, String)> {
     let clouds_candidates = candidates(env, "clouds.yaml", "OS_CLIENT_CONFIG_FILE");
+    // Both are configuration mistakes (exit 78), named with the key that
+    // asked for the cloud.
     let Some(clouds_path) = clouds_candidates.iter().find(|p| p.is_file()) else {
-        bail!(
-            "cloud {name:?} is named but no clouds.yaml was found (looked at {})",
-            clouds_candidates
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        return Err(ConfigError::whole_file(
+            Path::new("clouds.yaml"),
+            format!(
+                "openstack.cloud = {name:?} is named but no clouds.yaml was found (looked at {})",
+                clouds_candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+        .into());
     };
     let clouds = read_yaml(clouds_path, false)?;
     let Some(mut entry) = clouds.get("clouds").and_then(|c| c.get(name)).cloned() else {
@@ -541,15 +547,18 @@ fn cloud_layer(name: &str, env: &Env) -> anyhow::Result<(OpenStack, String)> {
                     .collect()
             })
             .unwrap_or_default();
-        bail!(
-            "{} has no cloud {name:?} (clouds there: {})",
-            clouds_path.display(),
-            if known.is_empty() {
-                "none".to_string()
-            } else {
-                known.join(", ")
-            }
-        );
+        return Err(ConfigError::whole_file(
+            clouds_path,
+            format!(
+                "has no cloud {name:?} (openstack.cloud; clouds there: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        )
+        .into());
     };
     let mut files = clouds_path.display().to_string();
     let secure_candidates = candidates(env, "secure.yaml", "OS_CLIENT_SECURE_FILE");

@@ -114,6 +114,20 @@ pub fn local(settings: &Settings, mountinfo: &[MountEntry]) -> Result<Vec<Mount>
             Err(p) => problems.push(format!("mount {p}")),
         }
     }
+    // Two paths of one filesystem (a bind mount, a second mountpoint): the
+    // second FIFREEZE would fail with EBUSY inside the run. Nested mounts of
+    // distinct filesystems are fine: frozen in order, thawed in reverse.
+    for (i, a) in found.iter().enumerate() {
+        if let Some(b) = found[..i].iter().find(|b| b.entry.dev() == a.entry.dev()) {
+            problems.push(format!(
+                "mount {}: is the same filesystem as {} (device {}:{}); list it once",
+                a.configured.display(),
+                b.configured.display(),
+                a.entry.major,
+                a.entry.minor
+            ));
+        }
+    }
     if problems.is_empty() {
         Ok(found)
     } else {
