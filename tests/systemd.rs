@@ -42,6 +42,15 @@ impl Systemd {
     /// Boots with the repo's volsnap.service and volsnap.timer, each with a
     /// drop-in: `exec` (volsnap's command line), `env` (the environment file).
     fn boot(exec: &str, env_file: &Path) -> Systemd {
+        Systemd::boot_image(exec, env_file, false)
+    }
+
+    /// `image`: a first boot of an image with volsnap baked in. /etc, /usr,
+    /// /var/lib and /var/log become overlays whose changes live in the
+    /// namespace's /run (what cloud-init writes never reaches the host);
+    /// the build is /usr/bin/volsnap and the units are in /etc/systemd/system
+    /// (where `systemctl enable` can link them).
+    fn boot_image(exec: &str, env_file: &Path, image: bool) -> Systemd {
         let dir = tempfile::Builder::new()
             .prefix("volsnap-systemd-")
             .tempdir_in(BASE)
@@ -77,9 +86,27 @@ impl Systemd {
                  mount -t tmpfs -o mode=755 tmpfs /run\n\
                  mkdir -p /run/systemd/system /run/systemd/journald.conf.d\n\
                  printf '[Journal]\\nStorage=volatile\\n' > /run/systemd/journald.conf.d/volatile.conf\n\
-                 cp -r {units}/. /run/systemd/system/\n\
+                 {image}\
+                 cp -r {units}/. {unit_dir}/\n\
                  exec env container=volsnap-test /lib/systemd/systemd --system --unit=volsnap-test.target\n",
-                units = units.display()
+                units = units.display(),
+                image = if image {
+                    format!(
+                        "for d in /etc /usr /var/lib /var/log; do\n\
+                           o=/run/overlay$d; mkdir -p $o/upper $o/work\n\
+                           mount -t overlay overlay -o lowerdir=$d,upperdir=$o/upper,workdir=$o/work $d\n\
+                         done\n\
+                         install -m 0755 {exe} /usr/bin/volsnap\n",
+                        exe = env!("CARGO_BIN_EXE_volsnap")
+                    )
+                } else {
+                    String::new()
+                },
+                unit_dir = if image {
+                    "/etc/systemd/system"
+                } else {
+                    "/run/systemd/system"
+                },
             ),
         )
         .unwrap();
@@ -358,4 +385,92 @@ fn delete(cloud: &Cloud, id: &str) {
             Instant::now() + Duration::from_secs(60),
         )
         .unwrap();
+}
+
+/// cloud-init 22.4's four stages, run for real inside the booted systemd on
+/// a NoCloud seed made of etc/cloud-init.yaml (its volsnap config replaced
+/// by one for the test cloud), on an "image" with volsnap baked in: the
+/// config lands 0600 root, `volsnap check` passes and the timer is enabled
+/// and scheduled. A seed whose credentials are wrong: the check fails, the
+/// timer stays disabled, and cloud-init's output log says why.
+#[test]
+fn cloud_init_first_boot_enables_the_timer_only_after_a_passing_check() {
+    let cloud = Cloud::load();
+    // Outside every overlay of the image boot (/etc, /usr, /var/lib, /var/log).
+    let work = tempfile::Builder::new()
+        .prefix("volsnap-cloud-init-")
+        .tempdir_in("/srv")
+        .unwrap();
+    let volume = DataVolume::new_in(&cloud, "ext4", work.path());
+    let (hooks, _) = marking_hook(work.path());
+    let shipped =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/cloud-init.yaml"))
+            .unwrap();
+    let seed = |secret: &str| -> String {
+        let config = format!(
+            "storage_strategy = \"Cinder\"\ndatastore = \"none\"\nmounts = [{mount:?}]\n\
+             [openstack]\nauth_url = {url:?}\nauth_type = \"v3applicationcredential\"\n\
+             application_credential_id = {id:?}\napplication_credential_secret = {secret:?}\n\
+             region_name = {region:?}\n[hooks]\ndir = {hooks:?}\n[cinder.volumes]\n{mount:?} = {vol:?}\n",
+            mount = volume.path().display().to_string(),
+            url = cloud.get("OS_AUTH_URL"),
+            id = cloud.get("OS_APPLICATION_CREDENTIAL_ID"),
+            region = cloud.get("OS_REGION_NAME"),
+            hooks = hooks.display().to_string(),
+            vol = volume.id,
+        );
+        let start = shipped.find("    content: |\n").unwrap() + "    content: |\n".len();
+        let end = shipped.find("runcmd:").unwrap();
+        let indented: String = config.lines().map(|l| format!("      {l}\n")).collect();
+        format!("{}{indented}{}", &shipped[..start], &shipped[end..])
+    };
+    let cfg = "datasource_list: [NoCloud]\nnetwork: {config: disabled}\n\
+               cloud_init_modules: [write_files]\ncloud_config_modules: [runcmd]\n\
+               cloud_final_modules: [scripts_user]\n";
+    let env = work.path().join("empty.env");
+    std::fs::write(&env, "").unwrap();
+    for (secret, passes) in [
+        (cloud.get("OS_APPLICATION_CREDENTIAL_SECRET"), true),
+        ("wrong", false),
+    ] {
+        let dir = work.path().join(if passes { "good" } else { "bad" });
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("user-data"), seed(secret)).unwrap();
+        std::fs::write(dir.join("meta-data"), "instance-id: volsnap-test\n").unwrap();
+        std::fs::write(dir.join("99-volsnap-test.cfg"), cfg).unwrap();
+        let systemd = Systemd::boot_image("/usr/bin/volsnap backup", &env, true);
+        systemd.ok(&[
+            "sh",
+            "-c",
+            &format!(
+                "mkdir -p /var/lib/cloud/seed/nocloud && cp {d}/user-data {d}/meta-data /var/lib/cloud/seed/nocloud/ \
+                 && cp {d}/99-volsnap-test.cfg /etc/cloud/cloud.cfg.d/ && rm -f /etc/cloud/cloud-init.disabled",
+                d = dir.display()
+            ),
+        ]);
+        for stage in [
+            &["cloud-init", "init", "--local"][..],
+            &["cloud-init", "init"],
+            &["cloud-init", "modules", "--mode", "config"],
+        ] {
+            systemd.ok(stage);
+        }
+        let final_stage = systemd.run(&["cloud-init", "modules", "--mode", "final"]);
+        let log = systemd.ok(&["cat", "/var/log/cloud-init-output.log"]);
+        let stat = systemd.ok(&["stat", "-c", "%a %U", "/etc/volsnap/volsnap.toml"]);
+        assert_eq!(stat.trim(), "600 root", "{log}");
+        let enabled = systemd.run(&["systemctl", "is-enabled", "volsnap.timer"]);
+        let enabled = String::from_utf8_lossy(&enabled.stdout).trim().to_string();
+        if passes {
+            assert!(final_stage.status.success(), "{log}");
+            assert!(log.contains("ok: volume for"), "{log}");
+            assert_eq!(enabled, "enabled", "{log}");
+            assert_eq!(systemd.show("volsnap.timer", "ActiveState"), "active");
+        } else {
+            assert!(!final_stage.status.success(), "{log}");
+            assert!(log.contains("problem: authentication"), "{log}");
+            assert!(log.contains("volsnap.timer is NOT enabled"), "{log}");
+            assert_eq!(enabled, "disabled", "{log}");
+        }
+    }
 }
