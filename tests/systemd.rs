@@ -14,6 +14,8 @@
 
 #[path = "support/cloud.rs"]
 mod cloud;
+#[path = "support/package.rs"]
+mod package;
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
@@ -42,15 +44,16 @@ impl Systemd {
     /// Boots with the repo's volsnap.service and volsnap.timer, each with a
     /// drop-in: `exec` (volsnap's command line), `env` (the environment file).
     fn boot(exec: &str, env_file: &Path) -> Systemd {
-        Systemd::boot_image(exec, env_file, false)
+        Systemd::boot_image(exec, env_file, None)
     }
 
-    /// `image`: a first boot of an image with volsnap baked in. /etc, /usr,
-    /// /var/lib and /var/log become overlays whose changes live in the
-    /// namespace's /run (what cloud-init writes never reaches the host);
-    /// the build is /usr/bin/volsnap and the units are in /etc/systemd/system
-    /// (where `systemctl enable` can link them).
-    fn boot_image(exec: &str, env_file: &Path, image: bool) -> Systemd {
+    /// `deb`: a first boot of an image with that package installed (the
+    /// built .deb, `dpkg -i` before the boot). /etc, /usr, /var/lib,
+    /// /var/log and /var/cache become overlays whose changes live in the
+    /// namespace's /run: what dpkg and cloud-init write never reaches the
+    /// host. The package's own units run, with the drop-ins only.
+    fn boot_image(exec: &str, env_file: &Path, deb: Option<&str>) -> Systemd {
+        let image = deb.is_some();
         let dir = tempfile::Builder::new()
             .prefix("volsnap-systemd-")
             .tempdir_in(BASE)
@@ -90,17 +93,17 @@ impl Systemd {
                  cp -r {units}/. {unit_dir}/\n\
                  exec env container=volsnap-test /lib/systemd/systemd --system --unit=volsnap-test.target\n",
                 units = units.display(),
-                image = if image {
-                    format!(
-                        "for d in /etc /usr /var/lib /var/log; do\n\
+                image = match deb {
+                    Some(deb) => format!(
+                        "for d in /etc /usr /var/lib /var/log /var/cache; do\n\
                            o=/run/overlay$d; mkdir -p $o/upper $o/work\n\
                            mount -t overlay overlay -o lowerdir=$d,upperdir=$o/upper,workdir=$o/work $d\n\
                          done\n\
-                         install -m 0755 {exe} /usr/bin/volsnap\n",
-                        exe = env!("CARGO_BIN_EXE_volsnap")
-                    )
-                } else {
-                    String::new()
+                         DEBIAN_FRONTEND=noninteractive dpkg -i {deb} >/run/dpkg.log 2>&1\n\
+                         rm {units}/volsnap.service {units}/volsnap.timer\n",
+                        units = units.display()
+                    ),
+                    None => String::new(),
                 },
                 unit_dir = if image {
                     "/etc/systemd/system"
@@ -389,7 +392,8 @@ fn delete(cloud: &Cloud, id: &str) {
 
 /// cloud-init 22.4's four stages, run for real inside the booted systemd on
 /// a NoCloud seed made of etc/cloud-init.yaml (its volsnap config replaced
-/// by one for the test cloud), on an "image" with volsnap baked in: the
+/// by one for the test cloud), on an "image" with the built .deb installed
+/// (what the example asks of an image): the
 /// config lands 0600 root, `volsnap check` passes and the timer is enabled
 /// and scheduled. A seed whose credentials are wrong: the check fails, the
 /// timer stays disabled, and cloud-init's output log says why.
@@ -429,6 +433,11 @@ fn cloud_init_first_boot_enables_the_timer_only_after_a_passing_check() {
                cloud_final_modules: [scripts_user]\n";
     let env = work.path().join("empty.env");
     std::fs::write(&env, "").unwrap();
+    // The image: the built package, installed as an image build would.
+    let deb = package::build(
+        "deb",
+        &format!("target/volsnap_{}_amd64.deb", package::VERSION),
+    );
     for (secret, passes) in [
         (cloud.get("OS_APPLICATION_CREDENTIAL_SECRET"), true),
         ("wrong", false),
@@ -438,7 +447,7 @@ fn cloud_init_first_boot_enables_the_timer_only_after_a_passing_check() {
         std::fs::write(dir.join("user-data"), seed(secret)).unwrap();
         std::fs::write(dir.join("meta-data"), "instance-id: volsnap-test\n").unwrap();
         std::fs::write(dir.join("99-volsnap-test.cfg"), cfg).unwrap();
-        let systemd = Systemd::boot_image("/usr/bin/volsnap backup", &env, true);
+        let systemd = Systemd::boot_image("/usr/bin/volsnap backup", &env, Some(&deb));
         systemd.ok(&[
             "sh",
             "-c",
