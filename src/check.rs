@@ -18,14 +18,7 @@ pub fn offline(settings: &Settings, mountinfo: &[MountEntry]) -> Vec<String> {
         Strategy::Cinder => plan::local(settings, mountinfo).err().unwrap_or_default(),
         Strategy::Swift => {
             let mut problems = Vec::new();
-            match hooks::check_dir(&settings.hooks.dir) {
-                Ok(()) => {
-                    if let Err(p) = hooks::check_file(&hooks::hook_path(settings)) {
-                        problems.push(p);
-                    }
-                }
-                Err(p) => problems.push(p),
-            }
+            problems.extend(hooks::check_configured(settings).err());
             // For Swift the mounts are the hook's paths, not frozen.
             for mount in &settings.mounts {
                 if let Err(e) = std::fs::metadata(mount) {

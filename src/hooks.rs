@@ -21,6 +21,13 @@ pub fn hook_path(settings: &Settings) -> PathBuf {
     settings.hooks.dir.join(settings.datastore.name())
 }
 
+/// The configured datastore's hook is trustworthy: its directory, then the
+/// file (what `check` and every run ask first).
+pub fn check_configured(settings: &Settings) -> Result<(), String> {
+    check_dir(&settings.hooks.dir)?;
+    check_file(&hook_path(settings))
+}
+
 /// Refuses a hooks directory that others could change.
 pub fn check_dir(dir: &Path) -> Result<(), String> {
     let meta =

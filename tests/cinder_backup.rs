@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use cloud::{cinder_config, Cloud, DataVolume};
-use support::{hooks_dir, run};
+use cloud::{cinder_config, is_good, Cloud, DataVolume};
+use support::{hooks_dir, run, wait_until};
 use volsnap::freeze;
 use volsnap::openstack::cinder::{NewSnapshot, Target};
 
@@ -74,6 +74,16 @@ fn needs_recovery(image: &Path) -> bool {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .any(|l| l.starts_with("Filesystem features:") && l.contains("needs_recovery"))
+}
+
+/// The freeze window volsnap's log reports: "thawed after N ms frozen".
+fn thawed_after_ms(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .find_map(|l| l.split("thawed after ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no 'thawed after' line: {stderr}"))
 }
 
 fn assert_thawed(mount: &Path) {
@@ -330,12 +340,7 @@ fn max_freeze_shorter_than_the_snapshot_thaws_at_the_deadline_and_deletes_it() {
         "{stderr}"
     );
     assert!(stderr.contains("deleted this run's snapshots"), "{stderr}");
-    let frozen_ms: u64 = stderr
-        .lines()
-        .find_map(|l| l.split("thawed after ").nth(1))
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no 'thawed after' line: {stderr}"));
+    let frozen_ms = thawed_after_ms(&stderr);
     assert!(
         (1000..1500).contains(&frozen_ms),
         "frozen {frozen_ms} ms with max_freeze 1 s"
@@ -662,19 +667,6 @@ fn sleeping_hook(dir: &Path, freeze_sleep: u32, thaw_sleep: u32) -> (PathBuf, Pa
     (hooks_dir(dir, &[("none", &body)]), marks)
 }
 
-fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    start.elapsed()
-}
-
-fn is_good(s: &volsnap::openstack::cinder::Snapshot) -> bool {
-    volsnap::agent::cinder::runs::state(s) == volsnap::agent::cinder::runs::State::Good
-}
-
 /// SIGKILL at three points of a run — while the hook's freeze holds the
 /// database, while Cinder is still making the snapshot (with the config
 /// broken meanwhile), and after the thaw but before the labels (while the
@@ -925,12 +917,7 @@ fn cinder_silent_mid_window_thaws_at_max_freeze_and_labels_nothing() {
         "{stderr}"
     );
     assert!(!stderr.contains("the watchdog thawed"), "{stderr}");
-    let frozen_ms: u64 = stderr
-        .lines()
-        .find_map(|l| l.split("thawed after ").nth(1))
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no 'thawed after' line: {stderr}"));
+    let frozen_ms = thawed_after_ms(&stderr);
     assert!(
         (2000..2600).contains(&frozen_ms),
         "frozen {frozen_ms} ms with max_freeze 2 s; {thawed:?} after Cinder went silent"

@@ -2361,22 +2361,45 @@ fn postgresql_stream_longer_than_hooks_timeout_round_trips() {
         .env("VOLSNAP_PG_START_CMD", db.command("start"));
     conf.hook_timeout = "2s";
     let config = rig.config("pg", &conf);
-    let report = rig.backup(&config);
+    round_trip_longer_than_hooks_timeout(
+        &rig,
+        "postgresql",
+        &config,
+        || {
+            psql(
+                &db,
+                "TRUNCATE r; INSERT INTO r VALUES (1, 'after the backup')",
+            );
+        },
+        || psql(&db, query),
+        &before,
+    );
+}
+
+/// A backup and a restore each longer than the config's `hooks.timeout`
+/// (2 s; the hooks' streams are slowed), over several segments: `change`
+/// runs between them, and `rows` must read as `before` after the restore.
+fn round_trip_longer_than_hooks_timeout(
+    rig: &Rig,
+    what: &str,
+    config: &Path,
+    change: impl FnOnce(),
+    rows: impl Fn() -> String,
+    before: &str,
+) {
+    let report = rig.backup(config);
     eprintln!(
-        "postgresql: backup {} ms, {} segments, {} bytes stored",
+        "{what}: backup {} ms, {} segments, {} bytes stored",
         report["total_ms"], report["segments"], report["stored_size"]
     );
     assert!(report["total_ms"].as_u64().unwrap() > 3000, "{report}");
     assert!(report["segments"].as_u64().unwrap() >= 3, "{report}");
-    psql(
-        &db,
-        "TRUNCATE r; INSERT INTO r VALUES (1, 'after the backup')",
-    );
+    change();
     let started = std::time::Instant::now();
-    rig.ok(&config, &["restore", "--latest"]);
-    eprintln!("postgresql: restore {} ms", started.elapsed().as_millis());
+    rig.ok(config, &["restore", "--latest"]);
+    eprintln!("{what}: restore {} ms", started.elapsed().as_millis());
     assert!(started.elapsed() > Duration::from_secs(3));
-    assert_same_rows("postgresql", &psql(&db, query), &before);
+    assert_same_rows(what, &rows(), before);
 }
 
 /// The same for MariaDB through mariadb-backup's xbstream: a backup and a
@@ -2401,22 +2424,19 @@ fn mariadb_stream_longer_than_hooks_timeout_round_trips() {
         .env("VOLSNAP_MYSQL_START_CMD", db.command("start"));
     conf.hook_timeout = "2s";
     let config = rig.config("mysql", &conf);
-    let report = rig.backup(&config);
-    eprintln!(
-        "mariadb: backup {} ms, {} segments, {} bytes stored",
-        report["total_ms"], report["segments"], report["stored_size"]
+    round_trip_longer_than_hooks_timeout(
+        &rig,
+        "mariadb",
+        &config,
+        || {
+            mariadb_sql(
+                &db,
+                "DELETE FROM d.r WHERE k % 7 = 0; UPDATE d.r SET v = 'changed' WHERE k < 100",
+            );
+        },
+        || mariadb_sql(&db, query),
+        &before,
     );
-    assert!(report["total_ms"].as_u64().unwrap() > 3000, "{report}");
-    assert!(report["segments"].as_u64().unwrap() >= 3, "{report}");
-    mariadb_sql(
-        &db,
-        "DELETE FROM d.r WHERE k % 7 = 0; UPDATE d.r SET v = 'changed' WHERE k < 100",
-    );
-    let started = std::time::Instant::now();
-    rig.ok(&config, &["restore", "--latest"]);
-    eprintln!("mariadb: restore {} ms", started.elapsed().as_millis());
-    assert!(started.elapsed() > Duration::from_secs(3));
-    assert_same_rows("mariadb", &mariadb_sql(&db, query), &before);
 }
 
 /// Redis (`redis-cli --rdb`) and `none` (a tar of the mounts): a backup and

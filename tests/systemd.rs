@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use cloud::{Cloud, DataVolume};
-use support::hooks_dir;
+use cloud::{is_good, Cloud, DataVolume};
+use support::{hooks_dir, wait_until};
 use volsnap::freeze;
 
 /// Where everything the booted systemd and the unit must see lives: not
@@ -256,19 +256,6 @@ fn setup(cloud: &Cloud, dir: &Path, volume: &DataVolume, hooks: &Path) -> (PathB
         std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     (config, env)
-}
-
-fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    start.elapsed()
-}
-
-fn is_good(s: &volsnap::openstack::cinder::Snapshot) -> bool {
-    volsnap::agent::cinder::runs::state(s) == volsnap::agent::cinder::runs::State::Good
 }
 
 #[test]

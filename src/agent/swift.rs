@@ -88,8 +88,7 @@ pub fn backup(
         true => None,
         false => Some(RunLock::acquire(&settings.runtime_dir)?),
     };
-    hooks::check_dir(&settings.hooks.dir).map_err(anyhow::Error::msg)?;
-    hooks::check_file(&hooks::hook_path(settings)).map_err(anyhow::Error::msg)?;
+    hooks::check_configured(settings).map_err(anyhow::Error::msg)?;
     let plan = BackupPlan::from_settings(&settings.swift)?;
     let s = &settings.swift;
     let seg_container = segments_container(&s.container)?;
@@ -577,8 +576,7 @@ pub fn restore(
 ) -> Result<RestoreReport> {
     let _lock = RunLock::acquire(&settings.runtime_dir)?;
     if into_hook {
-        hooks::check_dir(&settings.hooks.dir).map_err(anyhow::Error::msg)?;
-        hooks::check_file(&hooks::hook_path(settings)).map_err(anyhow::Error::msg)?;
+        hooks::check_configured(settings).map_err(anyhow::Error::msg)?;
     }
     let swift = connect(settings)?;
     let container = &settings.swift.container;

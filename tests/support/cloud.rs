@@ -130,6 +130,11 @@ impl Drop for Knobs {
     }
 }
 
+/// A snapshot volsnap calls a backup (final label and `freeze_ms`).
+pub fn is_good(s: &volsnap::openstack::cinder::Snapshot) -> bool {
+    volsnap::agent::cinder::runs::state(s) == volsnap::agent::cinder::runs::State::Good
+}
+
 fn unquote(v: &str) -> String {
     let v = v.trim();
     match v.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')) {

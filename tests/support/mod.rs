@@ -101,3 +101,18 @@ pub fn hooks_dir(parent: &Path, hooks: &[(&str, &str)]) -> PathBuf {
 }
 
 pub const NONE_HOOK: &str = "#!/bin/sh\nexit 0\n";
+
+/// Polls `done` every 10 ms until it holds; fails the test after `limit`.
+/// How long it took.
+pub fn wait_until(
+    limit: std::time::Duration,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    start.elapsed()
+}

@@ -94,14 +94,7 @@ impl Plan {
 /// be frozen. All problems, one line each.
 pub fn local(settings: &Settings, mountinfo: &[MountEntry]) -> Result<Vec<Mount>, Vec<String>> {
     let mut problems = Vec::new();
-    match hooks::check_dir(&settings.hooks.dir) {
-        Ok(()) => {
-            if let Err(p) = hooks::check_file(&hooks::hook_path(settings)) {
-                problems.push(p);
-            }
-        }
-        Err(p) => problems.push(p),
-    }
+    problems.extend(hooks::check_configured(settings).err());
     let protected = protected_paths(settings);
     let mut found = Vec::new();
     for mount in &settings.mounts {
