@@ -12,7 +12,8 @@ set -eu
 PACKAGES="mariadb-server mariadb-client mariadb-backup
 postgresql postgresql-client
 redis-server redis-tools
-qemu-guest-agent shellcheck age zstd xfsprogs e2fsprogs util-linux procps"
+qemu-guest-agent shellcheck age zstd xfsprogs e2fsprogs util-linux procps
+iproute2"
 
 POLICY=/usr/sbin/policy-rc.d
 POLICY_WRITTEN=

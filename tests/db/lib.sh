@@ -11,10 +11,20 @@ log() {
 }
 
 # derive_port BASE DIR: a port in [BASE, BASE+999] derived from DIR, so that
-# servers started on different directories do not collide.
+# servers started on different directories do not collide; a port in use in
+# any state is skipped for the next one. The ranges lie inside Linux's
+# ephemeral ports, where an outgoing connection (a test's HTTP client) can
+# hold one: a server that tried to bind it would fail to start (seen once in
+# CI: "Address already in use" on 36990).
 derive_port() {
     sum=$(printf '%s' "$2" | cksum | cut -d' ' -f1)
-    echo $(($1 + sum % 1000))
+    port=$(($1 + sum % 1000))
+    tries=0
+    while [ "$tries" -lt 1000 ] && [ -n "$(ss -Hant "( sport = :$port )" 2>/dev/null)" ]; do
+        port=$(($1 + (port - $1 + 1) % 1000))
+        tries=$((tries + 1))
+    done
+    echo "$port"
 }
 
 # abs_dir DIR: DIR as an absolute path (created if missing).
