@@ -27,7 +27,11 @@ pub fn open_mount(mount: &Path) -> Result<File> {
 
 /// Flushes a filesystem's dirty data so the freeze itself is quick.
 pub fn syncfs(mount: &Path) -> Result<()> {
-    let file = open_mount(mount)?;
+    syncfs_fd(&open_mount(mount)?, mount)
+}
+
+/// [`syncfs`] on a mount already open.
+pub fn syncfs_fd(file: &File, mount: &Path) -> Result<()> {
     nix::unistd::syncfs(file.as_raw_fd()).with_context(|| format!("syncfs {}", mount.display()))
 }
 
@@ -110,8 +114,7 @@ impl Frozen {
     /// already frozen and returns the error: all or nothing.
     pub fn freeze(opened: Vec<(PathBuf, File)>) -> Result<Frozen> {
         for (mount, file) in &opened {
-            nix::unistd::syncfs(file.as_raw_fd())
-                .with_context(|| format!("syncfs {}", mount.display()))?;
+            syncfs_fd(file, mount)?;
         }
         let mut frozen = Frozen {
             mounts: Vec::with_capacity(opened.len()),

@@ -148,6 +148,9 @@ pub struct SnapshotFilter {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target<'a> {
     Status(&'a str),
+    /// Any status but this one (an `error` status included), or deleted:
+    /// what a clean-up waits for before it deletes (`creating` cannot be).
+    Left(&'a str),
     /// Deleted: the resource answers 404.
     Gone,
 }
@@ -333,7 +336,8 @@ impl Cinder {
     }
 
     /// Polls a snapshot until it reaches `target`, fails (`error`), or the
-    /// deadline passes. `Ok(None)` only for [`Target::Gone`].
+    /// deadline passes. `Ok(None)` when it was deleted ([`Target::Gone`],
+    /// [`Target::Left`]).
     pub fn wait_snapshot(
         &self,
         id: &str,
@@ -445,14 +449,23 @@ pub fn wait<T>(
         match polled {
             Ok((item, status)) => {
                 transient = 0;
-                if target == Target::Status(&status) {
+                let reached = match target {
+                    Target::Status(want) => status == want,
+                    Target::Left(from) => status != from,
+                    Target::Gone => false,
+                };
+                if reached {
                     log::debug!(
                         "{what} is {status} after {} ms ({polls} polls)",
                         started.elapsed().as_millis()
                     );
                     return Ok(Some(item));
                 }
-                if status.starts_with("error") || (status == "deleting" && target != Target::Gone) {
+                if matches!(target, Target::Left(_)) {
+                    // Still the status it is to leave: poll on.
+                } else if status.starts_with("error")
+                    || (status == "deleting" && target != Target::Gone)
+                {
                     bail!(
                         "{what} went to status {status:?} while waiting for {}",
                         describe(target)
@@ -463,7 +476,7 @@ pub fn wait<T>(
                 }
                 last = status;
             }
-            Err(e) if e.is_not_found() && target == Target::Gone => {
+            Err(e) if e.is_not_found() && matches!(target, Target::Gone | Target::Left(_)) => {
                 log::debug!("{what} is gone after {} ms", started.elapsed().as_millis());
                 return Ok(None);
             }
@@ -498,6 +511,7 @@ pub fn wait<T>(
 fn describe(target: Target) -> String {
     match target {
         Target::Status(s) => format!("{s:?}"),
+        Target::Left(s) => format!("out of {s:?}"),
         Target::Gone => "deleted".to_string(),
     }
 }

@@ -152,8 +152,9 @@ pub fn backup(
     // Flush now so the freeze has little left to write.
     let mut opened = Vec::new();
     for v in &plan.volumes {
-        freeze::syncfs(&v.mount)?;
-        opened.push((v.mount.clone(), freeze::open_mount(&v.mount)?));
+        let file = freeze::open_mount(&v.mount)?;
+        freeze::syncfs_fd(&file, &v.mount)?;
+        opened.push((v.mount.clone(), file));
     }
     check_stop(stop)?;
     runtime::write_frozen(
@@ -189,13 +190,11 @@ pub fn backup(
     let window = consistency.and_then(|(consistency, values)| {
         check_stop(stop)?;
         let metadata = metadata(settings, plan, &run, &lock, values.unwrap_or_default());
-        let request = window::Request {
-            run: &run,
-            metadata: &metadata,
-            name_prefix: &settings.cinder.name_prefix,
-        };
+        // The request bodies are made now: nothing that can be done before
+        // the freeze is done inside it.
+        let bodies = window::requests(plan, &run, &metadata, &settings.cinder.name_prefix);
         let dog = dog.take().expect("armed once");
-        let w = window::run(plan, cinder, dog, opened, &request, stop)?;
+        let w = window::run(plan, cinder, dog, opened, bodies, stop)?;
         Ok((consistency, metadata, w))
     });
     if let Some(dog) = dog {
@@ -243,6 +242,10 @@ pub fn backup(
                 ids.join(", ")
             ));
         } else if !left.is_empty() {
+            let left: Vec<String> = left
+                .iter()
+                .map(|(id, why)| format!("{id}: {why}"))
+                .collect();
             message.push_str(&format!(
                 "; CLEANUP FAILED (they are labelled {}; the next run removes them): {}",
                 verdict::FAILED_RUN,

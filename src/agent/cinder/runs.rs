@@ -84,16 +84,8 @@ pub fn list(cinder: &Cinder) -> Result<Vec<Snapshot>> {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Cleanup {
     pub removed: Vec<String>,
-    /// Still there (with why): the next run tries again.
-    pub remaining: Vec<String>,
-    /// What the watchdog recorded about the runs removed, if it fired.
-    pub watchdog: Vec<String>,
-}
-
-impl Cleanup {
-    pub fn is_empty(&self) -> bool {
-        self.removed.is_empty() && self.remaining.is_empty()
-    }
+    /// Still there (id, why): the next run tries again.
+    pub remaining: Vec<(String, String)>,
 }
 
 /// Leftovers: labelled `pending` or `none-failed-run`, not of a live run,
@@ -126,32 +118,30 @@ pub fn clean(cinder: &Cinder, runtime_dir: &Path, wait: Duration) -> Result<Clea
     if left.is_empty() {
         return Ok(cleanup);
     }
-    let record = runtime::read_watchdog_record(runtime_dir);
-    for s in &left {
-        if let Some(r) = record.as_ref().filter(|r| r.run == run_of(s)) {
-            let line = format!("run {}: {}", r.run, r.summary);
-            if !cleanup.watchdog.contains(&line) {
-                cleanup.watchdog.push(line);
-            }
+    // Who thawed the run being removed, when its watchdog did.
+    if let Some(r) = runtime::read_watchdog_record(runtime_dir) {
+        if left.iter().any(|s| run_of(s) == r.run) {
+            log::warn!("run {} was thawed by its watchdog: {}", r.run, r.summary);
         }
     }
     let ids: Vec<String> = left.iter().map(|s| s.id.clone()).collect();
     cleanup.remaining = verdict::discard(cinder, &ids, wait);
-    cleanup.removed = ids
-        .into_iter()
-        .filter(|id| !cleanup.remaining.iter().any(|r| r.starts_with(id.as_str())))
-        .collect();
-    for id in &cleanup.removed {
-        let s = left.iter().find(|s| &s.id == id).expect("listed");
+    for s in &left {
+        if let Some((_, why)) = cleanup.remaining.iter().find(|(id, _)| *id == s.id) {
+            log::warn!(
+                "snapshot {} left by an earlier run not removed yet: {why}",
+                s.id
+            );
+            continue;
+        }
         log::warn!(
-            "removed snapshot {id} of volume {}: left {} by run {} (killed or failed)",
+            "removed snapshot {} of volume {}: left {} by run {} (killed or failed)",
+            s.id,
             s.volume_id,
             s.metadata.get("consistency").map_or("?", String::as_str),
             run_of(s)
         );
-    }
-    for r in &cleanup.remaining {
-        log::warn!("snapshot left by an earlier run not removed yet: {r}");
+        cleanup.removed.push(s.id.clone());
     }
     Ok(cleanup)
 }

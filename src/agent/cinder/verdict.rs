@@ -73,8 +73,8 @@ pub fn label(
 
 /// Marks snapshots `none-failed-run` and deletes them, waiting (up to
 /// `wait`) for each to leave `creating` (Cinder refuses to delete one that
-/// is still being made). Returns the ids still there, with why.
-pub fn discard(cinder: &Cinder, ids: &[String], wait: Duration) -> Vec<String> {
+/// is still being made). Returns the ids still there, each with why.
+pub fn discard(cinder: &Cinder, ids: &[String], wait: Duration) -> Vec<(String, String)> {
     let deadline = Instant::now() + wait;
     let mark = BTreeMap::from([("consistency".to_string(), FAILED_RUN.to_string())]);
     ids.iter()
@@ -86,17 +86,11 @@ pub fn discard(cinder: &Cinder, ids: &[String], wait: Duration) -> Vec<String> {
                     }
                     log::warn!("cannot mark snapshot {id} {FAILED_RUN}: {e}");
                 }
-                loop {
-                    match cinder.snapshot(id) {
-                        Ok(s) if s.status == "creating" => {}
-                        Ok(_) => break,
-                        Err(e) if e.is_not_found() => return Ok(()),
-                        Err(e) => return Err(e.into()),
-                    }
-                    if Instant::now() >= deadline {
-                        bail!("still creating after {} s", wait.as_secs());
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
+                if cinder
+                    .wait_snapshot(id, Target::Left("creating"), deadline)?
+                    .is_none()
+                {
+                    return Ok(()); // gone already
                 }
                 cinder.delete_snapshot(id)?;
                 cinder.wait_snapshot(
@@ -106,7 +100,7 @@ pub fn discard(cinder: &Cinder, ids: &[String], wait: Duration) -> Vec<String> {
                 )?;
                 Ok(())
             })();
-            result.err().map(|e| format!("{id}: {e:#}"))
+            result.err().map(|e| (id.clone(), format!("{e:#}")))
         })
         .collect()
 }

@@ -41,6 +41,22 @@ pub struct Shot {
     pub in_polls: Duration,
 }
 
+impl Shot {
+    fn new(volume: Volume, name: String) -> Shot {
+        Shot {
+            volume,
+            name,
+            id: None,
+            available: false,
+            error: None,
+            accepted: None,
+            seen_available: None,
+            polls: 0,
+            in_polls: Duration::ZERO,
+        }
+    }
+}
+
 /// What happened in the window.
 pub struct Window {
     pub shots: Vec<Shot>,
@@ -57,19 +73,12 @@ pub struct Window {
     pub disarm_error: Option<String>,
 }
 
-/// What every snapshot of the run is created with.
-pub struct Request<'a> {
-    pub run: &'a str,
-    pub metadata: &'a BTreeMap<String, String>,
-    pub name_prefix: &'a str,
-}
-
 pub fn run(
     plan: &Plan,
     cinder: &Cinder,
     mut dog: Watchdog,
     opened: Vec<(PathBuf, File)>,
-    request: &Request,
+    bodies: Vec<NewSnapshot>,
     stop: &'static AtomicBool,
 ) -> Result<Window> {
     let frozen = match dog.freezing().and_then(|()| Frozen::freeze(opened)) {
@@ -82,13 +91,14 @@ pub fn run(
     let (since, since_unix_ms) = (frozen.since, runtime::now_unix_ms());
     let froze_in = since.elapsed();
     let deadline = since + plan.max_freeze;
-    let snapshots = Snapshots::start(&cinder.until(deadline), plan, request, since, stop);
+    let snapshots = Snapshots::start(&cinder.until(deadline), plan, bodies, since, stop);
     let mut shots = snapshots.collect_until(deadline, stop);
     let thaw_started = Instant::now();
     let thawed = frozen.thaw();
     let thawed_at = Instant::now();
     let disarmed = dog.disarm();
     shots.extend(snapshots.late());
+    shots.extend(unanswered(&plan.volumes, &shots));
 
     let fired = disarmed.as_ref().ok().cloned().flatten();
     let freeze_ms = match &fired {
@@ -132,18 +142,18 @@ struct Snapshots {
 }
 
 impl Snapshots {
+    /// `bodies` are in the order of the plan's volumes.
     fn start(
         cinder: &Cinder,
         plan: &Plan,
-        request: &Request,
+        bodies: Vec<NewSnapshot>,
         since: Instant,
         stop: &'static AtomicBool,
     ) -> Snapshots {
         let (tx, rx) = mpsc::channel();
         let deadline = since + plan.max_freeze;
-        for volume in &plan.volumes {
+        for (volume, new) in plan.volumes.iter().zip(bodies) {
             let (tx, cinder) = (tx.clone(), cinder.clone());
-            let new = new_snapshot(volume, plan, request);
             let volume = volume.clone();
             std::thread::spawn(move || {
                 let _ = tx.send(snapshot_one(&cinder, volume, new, since, deadline, stop));
@@ -199,23 +209,50 @@ impl Snapshots {
     }
 }
 
-fn new_snapshot(volume: &Volume, plan: &Plan, request: &Request) -> NewSnapshot {
-    let mut metadata = request.metadata.clone();
-    metadata.insert(
-        "mount".into(),
-        super::clip(&volume.mount.display().to_string()),
-    );
-    NewSnapshot {
-        volume_id: volume.volume_id.clone(),
-        name: super::snapshot_name(request.name_prefix, &plan.host, &volume.mount, request.run),
-        description: Some(format!(
-            "volsnap backup of {} on {} (run {})",
-            volume.mount.display(),
-            plan.host,
-            request.run
-        )),
-        metadata,
-    }
+/// A failed shot for each volume that has none: a run is judged on every
+/// volume of its plan, never on the answers that happened to arrive.
+fn unanswered(volumes: &[Volume], shots: &[Shot]) -> Vec<Shot> {
+    volumes
+        .iter()
+        .filter(|v| !shots.iter().any(|s| s.volume.volume_id == v.volume_id))
+        .map(|v| Shot {
+            error: Some(format!(
+                "no answer for the snapshot of volume {} (one may exist: it stays pending and the next run removes it)",
+                v.volume_id
+            )),
+            ..Shot::new(v.clone(), String::new())
+        })
+        .collect()
+}
+
+/// What each volume's snapshot is created with, in the order of the plan's
+/// volumes; made before the freeze.
+pub fn requests(
+    plan: &Plan,
+    run: &str,
+    metadata: &BTreeMap<String, String>,
+    name_prefix: &str,
+) -> Vec<NewSnapshot> {
+    plan.volumes
+        .iter()
+        .map(|volume| {
+            let mut metadata = metadata.clone();
+            metadata.insert(
+                "mount".into(),
+                super::clip(&volume.mount.display().to_string()),
+            );
+            NewSnapshot {
+                volume_id: volume.volume_id.clone(),
+                name: super::snapshot_name(name_prefix, &plan.host, &volume.mount, run),
+                description: Some(format!(
+                    "volsnap backup of {} on {} (run {run})",
+                    volume.mount.display(),
+                    plan.host,
+                )),
+                metadata,
+            }
+        })
+        .collect()
 }
 
 fn snapshot_one(
@@ -226,17 +263,7 @@ fn snapshot_one(
     deadline: Instant,
     stop: &'static AtomicBool,
 ) -> Shot {
-    let mut shot = Shot {
-        volume,
-        name: new.name.clone(),
-        id: None,
-        available: false,
-        error: None,
-        accepted: None,
-        seen_available: None,
-        polls: 0,
-        in_polls: Duration::ZERO,
-    };
+    let mut shot = Shot::new(volume, new.name.clone());
     let created = match cinder.create_snapshot(&new) {
         Ok(s) => s,
         Err(e) => {
@@ -283,4 +310,28 @@ fn snapshot_one(
 
 pub fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn volume(id: &str) -> Volume {
+        Volume {
+            mount: PathBuf::from(format!("/srv/{id}")),
+            volume_id: id.into(),
+            status: "in-use".into(),
+        }
+    }
+
+    #[test]
+    fn a_volume_without_an_answer_fails_the_run() {
+        let mut seen = Shot::new(volume("a"), "snap-a".into());
+        seen.available = true;
+        let missing = unanswered(&[volume("a"), volume("b")], &[seen]);
+        assert_eq!(missing.len(), 1);
+        assert_eq!(missing[0].volume.volume_id, "b");
+        assert!(!missing[0].available);
+        assert!(missing[0].error.as_deref().unwrap().contains("no answer"));
+    }
 }
