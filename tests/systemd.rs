@@ -42,9 +42,11 @@ struct Systemd {
 
 impl Systemd {
     /// Boots with the repo's volsnap.service and volsnap.timer, each with a
-    /// drop-in: `exec` (volsnap's command line), `env` (the environment file).
-    fn boot(exec: &str, env_file: &Path) -> Systemd {
-        Systemd::boot_image(exec, env_file, None)
+    /// drop-in: `args` (volsnap's arguments), `env` (the environment file).
+    /// The build is copied next to the units: the checkout may be under
+    /// /tmp, which the boot replaces.
+    fn boot(args: &str, env_file: &Path) -> Systemd {
+        Systemd::boot_image(args, env_file, None)
     }
 
     /// `deb`: a first boot of an image with that package installed (the
@@ -52,12 +54,24 @@ impl Systemd {
     /// /var/log and /var/cache become overlays whose changes live in the
     /// namespace's /run: what dpkg and cloud-init write never reaches the
     /// host. The package's own units run, with the drop-ins only.
-    fn boot_image(exec: &str, env_file: &Path, deb: Option<&str>) -> Systemd {
+    fn boot_image(args: &str, env_file: &Path, deb: Option<&str>) -> Systemd {
         let image = deb.is_some();
         let dir = tempfile::Builder::new()
             .prefix("volsnap-systemd-")
             .tempdir_in(BASE)
             .unwrap();
+        // What the boot needs from the checkout, copied where it can see it.
+        let exec = match deb {
+            Some(deb) => {
+                std::fs::copy(deb, dir.path().join("volsnap.deb")).unwrap();
+                "/usr/bin/volsnap".to_string()
+            }
+            None => {
+                let exe = dir.path().join("volsnap");
+                std::fs::copy(env!("CARGO_BIN_EXE_volsnap"), &exe).unwrap();
+                exe.display().to_string()
+            }
+        };
         let units = dir.path().join("units");
         std::fs::create_dir_all(units.join("volsnap.service.d")).unwrap();
         std::fs::create_dir_all(units.join("volsnap.timer.d")).unwrap();
@@ -74,7 +88,7 @@ impl Systemd {
         std::fs::write(
             units.join("volsnap.service.d/test.conf"),
             format!(
-                "{no_sysinit}[Service]\nExecStart=\nExecStart={exec}\nEnvironmentFile={}\n",
+                "{no_sysinit}[Service]\nExecStart=\nExecStart={exec} {args}\nEnvironmentFile={}\n",
                 env_file.display()
             ),
         )
@@ -94,14 +108,15 @@ impl Systemd {
                  exec env container=volsnap-test /lib/systemd/systemd --system --unit=volsnap-test.target\n",
                 units = units.display(),
                 image = match deb {
-                    Some(deb) => format!(
+                    Some(_) => format!(
                         "for d in /etc /usr /var/lib /var/log /var/cache; do\n\
                            o=/run/overlay$d; mkdir -p $o/upper $o/work\n\
                            mount -t overlay overlay -o lowerdir=$d,upperdir=$o/upper,workdir=$o/work $d\n\
                          done\n\
                          DEBIAN_FRONTEND=noninteractive dpkg -i {deb} >/run/dpkg.log 2>&1\n\
                          rm {units}/volsnap.service {units}/volsnap.timer\n",
-                        units = units.display()
+                        units = units.display(),
+                        deb = dir.path().join("volsnap.deb").display(),
                     ),
                     None => String::new(),
                 },
@@ -270,8 +285,7 @@ fn the_service_backs_up_survives_a_kill_and_a_stop_and_the_timer_is_scheduled() 
     let volume = DataVolume::new_in(&cloud, "ext4", work.path());
     let (hooks, marks_file) = marking_hook(work.path());
     let (config, env) = setup(&cloud, work.path(), &volume, &hooks);
-    let exe = env!("CARGO_BIN_EXE_volsnap");
-    let systemd = Systemd::boot(&format!("{exe} --config {} backup", config.display()), &env);
+    let systemd = Systemd::boot(&format!("--config {} backup", config.display()), &env);
 
     // 1. A backup, as the timer would start it.
     systemd.ok(&["systemctl", "start", "volsnap.service"]);
@@ -434,7 +448,7 @@ fn cloud_init_first_boot_enables_the_timer_only_after_a_passing_check() {
         std::fs::write(dir.join("user-data"), seed(secret)).unwrap();
         std::fs::write(dir.join("meta-data"), "instance-id: volsnap-test\n").unwrap();
         std::fs::write(dir.join("99-volsnap-test.cfg"), cfg).unwrap();
-        let systemd = Systemd::boot_image("/usr/bin/volsnap backup", &env, Some(&deb));
+        let systemd = Systemd::boot_image("backup", &env, Some(&deb));
         systemd.ok(&[
             "sh",
             "-c",
