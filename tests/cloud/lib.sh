@@ -12,17 +12,25 @@ VOLUMES=$RUN/volumes
 ATTACHMENTS=$RUN/attachments
 CACHE=$RUN/cache            # kept across restarts (the extracted memcached)
 
-# Ports: everything on 127.0.0.1, TCP unless noted, inside 18000-18049.
-PORT_KEYSTONE=18000
-PORT_MEMCACHED=18010
-PORT_SWIFT_LOG=18019        # UDP: Swift's syslog datagrams -> logs/swift.log
-PORT_SWIFT_PROXY=18020
-PORT_SWIFT_ACCOUNT=18021
-PORT_SWIFT_CONTAINER=18022
-PORT_SWIFT_OBJECT=18023
-PORT_CINDER=18030
-PORT_FIRST=18000
-PORT_LAST=18049
+# Ports: everything on 127.0.0.1, TCP unless noted, inside a range of 50
+# from VOLSNAP_TESTCLOUD_PORT_BASE (default 18000). A second cloud on the
+# same machine (a worktree of its own, with its own run/) takes another base,
+# e.g. 18100; the default cloud is the one make test and make demo use.
+# up.sh records the base in run/port-base, so down.sh, status.sh and the
+# others find a running cloud's ports without being told again.
+PORT_BASE=${VOLSNAP_TESTCLOUD_PORT_BASE:-$(cat "$RUN/port-base" 2>/dev/null || echo 18000)}
+[[ $PORT_BASE =~ ^[0-9]+$ ]] && (( PORT_BASE >= 1024 && PORT_BASE <= 65000 )) ||
+    { printf 'lib.sh: VOLSNAP_TESTCLOUD_PORT_BASE=%s is not a port in 1024-65000\n' "$PORT_BASE" >&2; exit 78; }
+PORT_KEYSTONE=$((PORT_BASE + 0))
+PORT_MEMCACHED=$((PORT_BASE + 10))
+PORT_SWIFT_LOG=$((PORT_BASE + 19))   # UDP: Swift's syslog datagrams -> logs/swift.log
+PORT_SWIFT_PROXY=$((PORT_BASE + 20))
+PORT_SWIFT_ACCOUNT=$((PORT_BASE + 21))
+PORT_SWIFT_CONTAINER=$((PORT_BASE + 22))
+PORT_SWIFT_OBJECT=$((PORT_BASE + 23))
+PORT_CINDER=$((PORT_BASE + 30))
+PORT_FIRST=$PORT_BASE
+PORT_LAST=$((PORT_BASE + 49))
 
 KEYSTONE_URL=http://127.0.0.1:$PORT_KEYSTONE
 SWIFT_URL=http://127.0.0.1:$PORT_SWIFT_PROXY

@@ -87,6 +87,7 @@ EOF
 write_configs() {
     mkdir -p "$RUN"/{keystone,swift/devices/sdb1,cinder/locks} "$PIDS" "$LOGS" \
         "$VOLUMES" "$ATTACHMENTS"
+    echo "$PORT_BASE" >"$RUN/port-base"
 
     cat >"$RUN/keystone/keystone.conf" <<EOF
 [DEFAULT]
