@@ -459,12 +459,14 @@ impl Cinder {
                 }
             }
             left.retain(|id| !statuses.iter().any(|(i, s)| i == id && s == "available"));
-            // The round's status: the first failure, else the first still on
-            // its way, else `available` (the target).
+            // The round's status: the first failure (naming its snapshot when
+            // there are several), else the first still on its way, else
+            // `available` (the target).
             let failed = statuses
                 .iter()
                 .find(|(_, s)| s.starts_with("error") || s == "deleting");
             let status = match (failed, statuses.iter().find(|(_, s)| s != "available")) {
+                (Some((_, s)), _) if ids.len() == 1 => s.clone(),
                 (Some((id, s)), _) => format!("{s} (snapshot {id})"),
                 (None, Some((_, s))) => s.clone(),
                 (None, None) => "available".to_string(),

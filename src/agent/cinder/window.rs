@@ -104,7 +104,12 @@ pub fn run(
     let thawed = frozen.thaw();
     let thawed_at = Instant::now();
     let disarmed = dog.disarm();
-    shots.extend(snapshots.late());
+    let why = if stop.load(Ordering::SeqCst) {
+        "interrupted by a signal before it was seen available"
+    } else {
+        "not seen available before the thaw"
+    };
+    shots.extend(snapshots.late(why));
     shots.extend(unanswered(&plan.volumes, &shots));
 
     let fired = disarmed.as_ref().ok().cloned().flatten();
@@ -190,7 +195,7 @@ impl Snapshots {
 
     /// The POSTs answered after the window closed (bounded): their
     /// snapshots were taken too late, or not at all.
-    fn late(self) -> Vec<Shot> {
+    fn late(self, why: &str) -> Vec<Shot> {
         let mut late = Vec::new();
         let until = Instant::now() + LATE;
         while let Ok(mut shot) = self
@@ -199,10 +204,7 @@ impl Snapshots {
         {
             shot.available = false;
             shot.error.get_or_insert_with(|| {
-                format!(
-                    "snapshot of volume {} was not seen available before the thaw",
-                    shot.volume.volume_id
-                )
+                format!("snapshot of volume {}: {why}", shot.volume.volume_id)
             });
             late.push(shot);
         }
