@@ -155,7 +155,7 @@ else
     deadline=$((SECONDS + wait_s))
     while ((left > 0)); do
         read -rt "$(printf '0.%03d' $((1000 / rate)))" -u "$pause" || true
-        curl -sS --fail-with-body --parallel --parallel-immediate "${headers[@]}" "${urls[@]}"
+        curl -sS --no-progress-meter --fail-with-body --parallel --parallel-immediate "${headers[@]}" "${urls[@]}"
         replies=()
         for id in "${ids[@]}"; do
             read -r -d '' body <"$tmp/get-$id" || true
