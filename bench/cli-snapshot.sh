@@ -2,29 +2,38 @@
 # Baseline (b) of bench/freeze-window: what a user would write instead of
 # volsnap, with the openstack CLI.
 #
-#   bench/cli-snapshot.sh MOUNT VOLUME_ID NAME
+#   bench/cli-snapshot.sh NAME MOUNT VOLUME_ID [MOUNT VOLUME_ID]...
 #
-# fsfreeze -f MOUNT; openstack volume snapshot create (in-use volume: the
-# pinned CLI needs --os-volume-api-version 3.66, see TESTCLOUD.md); poll
-# `openstack volume snapshot show` until available (no sleep: each call is
-# slow enough); fsfreeze -u. A trap thaws on every exit. Credentials: the
-# OS_* environment. Prints "window_ms=MS snapshot_id=ID" on stdout, the
-# window timed from just before fsfreeze -f to just after fsfreeze -u.
+# fsfreeze -f every MOUNT; then for each volume in turn, as a user would write
+# it: openstack volume snapshot create (in-use volume: the pinned CLI needs
+# --os-volume-api-version 3.66, see TESTCLOUD.md) and poll `openstack volume
+# snapshot show` until available (no sleep: each call is slow enough); then
+# fsfreeze -u every MOUNT. A trap thaws on every exit. Credentials: the OS_*
+# environment. Prints "window_ms=MS snapshot_id=ID[,ID]..." on stdout, the
+# window timed from just before the first fsfreeze -f to just after the last
+# fsfreeze -u.
 set -euo pipefail
 
-(($# == 3)) || {
-    echo "usage: $0 MOUNT VOLUME_ID NAME" >&2
+(($# >= 3 && $# % 2 == 1)) || {
+    echo "usage: $0 NAME MOUNT VOLUME_ID [MOUNT VOLUME_ID]..." >&2
     exit 2
 }
-mount=$1 volume=$2 name=$3
+name=$1
+shift
+mounts=() volumes=()
+while (($#)); do
+    mounts+=("$1") volumes+=("$2")
+    shift 2
+done
 wait_s=${BENCH_CLI_WAIT:-120}
 
-frozen=''
+frozen=()
 thaw() {
-    if [[ -n $frozen ]]; then
-        fsfreeze -u "$mount" || true
-        frozen=''
-    fi
+    local m
+    for m in "${frozen[@]}"; do
+        fsfreeze -u "$m" || true
+    done
+    frozen=()
 }
 trap thaw EXIT
 trap 'exit 130' INT TERM HUP
@@ -32,18 +41,26 @@ trap 'exit 130' INT TERM HUP
 now_us() { echo "${EPOCHREALTIME/./}"; }
 
 start=$(now_us)
-frozen=1
-fsfreeze -f "$mount"
-id=$(openstack --os-volume-api-version 3.66 volume snapshot create \
-    --volume "$volume" --force -f value -c id "$name")
-deadline=$((SECONDS + wait_s))
-while :; do
-    status=$(openstack --os-volume-api-version 3.66 volume snapshot show -f value -c status "$id")
-    [[ $status == available ]] && break
-    [[ $status == error* ]] && { echo "snapshot $id: $status" >&2; exit 1; }
-    ((SECONDS < deadline)) || { echo "snapshot $id still $status after ${wait_s}s" >&2; exit 1; }
+for m in "${mounts[@]}"; do
+    frozen+=("$m")
+    fsfreeze -f "$m"
 done
-fsfreeze -u "$mount"
-frozen=''
+ids=()
+for i in "${!volumes[@]}"; do
+    id=$(openstack --os-volume-api-version 3.66 volume snapshot create \
+        --volume "${volumes[$i]}" --force -f value -c id "$name-$i")
+    ids+=("$id")
+    deadline=$((SECONDS + wait_s))
+    while :; do
+        status=$(openstack --os-volume-api-version 3.66 volume snapshot show -f value -c status "$id")
+        [[ $status == available ]] && break
+        [[ $status == error* ]] && { echo "snapshot $id: $status" >&2; exit 1; }
+        ((SECONDS < deadline)) || { echo "snapshot $id still $status after ${wait_s}s" >&2; exit 1; }
+    done
+done
+for m in "${mounts[@]}"; do
+    fsfreeze -u "$m"
+done
+frozen=()
 end=$(now_us)
-echo "window_ms=$(((end - start) / 1000)).$(printf '%03d' $(((end - start) % 1000))) snapshot_id=$id"
+echo "window_ms=$(((end - start) / 1000)).$(printf '%03d' $(((end - start) % 1000))) snapshot_id=$(IFS=,; echo "${ids[*]}")"

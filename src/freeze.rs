@@ -110,8 +110,12 @@ pub struct Frozen {
 
 impl Frozen {
     /// `syncfs` on every mount (what is left to flush since the early sync),
-    /// then FIFREEZE each in order. On the first failure, thaws the ones
-    /// already frozen and returns the error: all or nothing.
+    /// then FIFREEZE all of them at once, a thread each: most of a FIFREEZE
+    /// is the kernel waiting for RCU grace periods, which concurrent freezes
+    /// share (8 ext4 mounts: 60 ms at once against 290 ms one after the
+    /// other, bench/RESULTS.md), and the window is open from the first. If
+    /// any fails, thaws the ones that froze and returns the first error in
+    /// mount order: all or nothing.
     pub fn freeze(opened: Vec<(PathBuf, File)>) -> Result<Frozen> {
         for (mount, file) in &opened {
             syncfs_fd(file, mount)?;
@@ -120,12 +124,38 @@ impl Frozen {
             mounts: Vec::with_capacity(opened.len()),
             since: Instant::now(),
         };
-        for (mount, file) in opened {
-            freeze_fd(&file, &mount)?; // `frozen` drops here on error and thaws the rest
-            log::debug!("froze {}", mount.display());
-            frozen.mounts.push((mount, file));
+        let tried: Vec<((PathBuf, File), Result<()>)> = std::thread::scope(|scope| {
+            let freezing: Vec<_> = opened
+                .into_iter()
+                .map(|(mount, file)| {
+                    scope.spawn(move || {
+                        let froze = freeze_fd(&file, &mount);
+                        ((mount, file), froze)
+                    })
+                })
+                .collect();
+            freezing
+                .into_iter()
+                .map(|t| t.join().expect("a FIFREEZE thread panicked"))
+                .collect()
+        });
+        let mut first_error = None;
+        for ((mount, file), froze) in tried {
+            match froze {
+                Ok(()) => {
+                    log::debug!("froze {}", mount.display());
+                    frozen.mounts.push((mount, file));
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        Ok(frozen)
+        match first_error {
+            // `frozen` drops here and thaws the ones that froze.
+            Some(e) => Err(e),
+            None => Ok(frozen),
+        }
     }
 
     /// Thaws in reverse order, trying every mount even when one fails.

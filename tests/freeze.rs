@@ -72,6 +72,36 @@ fn freezing_a_frozen_filesystem_is_ebusy_and_freezes_nothing_else() {
     theirs.thaw().unwrap();
 }
 
+/// The mounts freeze at once (a thread each): all of them, or none when one
+/// fails, whichever froze before or after the failing one.
+#[test]
+fn eight_filesystems_freeze_together_all_or_nothing() {
+    let fss: Vec<LoopFs> = (0..8).map(|_| LoopFs::new("ext4", 64)).collect();
+    let paths: Vec<&Path> = fss.iter().map(|f| f.path()).collect();
+    let frozen = Frozen::freeze(open(&paths)).unwrap();
+    for p in &paths {
+        assert!(freeze::is_frozen(p).unwrap(), "{}", p.display());
+    }
+    frozen.thaw().unwrap();
+    for p in &paths {
+        assert!(!freeze::is_frozen(p).unwrap(), "{}", p.display());
+    }
+
+    let theirs = Frozen::freeze(open(&[paths[3]])).unwrap();
+    let err = Frozen::freeze(open(&paths)).err().unwrap();
+    assert!(
+        err.to_string().contains(&format!(
+            "cannot freeze {}: it is already frozen by someone else (EBUSY)",
+            paths[3].display()
+        )),
+        "{err:#}"
+    );
+    for (i, p) in paths.iter().enumerate() {
+        assert_eq!(freeze::is_frozen(p).unwrap(), i == 3, "{}", p.display());
+    }
+    theirs.thaw().unwrap();
+}
+
 #[test]
 fn thaw_of_an_unfrozen_filesystem_is_reported() {
     let fs = LoopFs::new("ext4", 64);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use volsnap::config::OpenStack;
 use volsnap::openstack::auth::{self, Env, Service, Session};
-use volsnap::openstack::cinder::{NewSnapshot, NewVolume, SnapshotFilter, Target};
+use volsnap::openstack::cinder::{NewSnapshot, NewVolume, Schedule, SnapshotFilter, Target, Until};
 use volsnap::openstack::swift::{md5_hex, ContainerState, SloSegment};
 use volsnap::openstack::{self as os};
 use volsnap::secret::Secret;
@@ -345,6 +345,105 @@ fn a_snapshot_in_error_ends_the_wait() {
     cinder
         .wait_volume(&volume.id, Target::Gone, deadline())
         .unwrap();
+}
+
+/// The freeze window's wait: several snapshots followed with one list per
+/// round. One outside the list's filter is asked for by id; one that fails
+/// ends the wait with its id.
+#[test]
+fn several_snapshots_are_waited_for_together() {
+    let _serial = CINDER.lock().unwrap_or_else(|p| p.into_inner());
+    let cloud = Cloud::load();
+    let knobs = cloud.knobs();
+    let cinder = os::cinder(&cloud.session()).unwrap();
+    let deadline = || Instant::now() + Duration::from_secs(60);
+    let volumes: Vec<String> = (0..2)
+        .map(|_| {
+            let v = cinder
+                .create_volume(&NewVolume {
+                    size: 1,
+                    name: unique("vol"),
+                    ..NewVolume::default()
+                })
+                .unwrap();
+            cinder
+                .wait_volume(&v.id, Target::Status("available"), deadline())
+                .unwrap();
+            v.id
+        })
+        .collect();
+    let tag = unique("run");
+    let run: BTreeMap<String, String> = [("volsnap_run".to_string(), tag.clone())].into();
+    let snap = |volume: &str, metadata: &BTreeMap<String, String>| {
+        cinder
+            .create_snapshot(&NewSnapshot {
+                volume_id: volume.to_string(),
+                name: unique("snap"),
+                metadata: metadata.clone(),
+                ..NewSnapshot::default()
+            })
+            .unwrap()
+            .id
+    };
+    let filter = SnapshotFilter {
+        metadata: run.clone(),
+        ..SnapshotFilter::default()
+    };
+    let wait = |ids: &[String], seen: &mut Vec<String>| {
+        let stats = std::cell::Cell::new((0, Duration::ZERO));
+        let until = Until {
+            deadline: deadline(),
+            schedule: Schedule::FROZEN,
+            stop: None,
+            stats: Some(&stats),
+        };
+        let waited = cinder
+            .wait_snapshots_available(ids, &filter, &until, |id, _| seen.push(id.to_string()));
+        (waited, stats.get().0)
+    };
+
+    // The driver holds each snapshot `creating` for a while: several rounds.
+    knobs.delay(0.5);
+    let mut ids = vec![
+        snap(&volumes[0], &run),
+        snap(&volumes[1], &run),
+        snap(&volumes[0], &BTreeMap::new()),
+    ];
+    let mut seen = Vec::new();
+    let (waited, rounds) = wait(&ids, &mut seen);
+    waited.unwrap();
+    assert!(rounds >= 2, "{rounds} rounds");
+    seen.sort();
+    let mut all = ids.clone();
+    all.sort();
+    assert_eq!(seen, all, "each seen once");
+    for id in &ids {
+        assert_eq!(cinder.snapshot(id).unwrap().status, "available");
+    }
+
+    knobs.clear();
+    knobs.fail_next();
+    let failed = snap(&volumes[1], &run);
+    ids.push(failed.clone());
+    let mut seen = Vec::new();
+    let (waited, _) = wait(&ids, &mut seen);
+    let err = waited.unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("\"error (snapshot {failed})\"")),
+        "{err}"
+    );
+    assert!(!seen.contains(&failed), "{seen:?}");
+
+    for id in &ids {
+        cinder.delete_snapshot(id).unwrap();
+    }
+    for id in &ids {
+        cinder.wait_snapshot(id, Target::Gone, deadline()).unwrap();
+    }
+    for v in &volumes {
+        cinder.delete_volume(v).unwrap();
+        cinder.wait_volume(v, Target::Gone, deadline()).unwrap();
+    }
 }
 
 #[test]

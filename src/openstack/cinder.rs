@@ -43,14 +43,28 @@ impl Schedule {
         flat_for: Duration::ZERO,
         cap: Duration::from_secs(1),
     };
-    /// A snapshot of frozen filesystems: the window lasts until `available`
-    /// is seen and Cinder gets there in a few hundred ms, so polls stay fast
-    /// and flat for a while (bench/RESULTS.md measured the interval).
+    /// Snapshots of frozen filesystems: the window lasts until the last
+    /// `available` is seen, so every pause is time frozen. Flat for the whole
+    /// window (max_freeze bounds it): one request per round whatever the
+    /// number of volumes ([`Cinder::wait_snapshots_available`]), and with
+    /// many volumes Cinder takes seconds, where a backed-off pause would add
+    /// up to its cap (bench/RESULTS.md measured the interval).
     pub const FROZEN: Schedule = Schedule {
         first: Duration::from_millis(10),
-        flat_for: Duration::from_secs(2),
-        cap: Duration::from_millis(500),
+        flat_for: Duration::MAX,
+        cap: Duration::from_millis(10),
     };
+}
+
+impl Schedule {
+    /// The pause after `pause`, `elapsed` into the wait.
+    pub fn next(&self, pause: Duration, elapsed: Duration) -> Duration {
+        if elapsed >= self.flat_for {
+            (pause * POLL_GROWTH.0 / POLL_GROWTH.1).min(self.cap)
+        } else {
+            pause
+        }
+    }
 }
 
 /// Each pause is this much longer than the one before (×3/2), up to the cap.
@@ -271,6 +285,15 @@ impl Cinder {
 
     /// Snapshots with details, filtered on the server.
     pub fn snapshots(&self, filter: &SnapshotFilter) -> Result<Vec<Snapshot>, Error> {
+        self.snapshots_with(filter, |req| req)
+    }
+
+    /// [`Cinder::snapshots`], each page's request adjusted by `adjust`.
+    fn snapshots_with(
+        &self,
+        filter: &SnapshotFilter,
+        adjust: impl Fn(Request) -> Request,
+    ) -> Result<Vec<Snapshot>, Error> {
         let metadata;
         let mut query: Vec<(&str, &str)> = Vec::new();
         if let Some(v) = &filter.volume_id {
@@ -284,7 +307,7 @@ impl Cinder {
             metadata = serde_json::to_string(&filter.metadata).expect("metadata");
             query.push(("metadata", &metadata));
         }
-        self.paged("snapshots/detail", &query, |b: SnapshotsPage| {
+        self.paged_with("snapshots/detail", &query, adjust, |b: SnapshotsPage| {
             (b.snapshots, b.snapshots_links)
         })
     }
@@ -319,6 +342,16 @@ impl Cinder {
         query: &[(&str, &str)],
         split: impl Fn(B) -> (Vec<T>, Vec<Link>),
     ) -> Result<Vec<T>, Error> {
+        self.paged_with(path, query, |req| req, split)
+    }
+
+    fn paged_with<B: DeserializeOwned, T: HasId>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        adjust: impl Fn(Request) -> Request,
+        split: impl Fn(B) -> (Vec<T>, Vec<Link>),
+    ) -> Result<Vec<T>, Error> {
         let mut all: Vec<T> = Vec::new();
         loop {
             let marker = all.last().map(|t| t.id().to_string());
@@ -326,7 +359,8 @@ impl Cinder {
             if let Some(m) = &marker {
                 q.push(("marker", m));
             }
-            let (items, links) = split(self.call(self.request(Method::GET, path, &q))?);
+            let req = adjust(self.request(Method::GET, path, &q));
+            let (items, links) = split(self.call(req)?);
             let more = links.iter().any(|l| l.rel == "next") && !items.is_empty();
             all.extend(items);
             if !more {
@@ -374,6 +408,72 @@ impl Cinder {
             let status = s.status.clone();
             Ok((s, status))
         })
+    }
+
+    /// Polls the snapshots `ids` until every one is `available`, one fails,
+    /// or the deadline passes, with ONE request per round whatever their
+    /// number: the snapshot itself while one is left, else the list of
+    /// `filter` (which must select them all, e.g. by the run's metadata);
+    /// one missing from the list is asked for by id (a 404 ends the wait).
+    /// `seen` is called once per snapshot, when it is first seen
+    /// `available`, with the time the requests of that round took. N pollers would put N requests per round on Cinder's
+    /// API while it is making the snapshots (bench/RESULTS.md).
+    pub fn wait_snapshots_available(
+        &self,
+        ids: &[String],
+        filter: &SnapshotFilter,
+        until: &Until,
+        mut seen: impl FnMut(&str, Duration),
+    ) -> anyhow::Result<()> {
+        let mut left: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let what = match ids {
+            [one] => format!("snapshot {one}"),
+            _ => format!("snapshots {}", ids.join(", ")),
+        };
+        let get = |id: &str, timeout: Duration| {
+            let req = self
+                .request(Method::GET, &format!("snapshots/{}", seg(id)), &[])
+                .timeout(timeout)
+                .no_retry();
+            self.call::<SnapshotBody>(req).map(|b| b.snapshot)
+        };
+        let waited = wait(&what, Target::Status("available"), until, |timeout| {
+            let round = Instant::now();
+            let timeout = timeout.min(self.session.http().request_timeout());
+            let got = match left.as_slice() {
+                [] => Vec::new(),
+                [one] => vec![get(one, timeout)?],
+                _ => self.snapshots_with(filter, |req| req.timeout(timeout).no_retry())?,
+            };
+            let mut statuses: Vec<(&str, String)> = Vec::new();
+            for id in &left {
+                let status = match got.iter().find(|s| s.id == *id) {
+                    Some(s) => s.status.clone(),
+                    None => get(id, timeout)?.status,
+                };
+                statuses.push((id, status));
+            }
+            for (id, status) in &statuses {
+                if status == "available" {
+                    seen(id, round.elapsed());
+                }
+            }
+            left.retain(|id| !statuses.iter().any(|(i, s)| i == id && s == "available"));
+            // The round's status: the first failure (naming its snapshot when
+            // there are several), else the first still on its way, else
+            // `available` (the target).
+            let failed = statuses
+                .iter()
+                .find(|(_, s)| s.starts_with("error") || s == "deleting");
+            let status = match (failed, statuses.iter().find(|(_, s)| s != "available")) {
+                (Some((_, s)), _) if ids.len() == 1 => s.clone(),
+                (Some((id, s)), _) => format!("{s} (snapshot {id})"),
+                (None, Some((_, s))) => s.clone(),
+                (None, None) => "available".to_string(),
+            };
+            Ok(((), status))
+        });
+        waited.map(drop)
     }
 
     pub fn wait_volume(
@@ -464,7 +564,7 @@ pub fn wait<T>(
                 if matches!(target, Target::Left(_)) {
                     // Still the status it is to leave: poll on.
                 } else if status.starts_with("error")
-                    || (status == "deleting" && target != Target::Gone)
+                    || (status.starts_with("deleting") && target != Target::Gone)
                 {
                     bail!(
                         "{what} went to status {status:?} while waiting for {}",
@@ -502,9 +602,7 @@ pub fn wait<T>(
             );
         }
         std::thread::sleep(pause.min(remaining));
-        if started.elapsed() >= schedule.flat_for {
-            pause = (pause * POLL_GROWTH.0 / POLL_GROWTH.1).min(schedule.cap);
-        }
+        pause = schedule.next(pause, started.elapsed());
     }
 }
 
@@ -565,4 +663,37 @@ struct SnapshotsPage {
     snapshots: Vec<Snapshot>,
     #[serde(default)]
     snapshots_links: Vec<Link>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pauses of `schedule` over a wait of `secs` (requests taking no time).
+    fn pauses(schedule: Schedule, secs: u64) -> Vec<Duration> {
+        let (mut pause, mut elapsed, mut out) = (schedule.first, Duration::ZERO, Vec::new());
+        while elapsed < Duration::from_secs(secs) {
+            out.push(pause);
+            elapsed += pause;
+            pause = schedule.next(pause, elapsed);
+        }
+        out
+    }
+
+    #[test]
+    fn the_frozen_schedule_stays_flat_for_the_whole_window() {
+        // Eight volumes on a loaded cloud take seconds; the window's
+        // deadline (max_freeze, up to minutes) is what bounds the polling.
+        let frozen = pauses(Schedule::FROZEN, 120);
+        assert!(frozen.len() >= 11_000, "{} polls", frozen.len());
+        assert!(frozen.iter().all(|p| *p == Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn the_patient_schedule_backs_off_to_its_cap() {
+        let patient = pauses(Schedule::PATIENT, 30);
+        assert_eq!(patient[0], Duration::from_millis(25));
+        assert!(patient.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(*patient.last().unwrap(), Duration::from_secs(1));
+    }
 }

@@ -15,7 +15,7 @@ use anyhow::Result;
 use super::plan::{Plan, Volume};
 use crate::freeze::{Frozen, ThawError};
 use crate::hooks::HookSpec;
-use crate::openstack::cinder::{Cinder, NewSnapshot, Schedule, Target, Until};
+use crate::openstack::cinder::{Cinder, NewSnapshot, Schedule, SnapshotFilter, Until};
 use crate::runtime::{self, RunLock};
 use crate::watchdog::{self, Fired, Watchdog};
 
@@ -36,8 +36,10 @@ pub struct Shot {
     /// From the FIFREEZE: the 202, and `available` seen.
     pub accepted: Option<Duration>,
     pub seen_available: Option<Duration>,
+    /// Poll rounds until `available` was seen (or the window ended); each
+    /// round is one request for all the run's snapshots.
     pub polls: u32,
-    /// Time spent inside the polls' requests (the rest is sleeping).
+    /// Time spent inside those rounds' requests (the rest is sleeping).
     pub in_polls: Duration,
 }
 
@@ -91,13 +93,23 @@ pub fn run(
     let (since, since_unix_ms) = (frozen.since, runtime::now_unix_ms());
     let froze_in = since.elapsed();
     let deadline = since + plan.max_freeze;
-    let snapshots = Snapshots::start(&cinder.until(deadline), plan, bodies, since, stop);
+    let cinder = cinder.until(deadline);
+    let run_filter = run_filter(&bodies);
+    let snapshots = Snapshots::start(&cinder, plan, bodies, since);
     let mut shots = snapshots.collect_until(deadline, stop);
+    if shots.len() == plan.volumes.len() && shots.iter().all(|s| s.error.is_none()) {
+        wait_available(&cinder, &mut shots, &run_filter, since, deadline, stop);
+    }
     let thaw_started = Instant::now();
     let thawed = frozen.thaw();
     let thawed_at = Instant::now();
     let disarmed = dog.disarm();
-    shots.extend(snapshots.late());
+    let why = if stop.load(Ordering::SeqCst) {
+        "interrupted by a signal before it was seen available"
+    } else {
+        "not seen available before the thaw"
+    };
+    shots.extend(snapshots.late(why));
     shots.extend(unanswered(&plan.volumes, &shots));
 
     let fired = disarmed.as_ref().ok().cloned().flatten();
@@ -135,7 +147,8 @@ pub fn watchdog_plan(
     }
 }
 
-/// One thread per volume: POST the snapshot, then wait for `available`.
+/// One thread per volume, so that the POSTs go at once: each POSTs its
+/// snapshot and answers with its id (or why not).
 struct Snapshots {
     rx: mpsc::Receiver<Shot>,
     started: usize,
@@ -143,20 +156,13 @@ struct Snapshots {
 
 impl Snapshots {
     /// `bodies` are in the order of the plan's volumes.
-    fn start(
-        cinder: &Cinder,
-        plan: &Plan,
-        bodies: Vec<NewSnapshot>,
-        since: Instant,
-        stop: &'static AtomicBool,
-    ) -> Snapshots {
+    fn start(cinder: &Cinder, plan: &Plan, bodies: Vec<NewSnapshot>, since: Instant) -> Snapshots {
         let (tx, rx) = mpsc::channel();
-        let deadline = since + plan.max_freeze;
         for (volume, new) in plan.volumes.iter().zip(bodies) {
             let (tx, cinder) = (tx.clone(), cinder.clone());
             let volume = volume.clone();
             std::thread::spawn(move || {
-                let _ = tx.send(snapshot_one(&cinder, volume, new, since, deadline, stop));
+                let _ = tx.send(post_one(&cinder, volume, new, since));
             });
         }
         Snapshots {
@@ -165,7 +171,7 @@ impl Snapshots {
         }
     }
 
-    /// Until every snapshot is `available`, one failed, a signal, or the
+    /// Until every POST has its answer, one failed, a signal, or the
     /// deadline — whichever comes first.
     fn collect_until(&self, deadline: Instant, stop: &AtomicBool) -> Vec<Shot> {
         let mut shots = Vec::new();
@@ -187,9 +193,9 @@ impl Snapshots {
         shots
     }
 
-    /// The answers that came after the window closed (bounded): their
+    /// The POSTs answered after the window closed (bounded): their
     /// snapshots were taken too late, or not at all.
-    fn late(self) -> Vec<Shot> {
+    fn late(self, why: &str) -> Vec<Shot> {
         let mut late = Vec::new();
         let until = Instant::now() + LATE;
         while let Ok(mut shot) = self
@@ -198,10 +204,7 @@ impl Snapshots {
         {
             shot.available = false;
             shot.error.get_or_insert_with(|| {
-                format!(
-                    "snapshot of volume {} was not seen available before the thaw",
-                    shot.volume.volume_id
-                )
+                format!("snapshot of volume {}: {why}", shot.volume.volume_id)
             });
             late.push(shot);
         }
@@ -255,27 +258,46 @@ pub fn requests(
         .collect()
 }
 
-fn snapshot_one(
-    cinder: &Cinder,
-    volume: Volume,
-    new: NewSnapshot,
-    since: Instant,
-    deadline: Instant,
-    stop: &'static AtomicBool,
-) -> Shot {
+fn post_one(cinder: &Cinder, volume: Volume, new: NewSnapshot, since: Instant) -> Shot {
     let mut shot = Shot::new(volume, new.name.clone());
-    let created = match cinder.create_snapshot(&new) {
-        Ok(s) => s,
+    match cinder.create_snapshot(&new) {
+        Ok(created) => {
+            shot.accepted = Some(since.elapsed());
+            shot.id = Some(created.id);
+        }
         Err(e) => {
             shot.error = Some(format!(
                 "cannot snapshot volume {}: {e}",
                 shot.volume.volume_id
-            ));
-            return shot;
+            ))
         }
-    };
-    shot.accepted = Some(since.elapsed());
-    shot.id = Some(created.id.clone());
+    }
+    shot
+}
+
+/// What selects the run's snapshots in one list: the run's own metadata
+/// key, on every one of them (see `metadata` in the agent).
+fn run_filter(bodies: &[NewSnapshot]) -> SnapshotFilter {
+    let mut filter = SnapshotFilter::default();
+    if let Some(run) = bodies.first().and_then(|b| b.metadata.get("volsnap_run")) {
+        filter.metadata.insert("volsnap_run".into(), run.clone());
+    }
+    filter
+}
+
+/// Every accepted snapshot polled until `available`, one request per round
+/// for all of them (flat, [`Schedule::FROZEN`]); each shot records when it
+/// was seen and the rounds it took. Until the deadline or a stop; a failure
+/// or the deadline marks every shot not seen `available`.
+fn wait_available(
+    cinder: &Cinder,
+    shots: &mut [Shot],
+    filter: &SnapshotFilter,
+    since: Instant,
+    deadline: Instant,
+    stop: &AtomicBool,
+) {
+    let ids: Vec<String> = shots.iter().filter_map(|s| s.id.clone()).collect();
     let stats = std::cell::Cell::new((0, Duration::ZERO));
     let until = Until {
         deadline,
@@ -283,29 +305,38 @@ fn snapshot_one(
         stop: Some(stop),
         stats: Some(&stats),
     };
-    let waited = cinder.wait_snapshot_until(&created.id, Target::Status("available"), &until);
-    (shot.polls, shot.in_polls) = stats.get();
-    match waited {
-        Ok(_) => {
-            shot.available = true;
-            shot.seen_available = Some(since.elapsed());
-        }
-        Err(_) if Instant::now() >= deadline => {
-            shot.error = Some(format!(
-                "snapshot {} of volume {} still creating at max_freeze ({} s)",
-                created.id,
-                shot.volume.volume_id,
-                (deadline - since).as_secs_f64()
-            ))
-        }
-        Err(e) => {
-            shot.error = Some(format!(
-                "snapshot {} of volume {}: {e:#}",
-                created.id, shot.volume.volume_id
-            ))
+    let mut seen: Vec<(String, Duration, (u32, Duration))> = Vec::new();
+    let waited = cinder.wait_snapshots_available(&ids, filter, &until, |id, round| {
+        // `stats` counts a round once it is over: this one is not in yet.
+        let (n, spent) = stats.get();
+        seen.push((id.to_string(), since.elapsed(), (n + 1, spent + round)));
+    });
+    let (rounds, in_rounds) = stats.get();
+    for shot in shots.iter_mut() {
+        let id = shot.id.clone().unwrap_or_default();
+        match seen.iter().find(|(s, ..)| *s == id) {
+            Some((_, at, (n, spent))) => {
+                shot.available = true;
+                shot.seen_available = Some(*at);
+                (shot.polls, shot.in_polls) = (*n, *spent);
+            }
+            None => {
+                (shot.polls, shot.in_polls) = (rounds, in_rounds);
+                shot.error = Some(match &waited {
+                    Err(_) if Instant::now() >= deadline => format!(
+                        "snapshot {id} of volume {} still creating at max_freeze ({} s)",
+                        shot.volume.volume_id,
+                        (deadline - since).as_secs_f64()
+                    ),
+                    Err(e) => format!("snapshot {id} of volume {}: {e:#}", shot.volume.volume_id),
+                    Ok(()) => format!(
+                        "snapshot {id} of volume {} was not seen available",
+                        shot.volume.volume_id
+                    ),
+                });
+            }
         }
     }
-    shot
 }
 
 pub fn ms(d: Duration) -> u64 {
