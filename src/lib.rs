@@ -16,4 +16,5 @@ pub mod retention;
 pub mod runtime;
 pub mod secret;
 pub mod stream;
+pub mod time;
 pub mod watchdog;

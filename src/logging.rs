@@ -39,7 +39,7 @@ pub fn init(verbose: u8, quiet: u8) {
             writeln!(
                 buf,
                 "{} {:5} {}",
-                buf.timestamp_millis(),
+                crate::time::Timestamp::now().rfc3339(3),
                 record.level(),
                 record.args()
             )

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use jiff::Timestamp;
+use crate::time::Timestamp;
 
 use crate::config::Retention;
 
@@ -23,7 +23,7 @@ pub fn to_delete(policy: &Retention, times: &[Timestamp]) -> Vec<usize> {
     if let Some(n) = policy.keep_last {
         keep.extend(order.iter().take(n as usize));
     }
-    let mut by_period = |n: Option<u32>, period: &dyn Fn(Timestamp) -> (i16, i16)| {
+    let mut by_period = |n: Option<u32>, period: &dyn Fn(Timestamp) -> i64| {
         let Some(n) = n else { return };
         let mut seen = Vec::new();
         for &i in &order {
@@ -37,17 +37,8 @@ pub fn to_delete(policy: &Retention, times: &[Timestamp]) -> Vec<usize> {
             }
         }
     };
-    by_period(policy.keep_daily, &|t| {
-        let d = t.to_zoned_datetime(jiff::tz::TimeZone::UTC).date();
-        (d.year(), d.day_of_year())
-    });
-    by_period(policy.keep_weekly, &|t| {
-        let w = t
-            .to_zoned_datetime(jiff::tz::TimeZone::UTC)
-            .date()
-            .iso_week_date();
-        (w.year(), w.week() as i16)
-    });
+    by_period(policy.keep_daily, &Timestamp::day);
+    by_period(policy.keep_weekly, &Timestamp::iso_week_monday);
     let mut delete: Vec<usize> = order.into_iter().filter(|i| !keep.contains(i)).collect();
     delete.reverse();
     delete

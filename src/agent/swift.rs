@@ -332,7 +332,7 @@ fn fresh_name(
 ) -> Result<BackupName> {
     const ATTEMPTS: u32 = 5;
     for _ in 0..ATTEMPTS {
-        let name = BackupName::new(prefix, host, jiff::Timestamp::now())?;
+        let name = BackupName::new(prefix, host, crate::time::Timestamp::now())?;
         let manifest_taken = match swift.head_object(container, &name.manifest()) {
             Ok(_) => true,
             Err(e) if e.is_not_found() => false,
@@ -348,7 +348,7 @@ fn fresh_name(
         }
         log::debug!("{} is taken; waiting for the next second", name.manifest());
         let next = (name.created.as_second() + 1) * 1000;
-        let now = jiff::Timestamp::now().as_millisecond();
+        let now = crate::time::Timestamp::now().as_millisecond();
         std::thread::sleep(Duration::from_millis((next - now).clamp(1, 1000) as u64));
     }
     bail!(
@@ -667,7 +667,7 @@ pub fn sweep_orphans(settings: &Settings, swift: &Swift) -> Result<Sweep> {
 /// Applies retention to this host's backups of this datastore.
 fn prune_with(settings: &Settings, swift: &Swift, dry_run: bool) -> Result<Vec<String>> {
     let backups = own_backups(settings, swift)?;
-    let times: Vec<jiff::Timestamp> = backups.iter().map(|(n, _)| n.created).collect();
+    let times: Vec<crate::time::Timestamp> = backups.iter().map(|(n, _)| n.created).collect();
     let mut deleted = Vec::new();
     for i in retention::to_delete(&settings.retention, &times) {
         let name = &backups[i].1.name;

@@ -59,26 +59,43 @@ pub fn line_column(source: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// The document with every key's and value's span, parsed by the same
+/// parser `toml::from_str` uses (no second TOML parser in the binary).
+fn spanned(source: &str) -> Option<toml::de::DeTable<'_>> {
+    toml::de::DeTable::parse(source)
+        .ok()
+        .map(toml::Spanned::into_inner)
+}
+
+type Entry<'t, 'i> = (
+    &'t toml::Spanned<toml::de::DeString<'i>>,
+    &'t toml::Spanned<toml::de::DeValue<'i>>,
+);
+
+fn entry<'t, 'i>(table: &'t toml::de::DeTable<'i>, name: &str) -> Option<Entry<'t, 'i>> {
+    table.iter().find(|(key, _)| key.get_ref() == name)
+}
+
 /// The span of a dotted key (`cinder.volumes./srv/db` style paths are split
 /// on the first dots only as far as tables go).
 pub fn locate_key(source: &str, dotted: &str) -> Option<Range<usize>> {
-    let doc = toml_edit::ImDocument::parse(source).ok()?;
-    let mut table: &dyn toml_edit::TableLike = doc.as_table();
+    let doc = spanned(source)?;
+    let mut table = &doc;
     let mut rest = dotted;
     loop {
         let (head, tail) = match rest.split_once('.') {
             // Keys such as mount paths may contain dots: prefer the longest
             // key that exists.
-            Some((head, tail)) if table.get(head).is_some() && table.get(rest).is_none() => {
+            Some((head, tail)) if entry(table, head).is_some() && entry(table, rest).is_none() => {
                 (head, Some(tail))
             }
             _ => (rest, None),
         };
-        let (key, item) = table.get_key_value(head)?;
+        let (key, value) = entry(table, head)?;
         match tail {
-            None => return key.span().or_else(|| item.span()),
+            None => return Some(key.span()),
             Some(tail) => {
-                table = item.as_table_like()?;
+                table = value.get_ref().as_table()?;
                 rest = tail;
             }
         }
@@ -90,35 +107,27 @@ pub fn locate_key(source: &str, dotted: &str) -> Option<Range<usize>> {
 /// no serde wrapper is monomorphized over every config type (that one cost
 /// 135 KB of the static binary).
 pub fn key_at(source: &str, offset: usize) -> Option<String> {
-    let doc = toml_edit::ImDocument::parse(source).ok()?;
-    let mut path: Vec<String> = Vec::new();
-    let mut table: &dyn toml_edit::TableLike = doc.as_table();
-    'descend: loop {
-        for (key, item) in table.iter() {
-            let (k, _) = table.get_key_value(key)?;
-            let holds = |span: Option<Range<usize>>| span.is_some_and(|s| s.contains(&offset));
-            let inner = item.as_table_like();
-            let in_key = holds(k.span());
-            let in_value = holds(item.span())
-                || inner.is_some_and(|t| {
-                    t.iter().any(|(name, child)| {
-                        holds(t.get_key_value(name).and_then(|(k, _)| k.span()))
-                            || holds(child.span())
-                    })
-                });
-            if in_key || in_value {
-                path.push(key.to_string());
-                match inner {
-                    Some(t) if !in_key => {
-                        table = t;
-                        continue 'descend;
-                    }
-                    _ => return Some(path.join(".")),
-                }
-            }
+    let doc = spanned(source)?;
+    let mut path = Vec::new();
+    holding(&doc, offset, &mut path).then(|| path.join("."))
+}
+
+/// Pushes onto `path` the keys down to the innermost one holding `offset`.
+fn holding(table: &toml::de::DeTable<'_>, offset: usize, path: &mut Vec<String>) -> bool {
+    for (key, value) in table.iter() {
+        path.push(key.get_ref().to_string());
+        if key.span().contains(&offset)
+            || value
+                .get_ref()
+                .as_table()
+                .is_some_and(|inner| holding(inner, offset, path))
+            || value.span().contains(&offset)
+        {
+            return true;
         }
-        return (!path.is_empty()).then(|| path.join("."));
+        path.pop();
     }
+    false
 }
 
 #[cfg(test)]

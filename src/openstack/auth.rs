@@ -1058,16 +1058,16 @@ impl Session {
         else {
             return Ok(());
         };
-        let Ok(expires) = expires.parse::<jiff::Timestamp>() else {
+        let Ok(expires) = expires.parse::<crate::time::Timestamp>() else {
             return Ok(());
         };
-        let left = expires.duration_since(jiff::Timestamp::now());
-        if left.as_secs_f64() > needed.as_secs_f64() {
+        let left = expires.seconds_since(crate::time::Timestamp::now());
+        if left > needed.as_secs_f64() {
             return Ok(());
         }
         log::info!(
             "the token expires in {:.0} s: authenticating again before the freeze",
-            left.as_secs_f64()
+            left
         );
         self.reauthenticate(config, &self.token())
     }

@@ -31,7 +31,7 @@ pub use backup::{backup, BackupFailure, BackupPlan, BackupSummary};
 pub use compress::compression_name;
 pub use crypt::{Identities, Recipients};
 pub use meta::{BackupMeta, Encryption, META_PREFIX};
-pub use naming::{segments_container, BackupName, TIMESTAMP_FORMAT};
+pub use naming::{segments_container, BackupName};
 pub use progress::{Figures, Progress};
 pub use restore::{restore_into, Verified, HOLD_BACK};
 pub use segments::{Segment, SegmentInfo, DEFAULT_MAX_SEGMENTS};

@@ -22,14 +22,11 @@
 //! from starting in the same second. Segment numbers have 8 digits, so they
 //! sort in order far beyond Swift's default 1000 segments per SLO.
 
+use crate::time::Timestamp;
 use anyhow::{bail, Result};
-use jiff::Timestamp;
 use serde::Serialize;
 
 use super::segments::SegmentInfo;
-
-/// The UTC time in an object name: `20261125T224600Z`.
-pub const TIMESTAMP_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 
 /// Swift's longest container name.
 const MAX_CONTAINER: usize = 256;
@@ -84,7 +81,7 @@ impl BackupName {
         format!(
             "{}{}",
             BackupName::host_prefix(&self.prefix, &self.host),
-            self.created.strftime(TIMESTAMP_FORMAT)
+            self.created.compact()
         )
     }
 
@@ -132,11 +129,7 @@ impl BackupName {
         if host.is_empty() || time.len() != 16 {
             return None;
         }
-        let civil = jiff::civil::DateTime::strptime(TIMESTAMP_FORMAT, time).ok()?;
-        let created = civil
-            .to_zoned_datetime(jiff::tz::TimeZone::UTC)
-            .ok()?
-            .timestamp();
+        let created = Timestamp::parse_compact(time)?;
         Some(BackupName {
             prefix: prefix.to_string(),
             host: host.to_string(),

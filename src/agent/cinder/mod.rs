@@ -140,7 +140,7 @@ pub fn backup(
     refuse_if_quiesced_by_qemu_ga(&settings.runtime_dir)?;
     let run = format!(
         "{}-{}",
-        jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ"),
+        crate::time::Timestamp::now().compact(),
         std::process::id()
     );
     lock.name_run(&run)?;
@@ -341,7 +341,7 @@ fn log_window(w: &window::Window) {
 /// hook releases a lock it finds) and the filesystems are frozen already.
 fn refuse_if_quiesced_by_qemu_ga(dir: &Path) -> Result<()> {
     if let Some(q) = runtime::read_quiesced(dir)? {
-        let since = jiff::Timestamp::from_millisecond(q.since_unix_ms as i64)
+        let since = crate::time::Timestamp::from_millisecond(q.since_unix_ms as i64)
             .map(|t| t.to_string())
             .unwrap_or_default();
         let left = (q.until_unix_ms.saturating_sub(runtime::now_unix_ms()) / 1000) + 1;

@@ -157,14 +157,14 @@ pub fn prune(settings: &Settings, cinder: &Cinder, dry_run: bool) -> Result<Vec<
     }
     runs.retain(|_, snaps| snaps.iter().all(|s| state(s) == State::Good));
     let keys: Vec<&str> = runs.keys().copied().collect();
-    let times: Vec<jiff::Timestamp> = keys
+    let times: Vec<crate::time::Timestamp> = keys
         .iter()
         .map(|k| {
             runs[k]
                 .iter()
                 .filter_map(|s| s.created_at.as_deref().and_then(parse_cinder_time))
                 .max()
-                .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+                .unwrap_or(crate::time::Timestamp::UNIX_EPOCH)
         })
         .collect();
     let mut deleted = Vec::new();
@@ -183,10 +183,8 @@ pub fn prune(settings: &Settings, cinder: &Cinder, dry_run: bool) -> Result<Vec<
 }
 
 /// Cinder writes UTC without an offset: `2026-11-25T22:46:21.000000`.
-pub fn parse_cinder_time(text: &str) -> Option<jiff::Timestamp> {
-    let text = text.trim_end_matches('Z');
-    let civil: jiff::civil::DateTime = text.parse().ok()?;
-    jiff::tz::TimeZone::UTC.to_timestamp(civil).ok()
+pub fn parse_cinder_time(text: &str) -> Option<crate::time::Timestamp> {
+    crate::time::Timestamp::parse_utc_civil(text)
 }
 
 #[cfg(test)]

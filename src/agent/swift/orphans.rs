@@ -244,7 +244,7 @@ pub fn sweep(settings: &Settings, swift: &Swift, remove: bool) -> Result<Sweep> 
         // Whole seconds: a run's name has no finer time.
         let longest =
             i64::try_from((settings.hooks.stream_timeout + MARGIN).as_secs()).unwrap_or(i64::MAX);
-        let now = jiff::Timestamp::now().as_second();
+        let now = crate::time::Timestamp::now().as_second();
         for dir in runs {
             let manifest = dir.trim_end_matches('/');
             let Some(name) = BackupName::parse(&s.prefix, manifest) else {
@@ -276,7 +276,7 @@ pub fn sweep(settings: &Settings, swift: &Swift, remove: bool) -> Result<Sweep> 
             } else {
                 let from = name.created.as_second().saturating_add(longest);
                 orphan.detail = Some(
-                    jiff::Timestamp::from_second(from)
+                    crate::time::Timestamp::from_second(from)
                         .map_or_else(|_| "never".to_string(), |t| t.to_string()),
                 );
             }
