@@ -203,6 +203,7 @@ struct SwiftFile {
     create_container: Option<bool>,
     segment_size: Option<ByteSize>,
     concurrency: Option<u32>,
+    max_manifest_segments: Option<u32>,
     compression: Option<Compression>,
     compression_level: Option<i32>,
     #[serde(default)]
@@ -279,6 +280,9 @@ pub struct SwiftSettings {
     pub create_container: bool,
     pub segment_size: u64,
     pub concurrency: u32,
+    /// Lowers the entries per SLO manifest below what Swift's `/info` says
+    /// (for a cluster that hides `/info` with a lower limit).
+    pub max_manifest_segments: Option<u32>,
     pub compression: Compression,
     pub compression_level: i32,
     pub age_recipients: Vec<String>,
@@ -631,6 +635,14 @@ fn validate_swift(err: &ErrAt, file: SwiftFile) -> Result<SwiftSettings, ConfigE
             format!("{concurrency} is outside 1..64"),
         ));
     }
+    if let Some(n) = file.max_manifest_segments {
+        if !(2..=1_000_000).contains(&n) {
+            return Err(err(
+                "swift.max_manifest_segments",
+                format!("{n} is outside 2..1000000"),
+            ));
+        }
+    }
     let compression = file.compression.unwrap_or_default();
     let (range, default_level) = match compression {
         Compression::Zstd => (1..=19, 3),
@@ -672,6 +684,7 @@ fn validate_swift(err: &ErrAt, file: SwiftFile) -> Result<SwiftSettings, ConfigE
         create_container: file.create_container.unwrap_or(true),
         segment_size,
         concurrency,
+        max_manifest_segments: file.max_manifest_segments,
         compression,
         compression_level,
         age_recipients: file.age_recipients,

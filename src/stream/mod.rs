@@ -26,6 +26,7 @@ mod naming;
 mod progress;
 mod restore;
 mod segments;
+mod tree;
 
 pub use backup::{backup, BackupFailure, BackupPlan, BackupSummary};
 pub use compress::compression_name;
@@ -35,6 +36,7 @@ pub use naming::{segments_container, BackupName, TIMESTAMP_FORMAT};
 pub use progress::{Figures, Progress};
 pub use restore::{restore_into, Verified, HOLD_BACK};
 pub use segments::{Segment, SegmentInfo, DEFAULT_MAX_SEGMENTS};
+pub use tree::{max_segments_total, Entry as ManifestEntry, SubManifest, Tree, MAX_LEVELS};
 
 /// Lower-case hex of a digest, as Swift writes ETags and `sha256sum` prints.
 pub(crate) fn hex(bytes: &[u8]) -> String {

@@ -93,6 +93,13 @@ impl BackupName {
         format!("{}{index:08}", self.segment_prefix())
     }
 
+    /// A sub-manifest's object name (see `tree`), in [`segments_container`]:
+    /// beside the segments, under the same prefix, so whatever finds or
+    /// deletes a run's segments finds and deletes these with them.
+    pub fn sub_manifest(&self, level: u32, index: u32) -> String {
+        format!("{}L{level}-{index:08}", self.segment_prefix())
+    }
+
     /// What to list in the segments container to find this backup's
     /// segments (after a failure, to delete them).
     pub fn segment_prefix(&self) -> String {

@@ -247,10 +247,12 @@ impl SegmentWriter<'_> {
     fn ship(&mut self) -> io::Result<()> {
         if self.next_index >= self.max_segments {
             return Err(self.refuse(anyhow!(
-                "the stored stream needs more than {} segments of {} bytes, more than a \
-                 Swift SLO may list (max_manifest_segments); raise swift.segment_size",
+                "the stored stream needs more than {} segments of {} bytes, more than \
+                 Swift's manifests can list (max_manifest_segments per manifest, {} levels); \
+                 raise swift.segment_size",
                 self.max_segments,
-                self.segment_size
+                self.segment_size,
+                super::tree::MAX_LEVELS
             )));
         }
         let segment = Segment {
