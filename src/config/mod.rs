@@ -306,8 +306,10 @@ pub const DEFAULT_MAX_FREEZE: Duration = Duration::from_secs(30);
 pub const MAX_MAX_FREEZE: Duration = Duration::from_secs(600);
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_STREAM_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
-pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
-pub const DEFAULT_CONCURRENCY: u32 = 4;
+/// With [`DEFAULT_CONCURRENCY`]: 3 buffers of 16 MiB, a backup within 64 MiB
+/// of RSS (bench/RESULTS-swift.md).
+pub const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
+pub const DEFAULT_CONCURRENCY: u32 = 2;
 
 /// Reads, parses and validates a config file: a regular file that only
 /// root (or the user volsnap runs as) can change, in directories the same.
