@@ -3,9 +3,12 @@
 //! Backup: the hook's stdout → SHA-256 and byte count of the plain stream →
 //! compression (zstd, gzip or none) → age encryption (when recipients are
 //! configured) → segments of exactly `segment_size` bytes → up to
-//! `concurrency` uploads in parallel, each checked against its MD5.
+//! `concurrency` uploads in parallel, each checked against its MD5 → the
+//! manifests over them (one SLO, or a [`Tree`] of them past Swift's
+//! `max_manifest_segments`).
 //!
-//! Restore and verify: the stored stream (a GET of the SLO) → age decryption
+//! Restore and verify: the stored stream (a GET of the SLO, read ahead on a
+//! thread of its own: [`Prefetch`]) → age decryption
 //! → decompression → SHA-256 and size compared with the manifest's metadata →
 //! the hook's stdin (or a sink).
 //!
