@@ -1072,7 +1072,10 @@ fn a_stream_longer_than_one_manifest_round_trips_through_nested_manifests() {
     assert_eq!(rig.segments_of(&name).len(), 20 + 7 + 3);
     let headers = rig.api.head(&rig.container, &name).unwrap();
     assert_eq!(headers["content-length"], (20 * MIB).to_string().as_str());
-    assert!(rig.api.get(&rig.container, &name) == data, "the joined object differs");
+    assert!(
+        rig.api.get(&rig.container, &name) == data,
+        "the joined object differs"
+    );
 
     rig.ok(&config, &["verify", "--backup", &name]);
     rig.ok(&config, &["restore", "--backup", &name]);

@@ -272,7 +272,10 @@ impl Swift {
     pub fn limits(&self) -> Result<Limits, Error> {
         let mut url = self.endpoint.clone();
         let path = url.path().to_string();
-        let base = match path.find("/v1/").or_else(|| path.strip_suffix("/v1").map(str::len)) {
+        let base = match path
+            .find("/v1/")
+            .or_else(|| path.strip_suffix("/v1").map(str::len))
+        {
             Some(at) => &path[..at],
             None => "",
         };

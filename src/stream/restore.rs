@@ -206,9 +206,7 @@ impl HoldBack {
 
     /// A buffer of [`READ_CHUNK`] bytes to read into.
     fn spare(&mut self) -> Vec<u8> {
-        self.spares
-            .pop()
-            .unwrap_or_else(|| vec![0u8; READ_CHUNK])
+        self.spares.pop().unwrap_or_else(|| vec![0u8; READ_CHUNK])
     }
 
     /// Takes `buf`'s first `n` bytes; writes what is now more than

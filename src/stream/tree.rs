@@ -164,7 +164,16 @@ mod tests {
     #[test]
     fn a_tree_lists_every_segment_once_in_order_within_max() {
         let name = name();
-        for (n, max, levels) in [(1, 3, 0), (3, 3, 0), (4, 3, 1), (9, 3, 1), (10, 3, 2), (28, 3, 3), (1000, 1000, 0), (1001, 1000, 1)] {
+        for (n, max, levels) in [
+            (1, 3, 0),
+            (3, 3, 0),
+            (4, 3, 1),
+            (9, 3, 1),
+            (10, 3, 2),
+            (28, 3, 3),
+            (1000, 1000, 0),
+            (1001, 1000, 1),
+        ] {
             let segs = segments(n);
             let tree = Tree::new(&name, &segs, max);
             let mut got = Vec::new();
@@ -174,7 +183,11 @@ mod tests {
             let depth = tree
                 .subs
                 .iter()
-                .map(|s| s.object.split("/seg/L").nth(1).unwrap()[..1].parse::<u32>().unwrap())
+                .map(|s| {
+                    s.object.split("/seg/L").nth(1).unwrap()[..1]
+                        .parse::<u32>()
+                        .unwrap()
+                })
                 .max()
                 .unwrap_or(0);
             assert_eq!(depth, levels, "{n} segments, {max} per manifest");
@@ -205,7 +218,10 @@ mod tests {
         assert!(tree.subs.is_empty());
         // Swift's SLO ETag: MD5 of the concatenated hex MD5s.
         let concat = format!("{}{}", segs[0].md5, segs[1].md5);
-        assert_eq!(tree.etag(), crate::openstack::swift::md5_hex(concat.as_bytes()));
+        assert_eq!(
+            tree.etag(),
+            crate::openstack::swift::md5_hex(concat.as_bytes())
+        );
     }
 
     /// The defaults (16 MiB segments, 1000 per manifest) hold any stream one
@@ -214,7 +230,12 @@ mod tests {
     #[test]
     fn the_levels_cover_what_swift_allows_one_slo() {
         let max_file_size: u64 = 5 << 30;
-        for (max, segment) in [(1000u32, 16u64 << 20), (10, 1 << 20), (100, 1 << 20), (1000, 1 << 20)] {
+        for (max, segment) in [
+            (1000u32, 16u64 << 20),
+            (10, 1 << 20),
+            (100, 1 << 20),
+            (1000, 1 << 20),
+        ] {
             let covered = u64::from(max_segments_total(max)).saturating_mul(segment);
             assert!(
                 covered >= u64::from(max) * max_file_size,
