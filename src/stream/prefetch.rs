@@ -6,16 +6,16 @@
 //! between those steps: the TCP window filled and the proxy waited. Here a
 //! `download` thread reads into [`DEPTH`] buffers of [`CHUNK`] bytes in turn
 //! and hands each full one over, so the socket is read while the rest of the
-//! pipeline works (bench/RESULTS-swift.md). Memory: `DEPTH × CHUNK`.
+//! pipeline works (bench/RESULTS-swift.md). Memory: `DEPTH × CHUNK`, 1 MiB.
 
 use std::io::{self, Read};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 
-/// One hand-over: what a `read` into a buffer of this size returns at once
-/// from a socket is far less, so the pipeline sees few, large reads.
-const CHUNK: usize = 1 << 20;
+/// One hand-over: a `read` from the socket returns far less at once, so
+/// the pipeline sees fewer, larger reads.
+const CHUNK: usize = 256 << 10;
 /// Buffers: one being filled, the others full and waiting, or being read.
-const DEPTH: usize = 3;
+const DEPTH: usize = 4;
 
 type Filled = io::Result<(Vec<u8>, usize)>;
 

@@ -22,9 +22,9 @@ use super::{hex, serialize_secs};
 pub const HOLD_BACK: usize = 1 << 20;
 
 /// Plain bytes are read, hashed and held in buffers of this size, filled
-/// whole (the hold-back keeps one or two, and writes the others as they
-/// are, without a copy).
-const READ_CHUNK: usize = 1 << 20;
+/// whole (the hold-back keeps [`HOLD_BACK`] and one more at most, and
+/// writes the others as they are, without a copy).
+const READ_CHUNK: usize = 256 << 10;
 
 /// A stream that decrypted, decompressed, and matched the manifest.
 #[derive(Clone, Debug, Serialize)]
