@@ -234,6 +234,8 @@ struct Conf {
     create_container: bool,
     /// `swift.max_manifest_segments`, below the test cloud's 1000.
     max_manifest_segments: Option<u32>,
+    /// `openstack.request_timeout`.
+    request_timeout: Option<&'static str>,
 }
 
 impl Conf {
@@ -255,6 +257,7 @@ impl Conf {
             runtime_dir: None,
             create_container: true,
             max_manifest_segments: None,
+            request_timeout: None,
         }
     }
 
@@ -312,8 +315,14 @@ impl Rig {
         if let Some(metrics) = &c.metrics_file {
             text += &format!("metrics_file = {:?}\n", metrics.display().to_string());
         }
+        if c.endpoint.is_some() || c.request_timeout.is_some() {
+            text += "[openstack]\n";
+        }
         if let Some(endpoint) = &c.endpoint {
-            text += &format!("[openstack]\nobject_store_endpoint = {endpoint:?}\n");
+            text += &format!("object_store_endpoint = {endpoint:?}\n");
+        }
+        if let Some(timeout) = c.request_timeout {
+            text += &format!("request_timeout = {timeout:?}\n");
         }
         text += &format!(
             "[swift]\ncontainer = {:?}\ncreate_container = {}\nsegment_size = {:?}\nconcurrency = {}\ncompression = {:?}\nage_recipients = [{}]\n",
@@ -1087,6 +1096,41 @@ fn a_stream_longer_than_one_manifest_round_trips_through_nested_manifests() {
     assert_eq!(next["pruned"], serde_json::json!([name]));
     assert!(rig.api.head(&rig.container, &name).is_none());
     assert_eq!(rig.segments_of(&name), Vec::<String>::new());
+}
+
+/// A restore that takes longer than `openstack.request_timeout` (5 s here:
+/// the hook stops reading for 8 s after its first 64 KiB, as a slow disk
+/// or a busy database would): the download's timeout bounds the wait for
+/// the headers and for each read, not the whole body, so the restore
+/// completes, bit for bit. (A whole-exchange timeout cut every restore of
+/// more than a minute, `request_timeout`'s default, short.)
+#[test]
+fn a_restore_longer_than_request_timeout_completes() {
+    let rig = Rig::new("slow-restore");
+    let input = rig.path().join("input.bin");
+    let data = random_bytes(3 * MIB + 3, 31);
+    std::fs::write(&input, &data).unwrap();
+    let output = rig.path().join("output.bin");
+    let hooks = hooks_dir(
+        rig.path(),
+        &[(
+            "none",
+            &format!(
+                "#!/bin/sh\ncase \"$1\" in\nbackup) cat {} ;;\nrestore) {{ head -c 65536; sleep 8; cat; }} > {} ;;\nesac\n",
+                q(&input),
+                q(&output)
+            ),
+        )],
+    );
+    let mut conf = Conf::new("none", &hooks);
+    conf.compression = "none";
+    conf.request_timeout = Some("5s");
+    let config = rig.config("slow", &conf);
+    rig.backup(&config);
+    let started = std::time::Instant::now();
+    rig.ok(&config, &["restore", "--latest"]);
+    assert!(started.elapsed() > Duration::from_secs(8));
+    assert!(std::fs::read(&output).unwrap() == data);
 }
 
 // ---------------------------------------------------------------- faults

@@ -398,7 +398,7 @@ impl Swift {
     /// joined by Swift). Each read has the request timeout; nothing is
     /// retried once the body has started.
     pub fn get_object(&self, container: &str, name: &str) -> Result<ObjectReader, Error> {
-        let req = self.request(Method::GET, container, Some(name))?;
+        let req = self.request(Method::GET, container, Some(name))?.streamed();
         let response = self.session.send(&req)?;
         Ok(ObjectReader {
             info: ObjectInfo::from_headers(response.headers()),
