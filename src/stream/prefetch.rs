@@ -171,12 +171,7 @@ mod tests {
         })
         .unwrap();
         let mut got = Vec::new();
-        let err = loop {
-            match p.read_to_end(&mut got) {
-                Ok(_) => panic!("no error"),
-                Err(e) => break e,
-            }
-        };
+        let err = p.read_to_end(&mut got).expect_err("no error");
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
         assert_eq!(err.to_string(), "broke off");
         assert!(got == want);
