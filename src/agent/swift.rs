@@ -639,9 +639,6 @@ pub fn restore(
         .get_object(container, &name)
         .map_err(|e| anyhow!(e))
         .with_context(|| format!("downloading {container}/{name}"))?;
-    // The socket is read on a thread of its own while this one hashes and
-    // writes (stream/prefetch.rs).
-    let stored = stream::Prefetch::new(stored).context("starting the download thread")?;
     let label = if into_hook { "restore" } else { "verify" };
     let mut progress = Progress::new(label, quiet);
     let verified = if into_hook {

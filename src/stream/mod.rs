@@ -7,8 +7,7 @@
 //! manifests over them (one SLO, or a [`Tree`] of them past Swift's
 //! `max_manifest_segments`).
 //!
-//! Restore and verify: the stored stream (a GET of the SLO, read ahead on a
-//! thread of its own: [`Prefetch`]) → age decryption
+//! Restore and verify: the stored stream (a GET of the SLO) → age decryption
 //! → decompression → SHA-256 and size compared with the manifest's metadata →
 //! the hook's stdin (or a sink).
 //!
@@ -26,7 +25,6 @@ mod crypt;
 mod etags;
 mod meta;
 mod naming;
-mod prefetch;
 mod progress;
 mod restore;
 mod segments;
@@ -37,7 +35,6 @@ pub use compress::compression_name;
 pub use crypt::{Identities, Recipients};
 pub use meta::{BackupMeta, Encryption, META_PREFIX};
 pub use naming::{segments_container, BackupName, TIMESTAMP_FORMAT};
-pub use prefetch::Prefetch;
 pub use progress::{Figures, Progress};
 pub use restore::{restore_into, Verified, HOLD_BACK};
 pub use segments::{Segment, SegmentInfo, DEFAULT_MAX_SEGMENTS};
