@@ -331,6 +331,7 @@ fn swift_settings(compression: Compression, recipients_file: PathBuf) -> SwiftSe
         create_container: true,
         segment_size: MIB as u64,
         concurrency: 2,
+        max_manifest_segments: None,
         compression,
         compression_level: if compression == Compression::Zstd {
             3

@@ -232,6 +232,10 @@ struct Conf {
     /// Another runtime directory than the rig's: another configuration.
     runtime_dir: Option<PathBuf>,
     create_container: bool,
+    /// `swift.max_manifest_segments`, below the test cloud's 1000.
+    max_manifest_segments: Option<u32>,
+    /// `openstack.request_timeout`.
+    request_timeout: Option<&'static str>,
 }
 
 impl Conf {
@@ -252,6 +256,8 @@ impl Conf {
             hook_timeout: "60s",
             runtime_dir: None,
             create_container: true,
+            max_manifest_segments: None,
+            request_timeout: None,
         }
     }
 
@@ -309,8 +315,14 @@ impl Rig {
         if let Some(metrics) = &c.metrics_file {
             text += &format!("metrics_file = {:?}\n", metrics.display().to_string());
         }
+        if c.endpoint.is_some() || c.request_timeout.is_some() {
+            text += "[openstack]\n";
+        }
         if let Some(endpoint) = &c.endpoint {
-            text += &format!("[openstack]\nobject_store_endpoint = {endpoint:?}\n");
+            text += &format!("object_store_endpoint = {endpoint:?}\n");
+        }
+        if let Some(timeout) = c.request_timeout {
+            text += &format!("request_timeout = {timeout:?}\n");
         }
         text += &format!(
             "[swift]\ncontainer = {:?}\ncreate_container = {}\nsegment_size = {:?}\nconcurrency = {}\ncompression = {:?}\nage_recipients = [{}]\n",
@@ -323,6 +335,9 @@ impl Rig {
         );
         if let Some(identity) = &c.identity {
             text += &format!("age_identity_file = {:?}\n", identity.display().to_string());
+        }
+        if let Some(n) = c.max_manifest_segments {
+            text += &format!("max_manifest_segments = {n}\n");
         }
         text += &format!(
             "[hooks]\ndir = {:?}\ntimeout = {:?}\nstream_timeout = \"5m\"\n[hooks.env]\n",
@@ -1009,6 +1024,115 @@ fn many_segments_and_memory_stays_bounded() {
     }
 }
 
+/// More segments than one manifest may list: `max_manifest_segments = 3`
+/// (the real Swift allows 1000; a lower setting stands in for a stream of
+/// more than 1000 segments), 1 MiB segments, 20 MiB not compressed: 20
+/// segments under 7 sub-manifests, those under 3, those in the backup's
+/// manifest. Swift accepts every level (each checked against its entries'
+/// sizes and ETags), serves the backup as one object of the stored size;
+/// restore and verify bring back every byte with every checksum checked;
+/// retention deletes every segment and sub-manifest with the manifest.
+#[test]
+fn a_stream_longer_than_one_manifest_round_trips_through_nested_manifests() {
+    let rig = Rig::new("nested");
+    let input = rig.path().join("input.bin");
+    let data = random_bytes(20 * MIB, 21);
+    std::fs::write(&input, &data).unwrap();
+    let output = rig.path().join("output.bin");
+    let hooks = hooks_dir(
+        rig.path(),
+        &[(
+            "none",
+            &format!(
+                "#!/bin/sh\ncase \"$1\" in\nbackup) cat {} ;;\nrestore) cat > {} ;;\nesac\n",
+                q(&input),
+                q(&output)
+            ),
+        )],
+    );
+    let mut conf = Conf::new("none", &hooks);
+    conf.compression = "none";
+    conf.max_manifest_segments = Some(3);
+    conf.retention = "keep_last = 1";
+    let config = rig.config("nested", &conf);
+    let report = rig.backup(&config);
+    let name = report["name"].as_str().unwrap().to_string();
+    assert_eq!(report["segments"], 20);
+    assert_eq!(report["sha256"], sha256_hex(&data));
+
+    let top = rig.api.manifest(&rig.container, &name);
+    let names: Vec<&str> = top.iter().map(|e| e["name"].as_str().unwrap()).collect();
+    let want: Vec<String> = (0..3)
+        .map(|i| format!("/{}/{name}/seg/L2-{i:08}", rig.segments))
+        .collect();
+    assert_eq!(names, want);
+    assert!(top.iter().all(|e| e["sub_slo"] == true), "{top:?}");
+    let level1 = rig
+        .api
+        .manifest(&rig.segments, &format!("{name}/seg/L1-00000006"));
+    let last: Vec<&str> = level1.iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        last,
+        [
+            format!("/{}/{name}/seg/00000018", rig.segments),
+            format!("/{}/{name}/seg/00000019", rig.segments)
+        ]
+    );
+    assert_eq!(rig.segments_of(&name).len(), 20 + 7 + 3);
+    let headers = rig.api.head(&rig.container, &name).unwrap();
+    assert_eq!(headers["content-length"], (20 * MIB).to_string().as_str());
+    assert!(
+        rig.api.get(&rig.container, &name) == data,
+        "the joined object differs"
+    );
+
+    rig.ok(&config, &["verify", "--backup", &name]);
+    rig.ok(&config, &["restore", "--backup", &name]);
+    assert!(std::fs::read(&output).unwrap() == data);
+
+    // keep_last = 1: the next backup deletes this one, every level of it.
+    std::thread::sleep(Duration::from_millis(1100));
+    let next = rig.backup(&config);
+    assert_eq!(next["pruned"], serde_json::json!([name]));
+    assert!(rig.api.head(&rig.container, &name).is_none());
+    assert_eq!(rig.segments_of(&name), Vec::<String>::new());
+}
+
+/// A restore that takes longer than `openstack.request_timeout` (5 s here:
+/// the hook stops reading for 8 s after its first 64 KiB, as a slow disk
+/// or a busy database would): the download's timeout bounds the wait for
+/// the headers and for each read, not the whole body, so the restore
+/// completes, bit for bit. (A whole-exchange timeout cut every restore of
+/// more than a minute, `request_timeout`'s default, short.)
+#[test]
+fn a_restore_longer_than_request_timeout_completes() {
+    let rig = Rig::new("slow-restore");
+    let input = rig.path().join("input.bin");
+    let data = random_bytes(3 * MIB + 3, 31);
+    std::fs::write(&input, &data).unwrap();
+    let output = rig.path().join("output.bin");
+    let hooks = hooks_dir(
+        rig.path(),
+        &[(
+            "none",
+            &format!(
+                "#!/bin/sh\ncase \"$1\" in\nbackup) cat {} ;;\nrestore) {{ head -c 65536; sleep 8; cat; }} > {} ;;\nesac\n",
+                q(&input),
+                q(&output)
+            ),
+        )],
+    );
+    let mut conf = Conf::new("none", &hooks);
+    conf.compression = "none";
+    conf.request_timeout = Some("5s");
+    let config = rig.config("slow", &conf);
+    rig.backup(&config);
+    let started = std::time::Instant::now();
+    rig.ok(&config, &["restore", "--latest"]);
+    assert!(started.elapsed() > Duration::from_secs(8));
+    assert!(std::fs::read(&output).unwrap() == data);
+}
+
 // ---------------------------------------------------------------- faults
 
 /// A hook that writes 3.5 MiB and then exits 3 (a disk filled up, a server
@@ -1194,6 +1318,10 @@ enum Fault {
     /// Take the SLO manifest PUT and never forward it or answer: volsnap
     /// waits in the middle of writing its manifest.
     HoldManifest,
+    /// Read half of the first segment PUT's body, then close the
+    /// connection without an answer: the PUT breaks off in the middle of
+    /// its body, as when a proxy restarts or a load balancer drops it.
+    Cut,
 }
 
 impl FaultProxy {
@@ -1297,6 +1425,18 @@ fn proxy_one(
                 .then(|| v.trim().parse().ok())?
         })
         .unwrap_or(0);
+    if matches!(fault, Fault::Cut)
+        && method == "PUT"
+        && path.contains("_segments/")
+        && length > 1
+        && !injected.swap(true, Ordering::SeqCst)
+    {
+        let mut half = vec![0u8; length / 2];
+        reader.read_exact(&mut half)?;
+        log.lock().unwrap().push((method, path, 0));
+        // Unread bytes in the socket: closing it resets the connection.
+        return client.shutdown(std::net::Shutdown::Both);
+    }
     let mut body = vec![0u8; length];
     reader.read_exact(&mut body)?;
     if matches!(fault, Fault::HoldManifest)
@@ -1390,6 +1530,53 @@ fn a_503_on_a_segment_put_is_retried() {
         .count();
     assert_eq!(segment_puts, 4, "{log:?}");
     assert_eq!(rig.segments_of(name).len(), 4);
+
+    rig.ok(&config, &["restore", "--latest"]);
+    assert!(std::fs::read(&output).unwrap() == data);
+}
+
+/// A segment PUT that breaks off in the middle of its body (the proxy
+/// reads half of it and drops the connection: a fault the real Swift does
+/// not produce on demand): volsnap sends the whole segment again from its
+/// buffer, which it holds until Swift has answered; the backup completes,
+/// every segment's MD5 matches Swift's ETag, and it restores bit for bit.
+#[test]
+fn a_segment_put_cut_mid_body_is_sent_again_whole() {
+    let rig = Rig::new("cut");
+    let proxy = FaultProxy::in_front_of_swift(&rig, Fault::Cut);
+    let input = rig.path().join("input.bin");
+    let data = random_bytes(5 * MIB + 77, 8);
+    std::fs::write(&input, &data).unwrap();
+    let output = rig.path().join("output.bin");
+    let hooks = hooks_dir(
+        rig.path(),
+        &[(
+            "none",
+            &format!(
+                "#!/bin/sh\ncase \"$1\" in\nbackup) cat {} ;;\nrestore) cat > {} ;;\nesac\n",
+                q(&input),
+                q(&output)
+            ),
+        )],
+    );
+    let mut conf = Conf::new("none", &hooks);
+    conf.endpoint = Some(proxy.endpoint.clone());
+    conf.compression = "none";
+    let config = rig.config("proxied", &conf);
+    let (code, stdout, stderr) = rig.run(&config, &["--json", "backup"]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stderr.contains("retry 1/"), "no retry logged: {stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let name = report["name"].as_str().unwrap();
+    let log = proxy.log.lock().unwrap().clone();
+    let cut: Vec<&(String, String, u16)> = log.iter().filter(|(_, _, s)| *s == 0).collect();
+    assert_eq!(cut.len(), 1, "{log:?}");
+    let again = log
+        .iter()
+        .filter(|(m, p, s)| m == "PUT" && *p == cut[0].1 && *s == 201)
+        .count();
+    assert_eq!(again, 1, "the cut segment was not PUT again: {log:?}");
+    assert_eq!(rig.segments_of(name).len(), 6);
 
     rig.ok(&config, &["restore", "--latest"]);
     assert!(std::fs::read(&output).unwrap() == data);

@@ -23,13 +23,13 @@ use serde::Serialize;
 use crate::config::{Compression, Settings};
 use crate::exit;
 use crate::hooks::{self, Hook};
-use crate::openstack::swift::{Metadata, SloSegment, Swift};
+use crate::openstack::swift::{Limits, Metadata, SloSegment, Swift};
 use crate::openstack::{self, Error as ApiError};
 use crate::retention;
 use crate::runtime::{self, RunLock};
 use crate::stream::{
-    self, segments_container, BackupMeta, BackupName, BackupPlan, Encryption, Identities, Progress,
-    Segment, META_PREFIX,
+    self, segments_container, BackupMeta, BackupName, BackupPlan, Encryption, Identities,
+    ManifestEntry, Progress, Segment, Tree, META_PREFIX,
 };
 
 mod orphans;
@@ -89,7 +89,7 @@ pub fn backup(
         false => Some(RunLock::acquire(&settings.runtime_dir)?),
     };
     hooks::check_configured(settings).map_err(anyhow::Error::msg)?;
-    let plan = BackupPlan::from_settings(&settings.swift)?;
+    let mut plan = BackupPlan::from_settings(&settings.swift)?;
     let s = &settings.swift;
     let seg_container = segments_container(&s.container)?;
     let host = crate::agent::cinder::hostname();
@@ -109,6 +109,9 @@ pub fn backup(
                 )))
             }
         }
+    }
+    if !dry_run {
+        fit_to_limits(&swift, settings, &mut plan)?;
     }
     // Before this run's own record replaces the previous run's. A failed
     // sweep costs storage, not the backup.
@@ -219,39 +222,56 @@ pub fn backup(
         .into_iter()
         .map(|(k, v)| (k.strip_prefix(META_PREFIX).unwrap_or(&k).to_string(), v))
         .collect();
-    let slo: Vec<SloSegment> = summary
-        .segments
-        .iter()
-        .map(|s| SloSegment {
-            path: format!("/{seg_container}/{}", name.segment(s.index)),
-            etag: s.md5.clone(),
-            size_bytes: s.size,
-        })
-        .collect();
-    let segment_names: Vec<String> = summary
-        .segments
-        .iter()
-        .map(|s| name.segment(s.index))
-        .collect();
+    let tree = Tree::new(&name, &summary.segments, plan.max_segments);
+    let objects: Vec<String> = tree.objects().map(str::to_string).collect();
+    let slo = |entries: &[ManifestEntry]| -> Vec<SloSegment> {
+        entries
+            .iter()
+            .map(|e| SloSegment {
+                path: format!("/{seg_container}/{}", e.object),
+                etag: e.etag.clone(),
+                size_bytes: e.size,
+            })
+            .collect()
+    };
     let content_type = content_type(plan.compression, plan.recipients.is_some());
+    // The sub-manifests first (lowest level first: Swift checks each entry
+    // against what it finds), the backup's own manifest last.
+    for sub in &tree.subs {
+        if let Err(e) = swift.put_slo(
+            &seg_container,
+            &sub.object,
+            &slo(&sub.entries),
+            &Metadata::new(),
+            content_type,
+        ) {
+            return Err(cleanup(
+                &swift,
+                &seg_container,
+                &objects,
+                in_flight,
+                anyhow!(e).context(format!("writing the sub-manifest {}", sub.object)),
+            ));
+        }
+    }
     if let Err(e) = swift.put_slo(
         &s.container,
         &name.manifest(),
-        &slo,
+        &slo(&tree.top),
         &metadata,
         content_type,
     ) {
         return Err(cleanup(
             &swift,
             &seg_container,
-            &segment_names,
+            &objects,
             in_flight,
             anyhow!(e).context("writing the SLO manifest"),
         ));
     }
     // Trust, then verify: the manifest Swift serves must be the one written.
     let verified = swift.head_object(&s.container, &name.manifest()).map_err(anyhow::Error::from).and_then(|info| {
-        let expected_etag = slo_etag(&summary.segments.iter().map(|s| s.md5.as_str()).collect::<Vec<_>>());
+        let expected_etag = tree.etag();
         if !info.static_large_object || info.size != summary.stored_bytes || info.etag != expected_etag {
             bail!(
                 "Swift serves {} bytes (etag {}, SLO {}), volsnap uploaded {} bytes (etag {expected_etag})",
@@ -264,7 +284,7 @@ pub fn backup(
         Ok(())
     });
     if let Err(e) = verified {
-        if swift.delete_slo(&s.container, &name.manifest()).is_ok() {
+        if swift.delete_tree(&s.container, &name.manifest()).is_ok() {
             in_flight.end();
         }
         return Err(e.context("the stored backup does not match what was uploaded; deleted it"));
@@ -398,9 +418,34 @@ fn content_type(compression: Compression, encrypted: bool) -> &'static str {
     }
 }
 
-/// An SLO's ETag: the MD5 of its segments' MD5s (hex) concatenated.
-fn slo_etag(md5s: &[&str]) -> String {
-    crate::openstack::swift::md5_hex(md5s.concat().as_bytes())
+/// Fits the plan to what the cluster allows (`GET /info`, or Swift's
+/// defaults when it hides it; `swift.max_manifest_segments` lowers the
+/// entries per manifest): before the hook runs, so a segment size the
+/// cluster refuses fails with nothing uploaded.
+fn fit_to_limits(swift: &Swift, settings: &Settings, plan: &mut BackupPlan) -> Result<()> {
+    let limits = swift.limits().unwrap_or_else(|e| {
+        log::info!("Swift's /info: {e}; assuming Swift's default limits");
+        Limits::default()
+    });
+    plan.max_segments = match settings.swift.max_manifest_segments {
+        Some(n) => n.min(limits.max_manifest_segments),
+        None => limits.max_manifest_segments,
+    }
+    .max(2);
+    if plan.segment_size as u64 > limits.max_file_size {
+        bail!(
+            "swift.segment_size ({} bytes) is larger than this Swift's largest object \
+             (max_file_size {} bytes in its /info)",
+            plan.segment_size,
+            limits.max_file_size
+        );
+    }
+    log::debug!(
+        "Swift limits: {} entries per manifest, objects up to {} bytes",
+        plan.max_segments,
+        limits.max_file_size
+    );
+    Ok(())
 }
 
 fn read_meta_file(path: &Path) -> BTreeMap<String, String> {
@@ -673,7 +718,7 @@ fn prune_with(settings: &Settings, swift: &Swift, dry_run: bool) -> Result<Vec<S
         let name = &backups[i].1.name;
         if !dry_run {
             swift
-                .delete_slo(&settings.swift.container, name)
+                .delete_tree(&settings.swift.container, name)
                 .map_err(|e| anyhow!(e))
                 .with_context(|| format!("deleting {name} with its segments"))?;
             log::info!("retention: deleted {name}");

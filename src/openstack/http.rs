@@ -270,11 +270,17 @@ impl Http {
             // Bytes clones share the buffer: a retry costs no copy.
             builder = builder.body(body.clone());
         }
-        let timeout = req.timeout.unwrap_or(self.request_timeout);
-        builder = builder.timeout(match req.left() {
-            Some(left) => timeout.min(left),
-            None => timeout,
-        });
+        // A per-request timeout bounds the whole exchange, body included:
+        // a streamed response gets none, so that only the client's timeout
+        // applies, to the headers and to each read of the body (a restore
+        // of hours is fine, a read that stalls for `request_timeout` is not).
+        if !(req.streamed && req.timeout.is_none() && req.deadline.is_none()) {
+            let timeout = req.timeout.unwrap_or(self.request_timeout);
+            builder = builder.timeout(match req.left() {
+                Some(left) => timeout.min(left),
+                None => timeout,
+            });
+        }
         builder.send()
     }
 }
@@ -308,6 +314,10 @@ pub struct Request {
     /// the time left, and no retry starts that would end past it (a request
     /// made while filesystems are frozen).
     pub deadline: Option<Instant>,
+    /// The response body is read as a stream, for as long as it takes: the
+    /// request timeout bounds the wait for the headers and each read, not
+    /// the whole body.
+    pub streamed: bool,
 }
 
 impl fmt::Debug for Request {
@@ -332,6 +342,7 @@ impl Request {
             idempotent,
             retry: true,
             deadline: None,
+            streamed: false,
         }
     }
 
@@ -382,6 +393,11 @@ impl Request {
 
     pub fn no_retry(mut self) -> Request {
         self.retry = false;
+        self
+    }
+
+    pub fn streamed(mut self) -> Request {
+        self.streamed = true;
         self
     }
 

@@ -161,6 +161,52 @@ pub fn md5_hex(data: &[u8]) -> String {
         .collect()
 }
 
+/// What a Swift cluster says about its limits in `GET /info`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The most entries one SLO manifest may list (`slo.max_manifest_segments`).
+    pub max_manifest_segments: u32,
+    /// The largest object, so the largest segment (`swift.max_file_size`).
+    pub max_file_size: u64,
+}
+
+impl Default for Limits {
+    /// Swift's own defaults, for a cluster that does not say.
+    fn default() -> Limits {
+        Limits {
+            max_manifest_segments: 1000,
+            max_file_size: 5 * (1 << 30) + 2,
+        }
+    }
+}
+
+impl Limits {
+    /// From `/info`'s JSON; what it does not say keeps Swift's default.
+    fn from_info(info: &serde_json::Value) -> Limits {
+        let d = Limits::default();
+        Limits {
+            max_manifest_segments: info["slo"]["max_manifest_segments"]
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n >= 1)
+                .unwrap_or(d.max_manifest_segments),
+            max_file_size: info["swift"]["max_file_size"]
+                .as_u64()
+                .filter(|n| *n >= 1)
+                .unwrap_or(d.max_file_size),
+        }
+    }
+}
+
+/// One entry of a stored SLO manifest (`GET ?multipart-manifest=get`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct ManifestEntry {
+    /// `/container/object`, not encoded.
+    pub name: String,
+    #[serde(default)]
+    pub sub_slo: bool,
+}
+
 #[derive(Clone, Debug)]
 pub struct Swift {
     session: Session,
@@ -218,6 +264,27 @@ impl Swift {
     ) -> Result<Request, Error> {
         let url = self.url(&method, container, object)?;
         Ok(Request::new(method, url))
+    }
+
+    /// The cluster's limits from `GET /info` (beside `/v1` on the same
+    /// proxy; no token needed). A cluster may hide it (`expose_info =
+    /// false`): the caller then falls back on [`Limits::default`].
+    pub fn limits(&self) -> Result<Limits, Error> {
+        let mut url = self.endpoint.clone();
+        let path = url.path().to_string();
+        let base = match path
+            .find("/v1/")
+            .or_else(|| path.strip_suffix("/v1").map(str::len))
+        {
+            Some(at) => &path[..at],
+            None => "",
+        };
+        url.set_path(&format!("{base}/info"));
+        url.set_query(None);
+        let req = Request::get(url).timeout(std::time::Duration::from_secs(10));
+        let resp = self.session.http().send(&req, None)?;
+        let info: serde_json::Value = http::read_json(&req, resp)?;
+        Ok(Limits::from_info(&info))
     }
 
     /// HEAD the container; create it when missing and `create` allows.
@@ -331,13 +398,23 @@ impl Swift {
     /// joined by Swift). Each read has the request timeout; nothing is
     /// retried once the body has started.
     pub fn get_object(&self, container: &str, name: &str) -> Result<ObjectReader, Error> {
-        let req = self.request(Method::GET, container, Some(name))?;
+        let req = self.request(Method::GET, container, Some(name))?.streamed();
         let response = self.session.send(&req)?;
         Ok(ObjectReader {
             info: ObjectInfo::from_headers(response.headers()),
             response,
             received: 0,
         })
+    }
+
+    /// A stored SLO manifest's entries, as Swift keeps them.
+    pub fn get_manifest(&self, container: &str, name: &str) -> Result<Vec<ManifestEntry>, Error> {
+        let mut req = self.request(Method::GET, container, Some(name))?;
+        req.url
+            .query_pairs_mut()
+            .append_pair("multipart-manifest", "get");
+        let resp = self.session.send(&req)?;
+        http::read_json(&req, resp)
     }
 
     /// Deletes one object (for an SLO: the manifest only).
@@ -383,6 +460,29 @@ impl Swift {
             ));
         }
         Ok(())
+    }
+
+    /// Deletes a backup's manifest with everything under it, however many
+    /// levels of manifests (see `stream::Tree`). Swift's own SLO delete
+    /// holds a whole tree's entries at once and refuses one of more than
+    /// ten times `max_manifest_segments`; so the levels are deleted bottom
+    /// up, each manifest of segments with Swift's SLO delete.
+    pub fn delete_tree(&self, container: &str, name: &str) -> Result<(), Error> {
+        let entries = self.get_manifest(container, name)?;
+        let subs: Vec<&ManifestEntry> = entries.iter().filter(|e| e.sub_slo).collect();
+        if subs.is_empty() {
+            return self.delete_slo(container, name);
+        }
+        for sub in subs {
+            let path = sub.name.trim_start_matches('/');
+            let (c, o) = path.split_once('/').unwrap_or((container, path));
+            match self.delete_tree(c, o) {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.delete_object(container, name)
     }
 
     /// The "directories" right under `prefix` (which ends in `/`): the
@@ -504,6 +604,24 @@ mod tests {
     fn md5_of_known_strings() {
         assert_eq!(md5_hex(b""), "d41d8cd98f00b204e9800998ecf8427e");
         assert_eq!(md5_hex(b"abc"), "900150983cd24fb0d6963f7d28e17f72");
+    }
+
+    #[test]
+    fn limits_from_info() {
+        let info = serde_json::json!({
+            "swift": {"max_file_size": 1073741824u64},
+            "slo": {"max_manifest_segments": 250}
+        });
+        assert_eq!(
+            Limits::from_info(&info),
+            Limits {
+                max_manifest_segments: 250,
+                max_file_size: 1 << 30
+            }
+        );
+        // No SLO section, or nonsense: Swift's defaults.
+        let info = serde_json::json!({"swift": {"max_file_size": "big"}});
+        assert_eq!(Limits::from_info(&info), Limits::default());
     }
 
     #[test]

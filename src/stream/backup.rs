@@ -32,8 +32,10 @@ pub struct BackupPlan {
     pub compression_level: i32,
     /// `None`: not encrypted.
     pub recipients: Option<Recipients>,
-    /// The most segments an SLO may list (Swift's `max_manifest_segments`,
+    /// The most entries a manifest may list (Swift's `max_manifest_segments`,
     /// from `/info` when the cluster says, else [`DEFAULT_MAX_SEGMENTS`]).
+    /// More segments than that are listed by a [`Tree`](super::tree::Tree)
+    /// of manifests.
     pub max_segments: u32,
 }
 
@@ -132,7 +134,7 @@ where
     let (result, uploaded) = with_uploads(
         plan.segment_size,
         plan.concurrency,
-        plan.max_segments,
+        super::tree::max_segments_total(plan.max_segments),
         &upload,
         |segments: &mut SegmentWriter| {
             let encrypted: Encrypted<&mut SegmentWriter> = match &plan.recipients {

@@ -3,7 +3,9 @@
 //! Backup: the hook's stdout → SHA-256 and byte count of the plain stream →
 //! compression (zstd, gzip or none) → age encryption (when recipients are
 //! configured) → segments of exactly `segment_size` bytes → up to
-//! `concurrency` uploads in parallel, each checked against its MD5.
+//! `concurrency` uploads in parallel, each checked against its MD5 → the
+//! manifests over them (one SLO, or a [`Tree`] of them past Swift's
+//! `max_manifest_segments`).
 //!
 //! Restore and verify: the stored stream (a GET of the SLO) → age decryption
 //! → decompression → SHA-256 and size compared with the manifest's metadata →
@@ -26,6 +28,7 @@ mod naming;
 mod progress;
 mod restore;
 mod segments;
+mod tree;
 
 pub use backup::{backup, BackupFailure, BackupPlan, BackupSummary};
 pub use compress::compression_name;
@@ -35,6 +38,7 @@ pub use naming::{segments_container, BackupName};
 pub use progress::{Figures, Progress};
 pub use restore::{restore_into, Verified, HOLD_BACK};
 pub use segments::{Segment, SegmentInfo, DEFAULT_MAX_SEGMENTS};
+pub use tree::{max_segments_total, Entry as ManifestEntry, SubManifest, Tree, MAX_LEVELS};
 
 /// Lower-case hex of a digest, as Swift writes ETags and `sha256sum` prints.
 pub(crate) fn hex(bytes: &[u8]) -> String {

@@ -90,6 +90,20 @@ impl BackupName {
         format!("{}{index:08}", self.segment_prefix())
     }
 
+    /// A sub-manifest's object name (see `tree`), in [`segments_container`]:
+    /// beside the segments, under the same prefix, so whatever finds or
+    /// deletes a run's segments finds and deletes these with them.
+    pub fn sub_manifest(&self, level: u32, index: u32) -> String {
+        format!("{}L{level}-{index:08}", self.segment_prefix())
+    }
+
+    /// Whether an object of the segments container is a sub-manifest.
+    pub fn is_sub_manifest(object: &str) -> bool {
+        object
+            .rsplit_once("/seg/")
+            .is_some_and(|(_, rest)| rest.starts_with('L'))
+    }
+
     /// What to list in the segments container to find this backup's
     /// segments (after a failure, to delete them).
     pub fn segment_prefix(&self) -> String {
@@ -158,6 +172,12 @@ mod tests {
         assert_eq!(BackupName::host_prefix("volsnap", "db1"), "volsnap/db1/");
         let bare = BackupName::new("", "db1", at("2026-01-02T03:04:05Z")).unwrap();
         assert_eq!(bare.manifest(), "db1/20260102T030405Z");
+        assert_eq!(
+            name.sub_manifest(2, 7),
+            "volsnap/db1/20261125T224600Z/seg/L2-00000007"
+        );
+        assert!(BackupName::is_sub_manifest(&name.sub_manifest(1, 0)));
+        assert!(!BackupName::is_sub_manifest(&name.segment(0)));
         assert_eq!(segments_container("volsnap").unwrap(), "volsnap_segments");
         assert!(segments_container(&"c".repeat(250)).is_err());
     }

@@ -1,5 +1,6 @@
 //! The restore and verify direction: stored stream in, checked plain bytes out.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,9 @@ use super::{hex, serialize_secs};
 /// its input, and swap a restore in, before volsnap has compared the SHA-256.
 pub const HOLD_BACK: usize = 1 << 20;
 
+/// Plain bytes are read, hashed and held in buffers of this size, filled
+/// whole (the hold-back keeps [`HOLD_BACK`] and one more at most, and
+/// writes the others as they are, without a copy).
 const READ_CHUNK: usize = 256 << 10;
 
 /// A stream that decrypted, decompressed, and matched the manifest.
@@ -75,14 +79,13 @@ pub fn restore_into<R: Read, W: Write + ?Sized>(
     let mut sha = Sha256::new();
     let mut count: u64 = 0;
     let mut held = HoldBack::new();
-    let mut buf = vec![0u8; READ_CHUNK];
     loop {
-        let n = match plain.read(&mut buf) {
+        let mut buf = held.spare();
+        let n = match read_full(&mut plain, &mut buf) {
             Ok(0) => break,
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(e).context(read_context(meta, count));
+            Err((n, e)) => {
+                return Err(e).context(read_context(meta, count + n as u64));
             }
         };
         count += n as u64;
@@ -94,7 +97,7 @@ pub fn restore_into<R: Read, W: Write + ?Sized>(
             );
         }
         sha.update(&buf[..n]);
-        held.push(&buf[..n], out)
+        held.push(buf, n, out)
             .context("writing the restored stream to the hook")?;
         progress.update(count);
     }
@@ -168,33 +171,65 @@ impl<R: Read> Read for Decrypted<R> {
     }
 }
 
-/// Keeps the last [`HOLD_BACK`] bytes back. Bytes move once: the buffer grows
-/// to twice the hold-back, then all but the hold-back go out and the rest
-/// moves to the front.
+/// Fills `buf` from `r` (less only at the end); on an error, how many
+/// bytes came before it.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<usize, (usize, io::Error)> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((n, e)),
+        }
+    }
+    Ok(n)
+}
+
+/// Keeps the last [`HOLD_BACK`] bytes back. Bytes are never copied: the
+/// buffers they were read into wait in a queue and are written whole once
+/// the bytes after them add up to the hold-back, then come back as spares.
 struct HoldBack {
-    held: Vec<u8>,
+    held: VecDeque<(Vec<u8>, usize)>,
+    bytes: usize,
+    spares: Vec<Vec<u8>>,
 }
 
 impl HoldBack {
     fn new() -> HoldBack {
         HoldBack {
-            held: Vec::with_capacity(2 * HOLD_BACK + READ_CHUNK),
+            held: VecDeque::new(),
+            bytes: 0,
+            spares: Vec::new(),
         }
     }
 
-    fn push<W: Write + ?Sized>(&mut self, data: &[u8], out: &mut W) -> io::Result<()> {
-        self.held.extend_from_slice(data);
-        if self.held.len() >= 2 * HOLD_BACK {
-            let n = self.held.len() - HOLD_BACK;
-            out.write_all(&self.held[..n])?;
-            self.held.copy_within(n.., 0);
-            self.held.truncate(HOLD_BACK);
+    /// A buffer of [`READ_CHUNK`] bytes to read into.
+    fn spare(&mut self) -> Vec<u8> {
+        self.spares.pop().unwrap_or_else(|| vec![0u8; READ_CHUNK])
+    }
+
+    /// Takes `buf`'s first `n` bytes; writes what is now more than
+    /// [`HOLD_BACK`] bytes from the end.
+    fn push<W: Write + ?Sized>(&mut self, buf: Vec<u8>, n: usize, out: &mut W) -> io::Result<()> {
+        self.held.push_back((buf, n));
+        self.bytes += n;
+        while let Some((_, first)) = self.held.front() {
+            if self.bytes - first < HOLD_BACK {
+                break;
+            }
+            let (buf, n) = self.held.pop_front().expect("checked above");
+            out.write_all(&buf[..n])?;
+            self.bytes -= n;
+            self.spares.push(buf);
         }
         Ok(())
     }
 
     fn release<W: Write + ?Sized>(self, out: &mut W) -> io::Result<()> {
-        out.write_all(&self.held)?;
+        for (buf, n) in &self.held {
+            out.write_all(&buf[..*n])?;
+        }
         out.flush()
     }
 }
@@ -209,7 +244,9 @@ mod tests {
         let mut out = Vec::new();
         let mut h = HoldBack::new();
         for chunk in data.chunks(100_000) {
-            h.push(chunk, &mut out).unwrap();
+            let mut buf = h.spare();
+            buf[..chunk.len()].copy_from_slice(chunk);
+            h.push(buf, chunk.len(), &mut out).unwrap();
             assert!(out.len() + HOLD_BACK <= data.len());
         }
         assert!(data.len() - out.len() >= HOLD_BACK);

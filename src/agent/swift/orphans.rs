@@ -259,11 +259,18 @@ pub fn sweep(settings: &Settings, swift: &Swift, remove: bool) -> Result<Sweep> 
             if segments.is_empty() {
                 continue;
             }
+            // Sub-manifests (stream::Tree) go with the segments but are
+            // not counted: Swift lists one with its segments' size.
+            let counted = || {
+                segments
+                    .iter()
+                    .filter(|e| !BackupName::is_sub_manifest(&e.name))
+            };
             let mut orphan = Orphan {
                 run: manifest.to_string(),
                 created: name.created.to_string(),
-                segments: segments.len(),
-                bytes: segments.iter().map(|e| e.bytes).sum(),
+                segments: counted().count(),
+                bytes: counted().map(|e| e.bytes).sum(),
                 state: State::Recent,
                 detail: None,
             };
