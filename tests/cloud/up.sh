@@ -26,6 +26,9 @@ export VOLSNAP_TESTCLOUD_CINDER_URL=$CINDER_URL
 export VOLSNAP_TESTCLOUD_VOLUMES=$VOLUMES
 export VOLSNAP_TESTCLOUD_RUN=$RUN
 export VOLSNAP_TESTCLOUD_CLOUDS_YAML=$RUN/clouds.yaml
+# Cinder's backup service runs, with this driver (tests and the demo that
+# need it look for this in env.sh).
+export VOLSNAP_TESTCLOUD_BACKUP_DRIVER=swift
 export PYTHONPATH=$CLOUD_DIR/py
 export OS_KEYSTONE_CONFIG_FILES=$RUN/keystone/keystone.conf
 

@@ -58,7 +58,9 @@ pub fn state(s: &Snapshot) -> State {
         .metadata
         .get("freeze_ms")
         .is_some_and(|v| v.parse::<u64>().is_ok());
-    if final_label && timed && s.status == "available" {
+    // `backing-up`: cinder-backup is copying it (`[cinder] backup`); it is
+    // the same good image.
+    if final_label && timed && matches!(s.status.as_str(), "available" | "backing-up") {
         return State::Good;
     }
     if label == Some(PENDING) {
@@ -265,6 +267,7 @@ mod tests {
         let good = [("consistency", "application"), ("freeze_ms", "312")];
         assert_eq!(state(&snap(&good, "available")), State::Good);
         assert_eq!(state(&snap(&good, "creating")), State::Incomplete);
+        assert_eq!(state(&snap(&good, "backing-up")), State::Good);
         // What a run killed after the 202 left before the two phases.
         let torn = [("consistency", "application")];
         assert_eq!(state(&snap(&torn, "available")), State::Incomplete);
