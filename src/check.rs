@@ -218,12 +218,23 @@ fn backup_checks(
         "backup quotas",
         match cinder.backup_quotas(&project) {
             Ok(q) => {
-                let room = |what: &str, u: &crate::openstack::cinder_backups::QuotaUsage, need: i64| match u.room() {
+                let room = |what: &str,
+                            u: &crate::openstack::cinder_backups::QuotaUsage,
+                            need: i64| match u.room() {
                     None => Ok(format!("{what} unlimited")),
-                    Some(r) if r >= need => Ok(format!("{what} {r} left of {} (a run needs {need})", u.limit)),
-                    Some(r) => Err(format!("{what}: {r} left of {}, a run needs {need}", u.limit)),
+                    Some(r) if r >= need => Ok(format!(
+                        "{what} {r} left of {} (a run needs {need})",
+                        u.limit
+                    )),
+                    Some(r) => Err(format!(
+                        "{what}: {r} left of {}, a run needs {need}",
+                        u.limit
+                    )),
                 };
-                match (room("backups", &q.backups, count), room("backup_gigabytes", &q.backup_gigabytes, gib)) {
+                match (
+                    room("backups", &q.backups, count),
+                    room("backup_gigabytes", &q.backup_gigabytes, gib),
+                ) {
                     (Ok(a), Ok(b)) => Ok(format!("{a}; {b}")),
                     (Err(e), _) | (_, Err(e)) => Err(e),
                 }

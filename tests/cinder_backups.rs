@@ -125,8 +125,15 @@ fn stored_bytes(cloud: &Cloud, backup: &Backup) -> u64 {
     let objects = swift
         .list_objects(&container, &format!("volume_{}/", backup.volume_id))
         .unwrap();
-    let mine: Vec<_> = objects.iter().filter(|o| o.name.contains(&backup.id)).collect();
-    assert!(mine.len() >= 3, "backup {} has objects {objects:?}", backup.id);
+    let mine: Vec<_> = objects
+        .iter()
+        .filter(|o| o.name.contains(&backup.id))
+        .collect();
+    assert!(
+        mine.len() >= 3,
+        "backup {} has objects {objects:?}",
+        backup.id
+    );
     mine.iter().map(|o| o.bytes).sum()
 }
 
@@ -147,7 +154,8 @@ impl Drop for BackupsGuard {
             let Ok(all) = self.cinder.backups(api) else {
                 continue;
             };
-            let mut mine: Vec<Backup> = all.into_iter().filter(|b| &b.volume_id == volume).collect();
+            let mut mine: Vec<Backup> =
+                all.into_iter().filter(|b| &b.volume_id == volume).collect();
             mine.sort_by(|a, b| b.created_at.cmp(&a.created_at));
             for b in mine {
                 let until = Until {
@@ -156,7 +164,9 @@ impl Drop for BackupsGuard {
                     stop: None,
                     stats: None,
                 };
-                let _ = self.cinder.wait_backup(api, &b.id, Target::Left("creating"), &until);
+                let _ = self
+                    .cinder
+                    .wait_backup(api, &b.id, Target::Left("creating"), &until);
                 let _ = self.cinder.delete_backup(&b.id);
                 let _ = self.cinder.wait_backup_gone(&b.id, deadline);
             }
@@ -183,7 +193,14 @@ fn restore(cloud: &Cloud, config: &Path, backup: &str, name: &str) -> String {
     let (code, stdout, stderr) = output(&mut volsnap(
         cloud,
         config,
-        &["--json", "restore", "--cinder-backup", backup, "--name", name],
+        &[
+            "--json",
+            "restore",
+            "--cinder-backup",
+            backup,
+            "--name",
+            name,
+        ],
     ));
     assert_eq!(code, Some(0), "restore: {stdout}\n{stderr}");
     let v: Value = serde_json::from_str(&stdout).unwrap();
@@ -200,11 +217,7 @@ fn with_retention(config: &Path, keep_last: u32) -> PathBuf {
         format!("{text}\n[retention]\nkeep_last = {keep_last}\nafter_backup = false\n"),
     )
     .unwrap();
-    std::fs::set_permissions(
-        &path,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     path
 }
 
@@ -232,13 +245,21 @@ fn incremental_chain_restores_bit_for_bit_a_failed_backup_exits_4_and_retention_
     // Run 1: 24 MiB of data and a few small files -> a full backup.
     write(data.path(), "big.bin", &noise(1, 24 << 20));
     for i in 0..8 {
-        write(data.path(), &format!("small-{i}.txt"), format!("run 1 file {i}\n").as_bytes());
+        write(
+            data.path(),
+            &format!("small-{i}.txt"),
+            format!("run 1 file {i}\n").as_bytes(),
+        );
     }
     let first_sums = checksums(data.path());
     let first = backup_json(&cloud, &config, 0);
     assert_eq!(first["backup_error"], Value::Null);
     let b1 = &first["backups"][0];
-    assert_eq!((b1["incremental"].as_bool(), b1["status"].as_str()), (Some(false), Some("available")), "{first}");
+    assert_eq!(
+        (b1["incremental"].as_bool(), b1["status"].as_str()),
+        (Some(false), Some("available")),
+        "{first}"
+    );
     let full_id = b1["id"].as_str().unwrap().to_string();
     let snap1 = first["snapshots"][0]["id"].as_str().unwrap().to_string();
     assert_eq!(b1["snapshot_id"], snap1.as_str());
@@ -251,7 +272,11 @@ fn incremental_chain_restores_bit_for_bit_a_failed_backup_exits_4_and_retention_
     assert_ne!(first_sums, second_sums);
     let second = backup_json(&cloud, &config, 0);
     let b2 = &second["backups"][0];
-    assert_eq!((b2["incremental"].as_bool(), b2["status"].as_str()), (Some(true), Some("available")), "{second}");
+    assert_eq!(
+        (b2["incremental"].as_bool(), b2["status"].as_str()),
+        (Some(true), Some("available")),
+        "{second}"
+    );
     let inc_id = b2["id"].as_str().unwrap().to_string();
 
     // Both in Swift, labelled like their snapshots; the incremental a small
@@ -261,14 +286,26 @@ fn incremental_chain_restores_bit_for_bit_a_failed_backup_exits_4_and_retention_
     let inc = ours.iter().find(|b| b.id == inc_id).unwrap();
     assert!(inc.is_incremental && !full.is_incremental);
     for (b, run) in [(full, &first["run"]), (inc, &second["run"])] {
-        assert_eq!(b.metadata.get("volsnap_run").map(String::as_str), run.as_str());
-        assert_eq!(b.metadata.get("consistency").map(String::as_str), Some("filesystem"));
-        assert_eq!(b.metadata.get("created_by").map(String::as_str), Some("volsnap"));
+        assert_eq!(
+            b.metadata.get("volsnap_run").map(String::as_str),
+            run.as_str()
+        );
+        assert_eq!(
+            b.metadata.get("consistency").map(String::as_str),
+            Some("filesystem")
+        );
+        assert_eq!(
+            b.metadata.get("created_by").map(String::as_str),
+            Some("volsnap")
+        );
     }
     let (full_bytes, inc_bytes) = (stored_bytes(&cloud, full), stored_bytes(&cloud, inc));
     eprintln!("stored in Swift: full {full_bytes} bytes, incremental {inc_bytes} bytes");
     assert!(full_bytes > 24 << 20, "full stored {full_bytes}");
-    assert!(inc_bytes * 5 < full_bytes, "incremental {inc_bytes} vs full {full_bytes}");
+    assert!(
+        inc_bytes * 5 < full_bytes,
+        "incremental {inc_bytes} vs full {full_bytes}"
+    );
 
     // list shows both, with the chain.
     let (code, stdout, _) = output(&mut volsnap(&cloud, &config, &["--json", "list"]));
@@ -282,7 +319,13 @@ fn incremental_chain_restores_bit_for_bit_a_failed_backup_exits_4_and_retention_
             .unwrap_or_else(|| panic!("{id} not listed: {rows}"))
             .clone()
     };
-    assert_eq!((row(&inc_id)["kind"].as_str(), row(&inc_id)["state"].as_str()), (Some("backup"), Some("good")));
+    assert_eq!(
+        (
+            row(&inc_id)["kind"].as_str(),
+            row(&inc_id)["state"].as_str()
+        ),
+        (Some("backup"), Some("good"))
+    );
     assert_eq!(row(&inc_id)["parent"], full_id.as_str());
     assert_eq!(row(&full_id)["incremental"], false);
 
@@ -304,29 +347,49 @@ fn incremental_chain_restores_bit_for_bit_a_failed_backup_exits_4_and_retention_
     let s3 = cinder.snapshot(&snap3).unwrap();
     assert!(cloud::is_good(&s3), "{s3:?}");
     let failed = third["backups"][0]["id"].as_str().unwrap();
-    assert!(cinder.backup(api(&cinder), failed).is_err_and(|e| e.is_not_found()) || {
+    assert!(
         cinder
-            .wait_backup_gone(failed, Instant::now() + Duration::from_secs(60))
-            .is_ok()
-    });
+            .backup(api(&cinder), failed)
+            .is_err_and(|e| e.is_not_found())
+            || {
+                cinder
+                    .wait_backup_gone(failed, Instant::now() + Duration::from_secs(60))
+                    .is_ok()
+            }
+    );
     let (_, help, _) = output(&mut volsnap(&cloud, &config, &["--help"]));
-    assert!(help.contains("4   the snapshots are good, but a Cinder backup of one failed"), "{help}");
+    assert!(
+        help.contains("4   the snapshots are good, but a Cinder backup of one failed"),
+        "{help}"
+    );
 
     // Retention: keep_last = 2 keeps runs 2 and 3; run 1's snapshot goes,
     // but its full stays while run 2's incremental needs it.
     let keep2 = with_retention(&config, 2);
     let (code, stdout, stderr) = output(&mut volsnap(&cloud, &keep2, &["prune"]));
     assert_eq!(code, Some(0), "{stdout}{stderr}");
-    assert!(stdout.contains(&format!("deleted snapshot {snap1}")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("deleted snapshot {snap1}")),
+        "{stdout}"
+    );
     assert!(!stdout.contains(&full_id), "{stdout}");
-    let left: Vec<String> = backups_of(&cinder, &data.id).into_iter().map(|b| b.id).collect();
+    let left: Vec<String> = backups_of(&cinder, &data.id)
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
     assert_eq!(left, [full_id.clone(), inc_id.clone()]);
     // keep_last = 1: the whole chain goes, incremental first.
     let keep1 = with_retention(&config, 1);
     let (code, stdout, stderr) = output(&mut volsnap(&cloud, &keep1, &["prune"]));
     assert_eq!(code, Some(0), "{stdout}{stderr}");
-    assert!(stdout.contains(&format!("deleted backup {inc_id}")), "{stdout}");
-    assert!(stdout.contains(&format!("deleted backup {full_id}")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("deleted backup {inc_id}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("deleted backup {full_id}")),
+        "{stdout}"
+    );
     assert!(backups_of(&cinder, &data.id).is_empty());
     assert!(cinder.snapshot(&snap3).is_ok(), "run 3 is kept");
     eprintln!("took {:.0} s", started.elapsed().as_secs_f64());
@@ -368,19 +431,32 @@ fn sigkill_during_the_backup_wait_then_the_next_run_cleans_up() {
             break b;
         }
         assert!(Instant::now() < limit, "no backup within 60 s");
-        assert!(child.try_wait().unwrap().is_none(), "volsnap ended before its backup");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "volsnap ended before its backup"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     child.kill().unwrap();
     child.wait().unwrap();
     let _ = std::fs::remove_file(&delay);
-    assert_eq!(killed.metadata.get("consistency").map(String::as_str), Some("pending"));
+    assert_eq!(
+        killed.metadata.get("consistency").map(String::as_str),
+        Some("pending")
+    );
     // The run's snapshot was labelled before the backups began: it is good.
     let snaps = data.snapshots();
     assert_eq!(snaps.len(), 1);
     // (`backing-up` while cinder-backup copies it.)
-    assert_eq!(snaps[0].metadata.get("consistency").map(String::as_str), Some("filesystem"));
-    assert!(snaps[0].metadata.contains_key("freeze_ms"), "{:?}", snaps[0]);
+    assert_eq!(
+        snaps[0].metadata.get("consistency").map(String::as_str),
+        Some("filesystem")
+    );
+    assert!(
+        snaps[0].metadata.contains_key("freeze_ms"),
+        "{:?}",
+        snaps[0]
+    );
     let (code, stdout, _) = output(&mut volsnap(&cloud, &config, &["--json", "list"]));
     assert_eq!(code, Some(0));
     let rows: Value = serde_json::from_str(&stdout).unwrap();
@@ -403,8 +479,15 @@ fn sigkill_during_the_backup_wait_then_the_next_run_cleans_up() {
         .collect();
     assert!(removed.contains(&killed.id.as_str()), "{next}");
     let b = &next["backups"][0];
-    assert_eq!((b["incremental"].as_bool(), b["status"].as_str()), (Some(false), Some("available")), "{next}");
-    let left: Vec<String> = backups_of(&cinder, &data.id).into_iter().map(|b| b.id).collect();
+    assert_eq!(
+        (b["incremental"].as_bool(), b["status"].as_str()),
+        (Some(false), Some("available")),
+        "{next}"
+    );
+    let left: Vec<String> = backups_of(&cinder, &data.id)
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
     assert_eq!(left, [b["id"].as_str().unwrap().to_string()]);
     eprintln!("took {:.0} s", started.elapsed().as_secs_f64());
 }

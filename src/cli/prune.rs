@@ -80,4 +80,3 @@ impl Args {
         Ok(exit::SUCCESS)
     }
 }
-

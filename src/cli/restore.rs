@@ -167,7 +167,10 @@ fn from_backup(
                     .map_or("none", String::as_str)
             );
         }
-        log::warn!("restoring backup {id} although it is {}: --force", state.name());
+        log::warn!(
+            "restoring backup {id} although it is {}: --force",
+            state.name()
+        );
     }
     let name = name.unwrap_or_else(|| format!("volsnap-restore-{id}"));
     let volume_id = cinder

@@ -645,7 +645,8 @@ fn validate_cinder(
     if file.keep_snapshot == Some(false) && mode == BackupMode::Off {
         return Err(err(
             "cinder.keep_snapshot",
-            "false would leave no copy at all: it needs backup = \"full\" or \"incremental\"".into(),
+            "false would leave no copy at all: it needs backup = \"full\" or \"incremental\""
+                .into(),
         ));
     }
     if file.full_every.is_some() && mode != BackupMode::Incremental {

@@ -79,7 +79,11 @@ impl<'de> Deserialize<'de> for FullEvery {
                     .ok()
                     .filter(|n| *n > 0)
                     .map(FullEvery::Count)
-                    .ok_or_else(|| E::custom(format!("{v}: expected a count of 1 or more, or an age like \"7d\"")))
+                    .ok_or_else(|| {
+                        E::custom(format!(
+                            "{v}: expected a count of 1 or more, or an age like \"7d\""
+                        ))
+                    })
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<FullEvery, E> {
                 match parse_duration(v) {

@@ -191,7 +191,8 @@ impl Cinder {
             }
             let req = self.request_at(Method::GET, "backups/detail", &query, api.microversion());
             let page: BackupsPage = self.call(req)?;
-            let more = page.backups_links.iter().any(|l| l.rel == "next") && !page.backups.is_empty();
+            let more =
+                page.backups_links.iter().any(|l| l.rel == "next") && !page.backups.is_empty();
             all.extend(page.backups);
             if !more {
                 return Ok(all);
@@ -370,14 +371,7 @@ mod tests {
             reserved: 1,
         };
         assert_eq!(q.room(), Some(2));
-        assert_eq!(
-            QuotaUsage {
-                limit: -1,
-                ..q
-            }
-            .room(),
-            None
-        );
+        assert_eq!(QuotaUsage { limit: -1, ..q }.room(), None);
         let body: QuotaBody = serde_json::from_str(
             r#"{"quota_set": {"id": "p", "backups": {"limit": -1, "in_use": 2, "reserved": 0, "allocated": 0},
                "backup_gigabytes": {"limit": 1000, "in_use": 2, "reserved": 0}, "volumes": {"limit": 10}}}"#,

@@ -213,7 +213,9 @@ pub fn take(cinder: &Cinder, req: &Request) -> Outcome {
         let new = NewBackup {
             volume_id: s.volume_id.clone(),
             snapshot_id: s.id.clone(),
-            name: s.name.replacen(req.name_prefix, &format!("{}-backup", req.name_prefix), 1),
+            name: s
+                .name
+                .replacen(req.name_prefix, &format!("{}-backup", req.name_prefix), 1),
             description: describe(&meta),
             incremental,
             force: true,
@@ -369,22 +371,18 @@ pub fn leftovers<'a>(ours: &'a [Backup], lock: &Path) -> Vec<&'a Backup> {
             matches!(
                 t.get("consistency").map(String::as_str),
                 Some(PENDING | FAILED_RUN)
-            ) && t
-                .get("volsnap_lock")
-                .map_or(true, |l| Path::new(l) == lock)
+            ) && t.get("volsnap_lock").map_or(true, |l| Path::new(l) == lock)
                 && state(b) == State::Incomplete
         })
         .collect()
 }
 
+/// Ids removed, and (id, why) of those left.
+pub type Removed = (Vec<String>, Vec<(String, String)>);
+
 /// Deletes what killed runs left (a backup still `creating` is waited for
-/// up to `wait`, then left for the next run). Returns removed ids and
-/// (id, why) of those left.
-pub fn clean(
-    cinder: &Cinder,
-    runtime_dir: &Path,
-    wait: Duration,
-) -> Result<(Vec<String>, Vec<(String, String)>)> {
+/// up to `wait`, then left for the next run).
+pub fn clean(cinder: &Cinder, runtime_dir: &Path, wait: Duration) -> Result<Removed> {
     let api = cinder
         .backup_api()
         .map_err(|e| anyhow!("the backup API did not answer: {e}"))?;
@@ -423,7 +421,10 @@ pub fn clean(
                 removed.push(b.id.clone());
             }
             Err(e) => {
-                log::warn!("backup {} left by an earlier run not removed yet: {e:#}", b.id);
+                log::warn!(
+                    "backup {} left by an earlier run not removed yet: {e:#}",
+                    b.id
+                );
                 remaining.push((b.id.clone(), format!("{e:#}")));
             }
         }
@@ -442,7 +443,7 @@ pub fn prune(
     ours: &[Backup],
     drop: &std::collections::BTreeSet<String>,
     dry_run: bool,
-) -> (Vec<String>, Vec<(String, String)>) {
+) -> Removed {
     let mut deleted = Vec::new();
     let mut kept = Vec::new();
     let mut volumes: BTreeMap<&str, Vec<&Backup>> = BTreeMap::new();
@@ -549,16 +550,46 @@ mod tests {
         let inc = backup("i", true, "2026-12-02T00:00:00", "application");
         let pending = backup("p", false, "2026-12-02T12:00:00", "pending");
         assert!(!next_is_incremental(&settings, &[], "v", now));
-        assert!(!next_is_incremental(&settings, &[pending.clone()], "v", now));
-        assert!(next_is_incremental(&settings, &[full.clone()], "v", now));
-        assert!(!next_is_incremental(&settings, &[full.clone()], "other", now));
-        assert!(next_is_incremental(&settings, &[full.clone(), inc.clone()], "v", now));
+        assert!(!next_is_incremental(
+            &settings,
+            std::slice::from_ref(&pending),
+            "v",
+            now
+        ));
+        assert!(next_is_incremental(
+            &settings,
+            std::slice::from_ref(&full),
+            "v",
+            now
+        ));
+        assert!(!next_is_incremental(
+            &settings,
+            std::slice::from_ref(&full),
+            "other",
+            now
+        ));
+        assert!(next_is_incremental(
+            &settings,
+            &[full.clone(), inc.clone()],
+            "v",
+            now
+        ));
         let two = [full.clone(), inc.clone(), inc.clone()];
         assert!(!next_is_incremental(&settings, &two, "v", now));
         settings.full_every = Some(FullEvery::Age(Duration::from_secs(86400)));
-        assert!(!next_is_incremental(&settings, &[full.clone()], "v", now));
+        assert!(!next_is_incremental(
+            &settings,
+            std::slice::from_ref(&full),
+            "v",
+            now
+        ));
         settings.full_every = Some(FullEvery::Age(Duration::from_secs(3 * 86400)));
-        assert!(next_is_incremental(&settings, &[full.clone()], "v", now));
+        assert!(next_is_incremental(
+            &settings,
+            std::slice::from_ref(&full),
+            "v",
+            now
+        ));
         settings.mode = BackupMode::Full;
         assert!(!next_is_incremental(&settings, &[full], "v", now));
     }

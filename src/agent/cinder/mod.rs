@@ -264,10 +264,11 @@ pub fn backup(
     }
     thawed.context("the snapshots are good, but the datastore hook's thaw failed: check the database accepts writes")?;
 
-    let mut cleanup = runs::clean(cinder, &settings.runtime_dir, LEFTOVER_WAIT).unwrap_or_else(|e| {
-        log::warn!("backup done, but looking for what earlier runs left failed: {e:#}");
-        runs::Cleanup::default()
-    });
+    let mut cleanup =
+        runs::clean(cinder, &settings.runtime_dir, LEFTOVER_WAIT).unwrap_or_else(|e| {
+            log::warn!("backup done, but looking for what earlier runs left failed: {e:#}");
+            runs::Cleanup::default()
+        });
     let mut outcome = backups::Outcome::default();
     if settings.cinder.backup.mode != BackupMode::Off {
         // Leftover backups first: an incremental must not chain onto one.

@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::plan::hostname;
 use super::backups;
+use super::plan::hostname;
 use super::verdict::{self, FAILED_RUN, PENDING};
 use crate::config::{BackupMode, Settings};
 use crate::openstack::cinder::{Cinder, Snapshot, SnapshotFilter};
@@ -179,7 +179,10 @@ pub fn prune(settings: &Settings, cinder: &Cinder, dry_run: bool) -> Result<Prun
     }
     let backup_tags: Vec<BTreeMap<String, String>> = ours.iter().map(backups::tags).collect();
     for (b, t) in ours.iter().zip(&backup_tags) {
-        runs.entry(run_of_tags(t, &b.id)).or_default().backups.push(b);
+        runs.entry(run_of_tags(t, &b.id))
+            .or_default()
+            .backups
+            .push(b);
     }
     runs.retain(|_, r| {
         r.snaps.iter().all(|s| state(s) == State::Good)
@@ -230,7 +233,11 @@ pub struct Pruned {
 
 impl Pruned {
     pub fn all(&self) -> Vec<String> {
-        self.snapshots.iter().chain(&self.backups).cloned().collect()
+        self.snapshots
+            .iter()
+            .chain(&self.backups)
+            .cloned()
+            .collect()
     }
 }
 
