@@ -649,15 +649,6 @@ fn validate_cinder(
                 .into(),
         ));
     }
-    if file.full_every.is_some() && mode != BackupMode::Incremental {
-        return Err(err(
-            "cinder.full_every",
-            format!(
-                "only an incremental chain starts again with a full; backup is \"{}\" (valid: \"incremental\")",
-                mode.name()
-            ),
-        ));
-    }
     let backup = BackupSettings {
         mode,
         container: file.backup_container,
