@@ -10,7 +10,10 @@
 # Steps: cloud up -> 1 GiB volume, attached, ext4, mounted -> a small file
 # tree and its checksum list (written without sync) -> a demo config ->
 # volsnap check, backup, list -> the snapshot's metadata -> volsnap restore
-# into a new volume -> attach, mount, checksums match -> clean up.
+# into a new volume -> attach, mount, checksums match -> when the cloud runs
+# cinder-backup: the Cinder backup volsnap made of the snapshot, restored
+# into another volume with volsnap restore --cinder-backup, checksums match
+# -> clean up.
 #
 # An EXIT trap thaws, unmounts, detaches and deletes everything the demo
 # made, on success and on failure (unless KEEP=1). The cloud is left running:
@@ -35,6 +38,8 @@ KEEP=${KEEP:-0}
 if [[ -t 1 ]]; then B=$'\e[1m' G=$'\e[32m' R=$'\e[31m' D=$'\e[2m' N=$'\e[0m'; else B='' G='' R='' D='' N=''; fi
 STEP=0
 STEPS=9
+# The cloud's env.sh says whether it runs cinder-backup (read after step 1).
+BACKUPS='' BACKUP_LINE=''
 step() {
     STEP=$((STEP + 1))
     printf '\n%s==> %d/%d  %s%s\n' "$B" "$STEP" "$STEPS" "$*" "$N"
@@ -54,7 +59,9 @@ TMP=$(mktemp -d /tmp/volsnap-demo.XXXXXX)
 CLOUD_UP=''  # set once this checkout's cloud is up
 DATA_VOL='' DATA_ATTACHED='' DATA_MNT=$TMP/data
 REST_VOL='' REST_ATTACHED='' REST_MNT=$TMP/restored
+BACK_VOL='' BACK_ATTACHED='' BACK_MNT=$TMP/from-backup
 SNAPSHOTS=()
+BACKUP_IDS=()
 
 openstack() { "$CLOUD/venv/bin/openstack" "$@"; }
 
@@ -82,11 +89,27 @@ delete_snapshot() {
     done
 }
 
+delete_backup() {
+    local deadline=$((SECONDS + WAIT))
+    # A backup still being made cannot be deleted: wait until it is not.
+    while [[ $(openstack volume backup show "$1" -f value -c status 2>/dev/null) == creating ]]; do
+        ((SECONDS < deadline)) || return 1
+        sleep 1
+    done
+    openstack volume backup delete "$1" >/dev/null 2>&1 || return 1
+    while openstack volume backup show "$1" -f value -c id >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || return 1
+        sleep 1
+    done
+}
+
 kept() {
     printf '\n%sKEEP=1: kept everything the demo made%s\n' "$B" "$N"
     [[ -z $DATA_VOL ]] || say "data volume      $DATA_VOL${DATA_ATTACHED:+, attached, mounted at $DATA_MNT}"
     for s in "${SNAPSHOTS[@]}"; do say "snapshot         $s"; done
     [[ -z $REST_VOL ]] || say "restored volume  $REST_VOL${REST_ATTACHED:+, attached, mounted at $REST_MNT}"
+    [[ -z $BACK_VOL ]] || say "from the backup  $BACK_VOL${BACK_ATTACHED:+, attached, mounted at $BACK_MNT}"
+    for b in "${BACKUP_IDS[@]}"; do say "Cinder backup    $b"; done
     say "config and files $TMP"
     say ""
     say "to remove them (as root, from $REPO):"
@@ -94,6 +117,9 @@ kept() {
     [[ -z $REST_ATTACHED ]] || say "  umount $REST_MNT; ${CLOUD/#$REPO\//}/detach.sh $REST_VOL"
     [[ -z $DATA_ATTACHED ]] || say "  umount $DATA_MNT; ${CLOUD/#$REPO\//}/detach.sh $DATA_VOL"
     [[ -z $REST_VOL ]] || say "  \$os volume delete $REST_VOL"
+    [[ -z $BACK_ATTACHED ]] || say "  umount $BACK_MNT; ${CLOUD/#$REPO\//}/detach.sh $BACK_VOL"
+    [[ -z $BACK_VOL ]] || say "  \$os volume delete $BACK_VOL"
+    for b in "${BACKUP_IDS[@]}"; do say "  \$os volume backup delete $b"; done
     for s in "${SNAPSHOTS[@]}"; do say "  \$os volume snapshot delete $s"; done
     [[ -z $DATA_VOL ]] || say "  \$os volume delete $DATA_VOL   # once its snapshots are gone"
     say "  rm -rf $TMP"
@@ -111,8 +137,19 @@ cleanup() {
         exit "$rc"
     fi
     printf '\n%s==> clean up%s\n' "$B" "$N"
+    unmount "$BACK_MNT"
     unmount "$REST_MNT"
     unmount "$DATA_MNT"
+    if [[ -n $BACK_ATTACHED ]]; then "$CLOUD/detach.sh" "$BACK_VOL" >/dev/null || failed+=("detach $BACK_VOL"); fi
+    if [[ -n $BACK_VOL ]]; then delete_volume "$BACK_VOL" || failed+=("volume $BACK_VOL"); fi
+    # Whatever backup of the data volume exists (newest first: incrementals
+    # before their full).
+    if [[ -n $DATA_VOL && -n $BACKUPS ]]; then
+        while read -r b; do
+            [[ -n $b && " ${BACKUP_IDS[*]} " != *" $b "* ]] && BACKUP_IDS+=("$b")
+        done < <(openstack volume backup list --volume "$DATA_VOL" -f value -c ID 2>/dev/null)
+    fi
+    for b in "${BACKUP_IDS[@]}"; do delete_backup "$b" || failed+=("backup $b"); done
     if [[ -n $REST_ATTACHED ]]; then "$CLOUD/detach.sh" "$REST_VOL" >/dev/null || failed+=("detach $REST_VOL"); fi
     if [[ -n $DATA_ATTACHED ]]; then "$CLOUD/detach.sh" "$DATA_VOL" >/dev/null || failed+=("detach $DATA_VOL"); fi
     if [[ -n $REST_VOL ]]; then delete_volume "$REST_VOL" || failed+=("volume $REST_VOL"); fi
@@ -133,6 +170,8 @@ cleanup() {
         local made=()
         [[ -z $DATA_VOL ]] || made+=("volume $DATA_VOL")
         [[ -z $REST_VOL ]] || made+=("volume $REST_VOL")
+        [[ -z $BACK_VOL ]] || made+=("volume $BACK_VOL")
+        for b in "${BACKUP_IDS[@]}"; do made+=("backup $b"); done
         for s in "${SNAPSHOTS[@]}"; do made+=("snapshot $s"); done
         if ((${#made[@]})); then
             say "unmounted, detached and deleted:"
@@ -184,6 +223,12 @@ fi
 # shellcheck source=/dev/null
 . "$CLOUD/run/env.sh"
 unset OS_CLOUD VOLSNAP_CONFIG
+if [[ -n ${VOLSNAP_TESTCLOUD_BACKUP_DRIVER:-} ]]; then
+    BACKUPS=1
+    STEPS=10
+    BACKUP_LINE='backup = "full"                     # then a Cinder backup of the good snapshot'
+    say "cinder-backup runs (driver: $VOLSNAP_TESTCLOUD_BACKUP_DRIVER): the demo backs the snapshot up and restores from it"
+fi
 say "credentials: OS_* from ${CLOUD/#$REPO\//}/run/env.sh (an application credential of user \"backup\")"
 say "volsnap:     ${VOLSNAP/#$REPO\//} ($("$VOLSNAP" --version 2>/dev/null || echo '?'))"
 
@@ -234,7 +279,7 @@ dir = "$REPO/hooks"
 
 [cinder]
 max_freeze = "30s"
-
+$BACKUP_LINE
 [cinder.volumes]
 "$DATA_MNT" = "$DATA_VOL"
 EOF
@@ -252,11 +297,11 @@ vsshow check --offline
 
 # --- 5. backup ------------------------------------------------------------------------
 
-step "volsnap backup: freeze, snapshot, wait until available, thaw"
+step "volsnap backup: freeze, snapshot, wait until available, thaw${BACKUPS:+; then a Cinder backup of the snapshot}"
 vsshow backup || die "volsnap backup failed"
 SNAP=$(vs --json list | "$CLOUD/venv/bin/python" -c '
 import json, sys
-rows = [r for r in json.load(sys.stdin) if r["volume_id"] == sys.argv[1]]
+rows = [r for r in json.load(sys.stdin) if r["volume_id"] == sys.argv[1] and r.get("kind", "snapshot") == "snapshot"]
 print(rows[0]["id"] if rows else "")' "$DATA_VOL")
 [[ -n $SNAP ]] || die "volsnap list does not show a snapshot of $DATA_VOL"
 SNAPSHOTS+=("$SNAP")
@@ -302,4 +347,31 @@ if (cd "$REST_MNT" && sha256sum --quiet -c "$TMP/checksums") >"$TMP/check.out" 2
 else
     sed 's/^/    /' "$TMP/check.out"
     die "the restored data differs from what was written"
+fi
+
+# --- 10. the Cinder backup ----------------------------------------------------------------
+
+if [[ -n $BACKUPS ]]; then
+    step "volsnap restore --cinder-backup: the Cinder backup (in Swift) into a new volume"
+    BACKUP=$(vs --json list | "$CLOUD/venv/bin/python" -c '
+import json, sys
+rows = [r for r in json.load(sys.stdin) if r.get("kind") == "backup" and r.get("snapshot_id") == sys.argv[1]]
+print(rows[0]["id"] if rows else "")' "$SNAP")
+    [[ -n $BACKUP ]] || die "volsnap list does not show a backup of snapshot $SNAP"
+    BACKUP_IDS+=("$BACKUP")
+    say "backup $BACKUP of snapshot $SNAP ($(openstack volume backup show "$BACKUP" -f value -c object_count) objects in Swift container $(openstack volume backup show "$BACKUP" -f value -c container))"
+    say "$D\$ volsnap --config $CONFIG restore --cinder-backup $BACKUP --name volsnap-demo-from-backup-$$$N"
+    BACK_VOL=$(vs restore --cinder-backup "$BACKUP" --name "volsnap-demo-from-backup-$$" 2> >(sed 's/^/    /' >&2)) ||
+        die "volsnap restore --cinder-backup failed"
+    BDEV=$("$CLOUD/attach.sh" "$BACK_VOL")
+    BACK_ATTACHED=1
+    mkdir -p "$BACK_MNT"
+    mount "$BDEV" "$BACK_MNT"
+    say "volume $BACK_VOL attached on $BDEV, mounted on $BACK_MNT"
+    if (cd "$BACK_MNT" && sha256sum --quiet -c "$TMP/checksums") >"$TMP/check.out" 2>&1; then
+        say "${G}all $(wc -l <"$TMP/checksums") checksums match${N} in the volume restored from the backup"
+    else
+        sed 's/^/    /' "$TMP/check.out"
+        die "the data restored from the backup differs from what was written"
+    fi
 fi

@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::agent::cinder::{plan, runs};
-use crate::config::{Settings, Strategy};
+use crate::config::{BackupMode, Settings, Strategy};
 use crate::hooks;
 use crate::mounts::MountEntry;
 use crate::openstack::cinder::Volume;
@@ -139,12 +139,19 @@ fn cinder_checks(
         return;
     };
     let found = plan::resolve_volumes(settings, &cinder, &mounts, sys_root);
+    let mut sizes = Vec::new();
     for (mount, found) in mounts.iter().zip(found) {
         let name = format!("volume for {}", mount.configured.display());
+        if let Ok((v, _)) = &found {
+            sizes.push(v.size);
+        }
         checks.push(Check::new(
             name,
             found.map(|(v, how)| format!("{}{how}", describe_volume(&v))),
         ));
+    }
+    if settings.cinder.backup.mode != BackupMode::Off {
+        backup_checks(settings, session, &cinder, &sizes, checks);
     }
     checks.push(Check::new(
         "earlier runs",
@@ -162,6 +169,77 @@ fn cinder_checks(
                 })
             }
             Err(e) => Err(format!("{e:#}")),
+        },
+    ));
+}
+
+/// `[cinder] backup` is on: the backup API answers for this project, and
+/// its quotas leave room for one backup of every volume.
+fn backup_checks(
+    settings: &Settings,
+    session: &Session,
+    cinder: &openstack::Cinder,
+    sizes: &[u64],
+    checks: &mut Vec<Check>,
+) {
+    match cinder
+        .backup_api()
+        .and_then(|api| cinder.backups(api).map(|b| (api, b)))
+    {
+        Ok((api, all)) => {
+            checks.push(Check::new(
+                "backup service",
+                Ok(format!(
+                    "the backup API answers ({} backup(s) in the project; {}; backup = \"{}\")",
+                    all.len(),
+                    if api.metadata {
+                        "labels in backup metadata, microversion 3.43"
+                    } else {
+                        "below microversion 3.43: labels in the description"
+                    },
+                    settings.cinder.backup.mode.name()
+                )),
+            ));
+        }
+        Err(e) => {
+            checks.push(Check::new("backup service", Err(e.to_string())));
+            return;
+        }
+    }
+    let Some(project) = session.token_info().project.map(|p| p.id) else {
+        checks.push(Check::new(
+            "backup quotas",
+            Err("the token names no project".into()),
+        ));
+        return;
+    };
+    let (count, gib) = (sizes.len() as i64, sizes.iter().sum::<u64>() as i64);
+    checks.push(Check::new(
+        "backup quotas",
+        match cinder.backup_quotas(&project) {
+            Ok(q) => {
+                let room = |what: &str,
+                            u: &crate::openstack::cinder_backups::QuotaUsage,
+                            need: i64| match u.room() {
+                    None => Ok(format!("{what} unlimited")),
+                    Some(r) if r >= need => Ok(format!(
+                        "{what} {r} left of {} (a run needs {need})",
+                        u.limit
+                    )),
+                    Some(r) => Err(format!(
+                        "{what}: {r} left of {}, a run needs {need}",
+                        u.limit
+                    )),
+                };
+                match (
+                    room("backups", &q.backups, count),
+                    room("backup_gigabytes", &q.backup_gigabytes, gib),
+                ) {
+                    (Ok(a), Ok(b)) => Ok(format!("{a}; {b}")),
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                }
+            }
+            Err(e) => Err(e.to_string()),
         },
     ));
 }

@@ -13,6 +13,9 @@ pub const FAILURE: u8 = 1;
 pub const USAGE: u8 = 2;
 /// The backup was taken but is only crash-consistent.
 pub const CRASH_CONSISTENT: u8 = 3;
+/// The snapshots are good backups, but a Cinder backup of one of them
+/// (`[cinder] backup`) failed; the snapshots stay.
+pub const BACKUP_FAILED: u8 = 4;
 /// Another volsnap run holds the lock (EX_TEMPFAIL).
 pub const LOCKED: u8 = 75;
 /// The configuration is invalid (EX_CONFIG).
@@ -24,6 +27,7 @@ Exit codes:
   1   the operation failed (nothing half-done is left behind)
   2   usage error
   3   the backup was taken but is only crash-consistent (hook failed, policy allowed it)
+  4   the snapshots are good, but a Cinder backup of one failed (the snapshots stay)
   75  another volsnap run holds the lock
   78  the configuration is invalid";
 

@@ -140,16 +140,34 @@ fn print_cinder(report: &agent::cinder::Report) {
             s.status
         );
     }
+    for b in &report.backups {
+        println!(
+            "  {}  {} backup {} of snapshot {}  {}{}",
+            b.mount.display(),
+            if b.incremental { "incremental" } else { "full" },
+            b.id,
+            b.snapshot_id,
+            b.status,
+            if b.snapshot_deleted {
+                " (snapshot deleted: keep_snapshot = false)"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(e) = &report.backup_error {
+        println!("  BACKUP FAILED (exit 4; the snapshots stay): {e}");
+    }
     if !report.removed_leftovers.is_empty() {
         println!(
-            "  removed {} snapshot(s) that killed or failed runs left: {}",
+            "  removed {} snapshot(s) or backup(s) that killed or failed runs left: {}",
             report.removed_leftovers.len(),
             report.removed_leftovers.join(", ")
         );
     }
     if !report.pruned.is_empty() {
         println!(
-            "  retention deleted {} older snapshot(s): {}",
+            "  retention deleted {} older snapshot(s) or backup(s): {}",
             report.pruned.len(),
             report.pruned.join(", ")
         );

@@ -203,7 +203,7 @@ mod tests {
     #[test]
     fn help_lists_the_exit_codes() {
         let help = Cli::command().render_long_help().to_string();
-        for code in ["0 ", "1 ", "2 ", "3 ", "75 ", "78 "] {
+        for code in ["0 ", "1 ", "2 ", "3 ", "4 ", "75 ", "78 "] {
             assert!(
                 help.contains(&format!("\n  {code}")),
                 "{code} missing:\n{help}"

@@ -46,11 +46,27 @@ impl Args {
                     for id in &cleanup.removed {
                         log::info!("removed snapshot {id}: a killed or failed run left it");
                     }
+                    if settings.cinder.backup.mode != crate::config::BackupMode::Off {
+                        let (removed, _) = agent::cinder::backups::clean(
+                            &cinder,
+                            &settings.runtime_dir,
+                            std::time::Duration::from_secs(60),
+                        )?;
+                        for id in &removed {
+                            log::info!("removed backup {id}: a killed or failed run left it");
+                        }
+                    }
                 }
-                let deleted = agent::cinder::prune(&settings, &cinder, self.dry_run)?;
+                let pruned = agent::cinder::prune(&settings, &cinder, self.dry_run)?;
+                let deleted = pruned.all();
                 ctx.print(
                     &serde_json::json!({"dry_run": self.dry_run, "deleted": deleted}),
-                    || print_deleted("snapshot", &deleted),
+                    || {
+                        print_deleted("snapshot", &pruned.snapshots);
+                        if !pruned.backups.is_empty() {
+                            print_deleted("backup", &pruned.backups);
+                        }
+                    },
                 )?;
             }
             Strategy::Swift => {

@@ -15,37 +15,46 @@ use crate::exit::{self, Exit};
 const VOLUME_WAIT: Duration = Duration::from_secs(1800);
 
 #[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("cinder").args(["snapshot", "cinder_backup"]).multiple(false))]
 pub struct Args {
     /// Cinder: the snapshot to turn into a new volume
     #[arg(long, value_name = "ID")]
     pub snapshot: Option<String>,
 
-    /// Cinder: the new volume's name (default: volsnap-restore-SNAPSHOT)
-    #[arg(long, value_name = "NAME", requires = "snapshot")]
+    /// Cinder: the Cinder backup (`[cinder] backup`) to restore into a new volume
+    #[arg(long, value_name = "ID", conflicts_with = "snapshot")]
+    pub cinder_backup: Option<String>,
+
+    /// Cinder: the new volume's name (default: volsnap-restore-SNAPSHOT or
+    /// volsnap-restore-BACKUP)
+    #[arg(long, value_name = "NAME", requires = "cinder")]
     pub name: Option<String>,
 
     /// Swift: the backup (manifest name) to restore
-    #[arg(long, value_name = "NAME", conflicts_with_all = ["latest", "snapshot"])]
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["latest", "snapshot", "cinder_backup"])]
     pub backup: Option<String>,
 
     /// Swift: restore this host's newest backup of the configured datastore
-    #[arg(long, conflicts_with = "snapshot")]
+    #[arg(long, conflicts_with_all = ["snapshot", "cinder_backup"])]
     pub latest: bool,
 
     /// Cinder: restore a snapshot that is not labelled good (one a killed or
     /// failed run left, whose image may be of a thawed filesystem)
-    #[arg(long, requires = "snapshot")]
+    #[arg(long, requires = "cinder")]
     pub force: bool,
 
     /// Swift: the age identity file to decrypt with (default: swift.age_identity_file)
-    #[arg(long, value_name = "FILE", conflicts_with = "snapshot")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["snapshot", "cinder_backup"])]
     pub identity: Option<std::path::PathBuf>,
 }
 
 #[derive(Serialize)]
 struct Restored {
     volume_id: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
     snapshot_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backup_id: Option<String>,
     name: String,
     size_gib: u64,
     status: String,
@@ -56,10 +65,13 @@ impl Args {
         let settings = ctx.load_settings()?;
         match settings.strategy {
             Strategy::Cinder => {
+                if let Some(id) = self.cinder_backup {
+                    return from_backup(ctx, &settings, &id, self.name, self.force);
+                }
                 let Some(snapshot_id) = self.snapshot else {
                     return Err(Exit::new(
                         exit::USAGE,
-                        "the Cinder strategy restores with --snapshot ID (see `volsnap list`)",
+                        "the Cinder strategy restores with --snapshot ID or --cinder-backup ID (see `volsnap list`)",
                     )
                     .into());
                 };
@@ -96,6 +108,7 @@ impl Args {
                     cinder.volume_from_snapshot(&snapshot, &name, Instant::now() + VOLUME_WAIT)?;
                 let done = Restored {
                     volume_id: volume.id.clone(),
+                    backup_id: None,
                     snapshot_id,
                     name,
                     size_gib: volume.size,
@@ -108,8 +121,8 @@ impl Args {
                 Ok(exit::SUCCESS)
             }
             Strategy::Swift => {
-                if self.snapshot.is_some() {
-                    return Err(Exit::new(exit::USAGE, "--snapshot is for the Cinder strategy; the Swift strategy restores with --backup NAME or --latest").into());
+                if self.snapshot.is_some() || self.cinder_backup.is_some() {
+                    return Err(Exit::new(exit::USAGE, "--snapshot and --cinder-backup are for the Cinder strategy; the Swift strategy restores with --backup NAME or --latest").into());
                 }
                 let report = agent::swift::restore(
                     &settings,
@@ -124,6 +137,71 @@ impl Args {
             }
         }
     }
+}
+
+/// A Cinder backup into a new volume (Cinder creates it, `restoring-backup`
+/// until the copy is done), waited for until `available`.
+fn from_backup(
+    ctx: &Context,
+    settings: &crate::config::Settings,
+    id: &str,
+    name: Option<String>,
+    force: bool,
+) -> Result<u8> {
+    let cinder = agent::cinder::connect(settings)?;
+    let api = cinder.backup_api()?;
+    let backup = cinder
+        .backup(api, id)
+        .with_context(|| format!("backup {id}"))?;
+    if backup.status != "available" {
+        anyhow::bail!("backup {id} is {}, not available", backup.status);
+    }
+    let state = agent::cinder::backups::state(&backup);
+    if state != agent::cinder::runs::State::Good {
+        if !force {
+            anyhow::bail!(
+                "backup {id} is not a good volsnap backup ({}: consistency {:?}); --force restores it anyway",
+                state.name(),
+                agent::cinder::backups::tags(&backup)
+                    .get("consistency")
+                    .map_or("none", String::as_str)
+            );
+        }
+        log::warn!(
+            "restoring backup {id} although it is {}: --force",
+            state.name()
+        );
+    }
+    let name = name.unwrap_or_else(|| format!("volsnap-restore-{id}"));
+    let volume_id = cinder
+        .restore_backup(id, &name)
+        .with_context(|| format!("cannot restore backup {id}"))?;
+    log::info!("restoring backup {id} into volume {volume_id} ({name})");
+    let volume = cinder
+        .wait_volume(
+            &volume_id,
+            crate::openstack::cinder::Target::Status("available"),
+            Instant::now() + VOLUME_WAIT,
+        )?
+        .context("the restored volume vanished")?;
+    let done = Restored {
+        volume_id: volume.id.clone(),
+        snapshot_id: String::new(),
+        backup_id: Some(id.to_string()),
+        name,
+        size_gib: volume.size,
+        status: volume.status.clone(),
+    };
+    ctx.print(&done, || {
+        println!("{}", done.volume_id);
+        log::info!(
+            "volume {} ({}, {} GiB) restored from backup {id}: attach it to a server to use it",
+            done.volume_id,
+            done.name,
+            done.size_gib
+        );
+    })?;
+    Ok(exit::SUCCESS)
 }
 
 /// A Swift restore's or verify's result.

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use error::{line_column, ConfigError};
-pub use units::{human_bytes, parse_duration, parse_size, ByteSize, ConfigDuration};
+pub use units::{human_bytes, parse_duration, parse_size, ByteSize, ConfigDuration, FullEvery};
 
 use crate::secret::Secret;
 
@@ -86,6 +86,29 @@ pub enum HookFailurePolicy {
     Abort,
     /// Snapshot anyway, labelled `crash`, exit 3.
     CrashConsistent,
+}
+
+/// `[cinder] backup`: what follows a good run's snapshots.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupMode {
+    /// The snapshots are the backup.
+    #[default]
+    Off,
+    /// A full Cinder backup of every snapshot.
+    Full,
+    /// Incremental on the volume's current chain (a full starts one).
+    Incremental,
+}
+
+impl BackupMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackupMode::Off => "off",
+            BackupMode::Full => "full",
+            BackupMode::Incremental => "incremental",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -193,6 +216,11 @@ struct CinderFile {
     #[serde(default)]
     metadata: BTreeMap<String, String>,
     name_prefix: Option<String>,
+    backup: Option<BackupMode>,
+    backup_container: Option<String>,
+    full_every: Option<FullEvery>,
+    keep_snapshot: Option<bool>,
+    backup_timeout: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -271,6 +299,21 @@ pub struct CinderSettings {
     pub on_hook_failure: HookFailurePolicy,
     pub metadata: BTreeMap<String, String>,
     pub name_prefix: String,
+    pub backup: BackupSettings,
+}
+
+/// Cinder backups (cinder-backup's copies of each good snapshot).
+#[derive(Clone, Debug)]
+pub struct BackupSettings {
+    pub mode: BackupMode,
+    /// The backup service's container (its default when `None`).
+    pub container: Option<String>,
+    /// When an incremental chain starts again with a full (`None`: never).
+    pub full_every: Option<FullEvery>,
+    /// Keep the snapshot once its backup is `available`.
+    pub keep_snapshot: bool,
+    /// How long the backups of one run may take, all together.
+    pub timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -306,6 +349,8 @@ pub const DEFAULT_MAX_FREEZE: Duration = Duration::from_secs(30);
 pub const MAX_MAX_FREEZE: Duration = Duration::from_secs(600);
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_STREAM_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// A Cinder backup reads the whole volume: hours for a large one.
+pub const DEFAULT_BACKUP_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 /// With [`DEFAULT_CONCURRENCY`]: 3 buffers of 16 MiB, a backup within 64 MiB
 /// of RSS (bench/RESULTS-swift.md).
 pub const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
@@ -594,12 +639,41 @@ fn validate_cinder(
             "must be 1 to 64 characters".into(),
         ));
     }
+    if let Some(c) = &file.backup_container {
+        if c.is_empty() || c.len() > 255 || c.contains('/') {
+            return Err(err(
+                "cinder.backup_container",
+                format!("{c:?} is not a valid container name (1 to 255 characters, no '/')"),
+            ));
+        }
+    }
+    let mode = file.backup.unwrap_or_default();
+    if file.keep_snapshot == Some(false) && mode == BackupMode::Off {
+        return Err(err(
+            "cinder.keep_snapshot",
+            "false would leave no copy at all: it needs backup = \"full\" or \"incremental\""
+                .into(),
+        ));
+    }
+    let backup = BackupSettings {
+        mode,
+        container: file.backup_container,
+        full_every: file.full_every,
+        keep_snapshot: file.keep_snapshot.unwrap_or(true),
+        timeout: positive(
+            err,
+            "cinder.backup_timeout",
+            file.backup_timeout,
+            DEFAULT_BACKUP_TIMEOUT,
+        )?,
+    };
     Ok(CinderSettings {
         volumes,
         max_freeze,
         on_hook_failure: file.on_hook_failure.unwrap_or_default(),
         metadata: file.metadata,
         name_prefix,
+        backup,
     })
 }
 

@@ -327,3 +327,53 @@ fn metrics_file_is_an_absolute_path() {
         "{e}"
     );
 }
+
+#[test]
+fn cinder_backup_keys() {
+    let base = "datastore = \"none\"\n[cinder]\n";
+    let s = parse_str(base).unwrap();
+    assert_eq!(s.cinder.backup.mode, BackupMode::Off);
+    assert!(s.cinder.backup.keep_snapshot);
+    assert_eq!(s.cinder.backup.timeout, DEFAULT_BACKUP_TIMEOUT);
+    let s = parse_str(&format!(
+        "{base}backup = \"incremental\"\nfull_every = \"7d\"\nbackup_container = \"b\"\nkeep_snapshot = false\nbackup_timeout = \"1h\"\n"
+    ))
+    .unwrap();
+    assert_eq!(s.cinder.backup.mode, BackupMode::Incremental);
+    assert_eq!(
+        s.cinder.backup.full_every,
+        Some(FullEvery::Age(Duration::from_secs(7 * 86400)))
+    );
+    assert_eq!(s.cinder.backup.container.as_deref(), Some("b"));
+    let s = parse_str(&format!("{base}backup = \"incremental\"\nfull_every = 7\n")).unwrap();
+    assert_eq!(s.cinder.backup.full_every, Some(FullEvery::Count(7)));
+
+    let e = error_of(&format!("{base}backup = \"sometimes\"\n"));
+    assert!(
+        e.contains(":3:10: cinder.backup: unknown variant `sometimes`"),
+        "{e}"
+    );
+    let e = error_of(&format!("{base}backup = \"full\"\nfull_every = 0\n"));
+    assert!(
+        e.contains(":4:14: cinder.full_every: 0: expected a count of 1 or more"),
+        "{e}"
+    );
+    let e = error_of(&format!("{base}backup = \"full\"\nfull_every = \"7x\"\n"));
+    assert!(e.contains("cinder.full_every: invalid duration"), "{e}");
+    let e = error_of(&format!("{base}keep_snapshot = false\n"));
+    assert!(
+        e.contains(":3:1: cinder.keep_snapshot: false would leave no copy"),
+        "{e}"
+    );
+    let e = error_of(&format!(
+        "{base}backup = \"full\"\nbackup_timeout = \"0s\"\n"
+    ));
+    assert!(
+        e.contains("cinder.backup_timeout: must be longer than zero"),
+        "{e}"
+    );
+    let e = error_of(&format!(
+        "{base}backup = \"full\"\nbackup_container = \"a/b\"\n"
+    ));
+    assert!(e.contains("cinder.backup_container"), "{e}");
+}

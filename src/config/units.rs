@@ -57,6 +57,46 @@ impl<'de> Deserialize<'de> for ConfigDuration {
     }
 }
 
+/// `[cinder] full_every`: a count of incrementals (`7`) or an age (`"7d"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FullEvery {
+    /// A new full after this many incrementals.
+    Count(u32),
+    /// A new full once the chain's full is this old.
+    Age(Duration),
+}
+
+impl<'de> Deserialize<'de> for FullEvery {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = FullEvery;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number of incrementals (like 7) or an age (like \"7d\")")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<FullEvery, E> {
+                u32::try_from(v)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .map(FullEvery::Count)
+                    .ok_or_else(|| {
+                        E::custom(format!(
+                            "{v}: expected a count of 1 or more, or an age like \"7d\""
+                        ))
+                    })
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<FullEvery, E> {
+                match parse_duration(v) {
+                    Ok(d) if d.is_zero() => Err(E::custom("the age must be longer than zero")),
+                    Ok(d) => Ok(FullEvery::Age(d)),
+                    Err(e) => Err(E::custom(e)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// A size in bytes: a plain integer, or a string with a unit (`B`, `KiB`,
 /// `MiB`, `GiB`, and the decimal `K`/`KB`, `M`/`MB`, `G`/`GB`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -212,13 +212,25 @@ impl Cinder {
     }
 
     fn request(&self, method: Method, path: &str, query: &[(&str, &str)]) -> Request {
+        self.request_at(method, path, query, MICROVERSION)
+    }
+
+    /// A request at another microversion (the backups API: see
+    /// `cinder_backups`).
+    pub(super) fn request_at(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        microversion: &str,
+    ) -> Request {
         Request::new(method, self.url(path, query))
-            .header("openstack-api-version", MICROVERSION)
+            .header("openstack-api-version", microversion)
             .expect("a valid static header")
             .deadline(self.deadline)
     }
 
-    fn call<T: DeserializeOwned>(&self, req: Request) -> Result<T, Error> {
+    pub(super) fn call<T: DeserializeOwned>(&self, req: Request) -> Result<T, Error> {
         let resp = self.session.send(&req)?;
         http::read_json(&req, resp)
     }
@@ -615,7 +627,7 @@ fn describe(target: Target) -> String {
 }
 
 /// One path segment, percent-encoded.
-fn seg(id: &str) -> String {
+pub(super) fn seg(id: &str) -> String {
     super::swift::encode_segment(id)
 }
 

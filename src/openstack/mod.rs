@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod cinder;
+pub mod cinder_backups;
 pub mod http;
 pub mod swift;
 

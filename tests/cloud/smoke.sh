@@ -7,7 +7,9 @@
 #  fsfreeze -> snapshot of the in-use volume -> wait "available" -> thaw ->
 #  the snapshot file has the data, e2fsck -fn clean, no needs_recovery ->
 #  delay knob keeps a snapshot "creating" -> fail knob gives "error" ->
-#  volume from snapshot (larger) has the data -> 3-segment SLO in Swift,
+#  volume from snapshot (larger) has the data -> cinder-backup of the
+#  snapshot into Swift, restored into a new volume that has the data ->
+#  backup fail knob gives "error" -> 3-segment SLO in Swift,
 #  downloaded and compared -> everything deleted again.
 #
 # An EXIT trap thaws, unmounts, detaches and deletes whatever was created, on
@@ -32,8 +34,9 @@ MNT=$WORK/mnt
 CONTAINER=volsnap-smoke
 PASSED=0
 FAILED=0
-VOLUME='' DEV='' FROZEN='' WATCHDOG='' RESTORED=''
+VOLUME='' DEV='' FROZEN='' WATCHDOG='' RESTORED='' FROM_BACKUP=''
 SNAPSHOTS=()
+BACKUPS=()
 
 openstack() { "$VENV/bin/openstack" "$@"; }
 # The swift CLI authenticates from the OS_* variables of run/env.sh.
@@ -62,15 +65,16 @@ check() {
     fi
 }
 
-# status KIND ID: status of a volume or snapshot: "gone" once Cinder says
-# it does not exist, "unknown" if the request failed otherwise.
+# status KIND ID: status of a volume, snapshot or backup: "gone" once Cinder
+# says it does not exist, "unknown" if the request failed otherwise.
 status() {
     local cmd=(volume) err
     [[ $1 == snapshot ]] && cmd=(volume snapshot)
+    [[ $1 == backup ]] && cmd=(volume backup)
     if ! openstack "${cmd[@]}" show "$2" -f value -c status 2>"$WORK/status.err"; then
         err=$(<"$WORK/status.err")
         case $err in
-            "No Volume found"* | "No Snapshot found"*) echo gone ;;
+            "No Volume found"* | "No Snapshot found"* | "No Backup found"*) echo gone ;;
             *) echo unknown; echo "status $1 $2: $err" >>"$LOGS/smoke.log" ;;
         esac
     fi
@@ -111,15 +115,20 @@ delete_snapshot() {
     openstack volume snapshot delete "$1" && wait_status snapshot "$1" gone
 }
 
+delete_backup() {
+    openstack volume backup delete "$1" && wait_status backup "$1" gone
+}
+
 delete_volume() {
     openstack volume delete "$1" && wait_status volume "$1" gone
 }
 
 # Remove everything this run created; each part is skipped once done.
 cleanup() {
-    local ok=0 id
+    local ok=0 id i
     thaw || ok=1
-    rm -f "$VOLUMES/snapshot-delay" "$VOLUMES/snapshot-fail-next"
+    rm -f "$VOLUMES/snapshot-delay" "$VOLUMES/snapshot-fail-next" \
+        "$VOLUMES/backup-fail-next"
     if [[ -n $DEV ]]; then
         umount "$MNT" 2>/dev/null || true
         if "$CLOUD_DIR/detach.sh" "$VOLUME"; then DEV=; else ok=1; fi
@@ -127,6 +136,14 @@ cleanup() {
     if [[ -n $RESTORED ]]; then
         if delete_volume "$RESTORED"; then RESTORED=; else ok=1; fi
     fi
+    if [[ -n $FROM_BACKUP ]]; then
+        if delete_volume "$FROM_BACKUP"; then FROM_BACKUP=; else ok=1; fi
+    fi
+    # Newest first: an incremental before its parent.
+    for ((i = ${#BACKUPS[@]} - 1; i >= 0; i--)); do
+        delete_backup "${BACKUPS[i]}" || ok=1
+    done
+    BACKUPS=()
     for id in "${SNAPSHOTS[@]}"; do
         delete_snapshot "$id" || ok=1
     done
@@ -228,6 +245,34 @@ main() {
     check "restored volume has the file" \
         test "$(debugfs_cat "$VOLUMES/volume-$RESTORED.img" /marker.txt)" == "$marker"
 
+    # cinder-backup of the good snapshot into Swift (Swift driver, per_user:
+    # the user's own account), then back into a new volume.
+    id=$(openstack volume backup create --snapshot "$snap" --force \
+        --name smoke-backup "$VOLUME" -f value -c id)
+    BACKUPS+=("$id")
+    check "backup of the snapshot available" wait_status backup "$id" available
+    check "backup objects in the user's Swift container volumebackups" \
+        test "$(swift list volumebackups | grep -c "$id")" -gt 2
+    FROM_BACKUP=$(openstack volume backup restore "$id" smoke-from-backup \
+        -f value -c volume_id)
+    check "volume restored from the backup available" \
+        wait_status volume "$FROM_BACKUP" available
+    check "restored volume file is 1 GiB" \
+        test "$(stat -c %s "$VOLUMES/volume-$FROM_BACKUP.img")" == $((1024 ** 3))
+    check "volume from the backup equals the snapshot" \
+        cmp "$snapfile" "$VOLUMES/volume-$FROM_BACKUP.img"
+    check "volume from the backup has the file" \
+        test "$(debugfs_cat "$VOLUMES/volume-$FROM_BACKUP.img" /marker.txt)" == "$marker"
+
+    touch "$VOLUMES/backup-fail-next"
+    id=$(openstack volume backup create --snapshot "$snap" --force \
+        --name smoke-backup-failing "$VOLUME" -f value -c id)
+    BACKUPS+=("$id")
+    check "backup fail knob: backup in error" wait_status backup "$id" error
+    check "backup fail knob file consumed" test ! -e "$VOLUMES/backup-fail-next"
+    check "snapshot available again after the failed backup" \
+        wait_status snapshot "$snap" available
+
     swift upload --use-slo --segment-size 1048576 --object-name payload \
         "$CONTAINER" "$WORK/payload" >/dev/null
     check "SLO manifest" is_slo "$CONTAINER" payload
@@ -236,7 +281,7 @@ main() {
     check "SLO download identical" cmp "$WORK/payload" "$WORK/downloaded"
 
     cleanup >>"$LOGS/smoke.log" 2>&1 || fail "cleanup"
-    pass "cleanup: volumes, snapshots, container deleted"
+    pass "cleanup: volumes, snapshots, backups, container deleted"
 }
 
 main "$@"

@@ -8,6 +8,7 @@
 //! run's snapshots are deleted) → what earlier runs left (`runs`) →
 //! retention. Agents return data; `cli/` prints.
 
+pub mod backups;
 pub mod plan;
 pub mod runs;
 pub mod verdict;
@@ -24,7 +25,7 @@ use serde::Serialize;
 pub use plan::{hostname, Plan, Volume};
 pub use runs::{list, parse_cinder_time, prune};
 
-use crate::config::{Datastore, HookFailurePolicy, Settings};
+use crate::config::{BackupMode, Datastore, HookFailurePolicy, Settings};
 use crate::exit;
 use crate::freeze;
 use crate::openstack;
@@ -88,12 +89,19 @@ pub struct Report {
     pub metadata: BTreeMap<String, String>,
     /// Snapshots earlier (killed or failed) runs left, removed by this run.
     pub removed_leftovers: Vec<String>,
-    /// Snapshots deleted by the retention policy after this backup.
+    /// Snapshots and backups deleted by the retention policy after this backup.
     pub pruned: Vec<String>,
+    /// Cinder backups of this run's snapshots (`[cinder] backup`).
+    pub backups: Vec<backups::BackupReport>,
+    /// Why a backup is not good (exit 4; the snapshots stay).
+    pub backup_error: Option<String>,
 }
 
 impl Report {
     pub fn exit_code(&self) -> u8 {
+        if self.backup_error.is_some() {
+            return exit::BACKUP_FAILED;
+        }
         match self.consistency {
             Consistency::Crash => exit::CRASH_CONSISTENT,
             _ => exit::SUCCESS,
@@ -256,14 +264,39 @@ pub fn backup(
     }
     thawed.context("the snapshots are good, but the datastore hook's thaw failed: check the database accepts writes")?;
 
-    let cleanup = runs::clean(cinder, &settings.runtime_dir, LEFTOVER_WAIT).unwrap_or_else(|e| {
-        log::warn!("backup done, but looking for what earlier runs left failed: {e:#}");
-        runs::Cleanup::default()
-    });
+    let mut cleanup =
+        runs::clean(cinder, &settings.runtime_dir, LEFTOVER_WAIT).unwrap_or_else(|e| {
+            log::warn!("backup done, but looking for what earlier runs left failed: {e:#}");
+            runs::Cleanup::default()
+        });
+    let mut outcome = backups::Outcome::default();
+    if settings.cinder.backup.mode != BackupMode::Off {
+        // Leftover backups first: an incremental must not chain onto one.
+        match backups::clean(cinder, &settings.runtime_dir, LEFTOVER_WAIT) {
+            Ok((removed, _)) => cleanup.removed.extend(removed),
+            Err(e) => log::warn!("looking for backups earlier runs left failed: {e:#}"),
+        }
+        let snapshots = report_snapshots(&window);
+        outcome = backups::take(
+            cinder,
+            &backups::Request {
+                settings: &settings.cinder.backup,
+                name_prefix: &settings.cinder.name_prefix,
+                run: &run,
+                metadata: &metadata,
+                consistency,
+                snapshots: &snapshots,
+                stop,
+            },
+        );
+        if let Some(e) = &outcome.error {
+            log::error!("{e}");
+        }
+    }
     let mut pruned = Vec::new();
     if settings.retention.is_set() && settings.retention.after_backup {
         match prune(settings, cinder, false) {
-            Ok(p) => pruned = p,
+            Ok(p) => pruned = p.all(),
             Err(e) => log::warn!("backup done, but retention failed: {e:#}"),
         }
     }
@@ -276,15 +309,17 @@ pub fn backup(
         run,
         consistency,
         volumes: plan.volumes.clone(),
-        snapshots: window
-            .shots
-            .iter()
-            .map(|s| SnapshotReport {
-                id: s.id.clone().unwrap_or_default(),
-                name: s.name.clone(),
-                volume_id: s.volume.volume_id.clone(),
-                mount: s.volume.mount.clone(),
-                status: "available".into(),
+        snapshots: report_snapshots(&window)
+            .into_iter()
+            .map(|mut s| {
+                if outcome
+                    .backups
+                    .iter()
+                    .any(|b| b.snapshot_id == s.id && b.snapshot_deleted)
+                {
+                    s.status = "deleted (backed up)".into();
+                }
+                s
             })
             .collect(),
         freeze_ms: window.freeze_ms,
@@ -293,7 +328,23 @@ pub fn backup(
         metadata,
         removed_leftovers: cleanup.removed,
         pruned,
+        backups: outcome.backups,
+        backup_error: outcome.error,
     })
+}
+
+fn report_snapshots(window: &window::Window) -> Vec<SnapshotReport> {
+    window
+        .shots
+        .iter()
+        .map(|s| SnapshotReport {
+            id: s.id.clone().unwrap_or_default(),
+            name: s.name.clone(),
+            volume_id: s.volume.volume_id.clone(),
+            mount: s.volume.mount.clone(),
+            status: "available".into(),
+        })
+        .collect()
 }
 
 /// Who thawed, when, and where the window's time went (`-v` for the detail;

@@ -9,10 +9,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use super::backups;
 use super::plan::hostname;
 use super::verdict::{self, FAILED_RUN, PENDING};
-use crate::config::Settings;
+use crate::config::{BackupMode, Settings};
 use crate::openstack::cinder::{Cinder, Snapshot, SnapshotFilter};
+use crate::openstack::cinder_backups::Backup;
 use crate::{retention, runtime};
 
 /// What a snapshot is to volsnap.
@@ -38,9 +40,12 @@ impl State {
 }
 
 pub fn run_of(s: &Snapshot) -> &str {
-    s.metadata
-        .get("volsnap_run")
-        .map_or(s.id.as_str(), String::as_str)
+    run_of_tags(&s.metadata, &s.id)
+}
+
+/// The run a snapshot's or backup's labels name (its own id when none).
+pub fn run_of_tags<'a>(tags: &'a BTreeMap<String, String>, id: &'a str) -> &'a str {
+    tags.get("volsnap_run").map_or(id, String::as_str)
 }
 
 /// Good means both halves of the second phase landed: a final label and
@@ -53,7 +58,9 @@ pub fn state(s: &Snapshot) -> State {
         .metadata
         .get("freeze_ms")
         .is_some_and(|v| v.parse::<u64>().is_ok());
-    if final_label && timed && s.status == "available" {
+    // `backing-up`: cinder-backup is copying it (`[cinder] backup`); it is
+    // the same good image.
+    if final_label && timed && matches!(s.status.as_str(), "available" | "backing-up") {
         return State::Good;
     }
     if label == Some(PENDING) {
@@ -146,40 +153,92 @@ pub fn clean(cinder: &Cinder, runtime_dir: &Path, wait: Duration) -> Result<Clea
     Ok(cleanup)
 }
 
-/// Applies `[retention]` to this host's good runs (the snapshots of one run
-/// stand or fall together; runs that are not good are not counted, so they
-/// never push a good run out). Returns the deleted ids.
-pub fn prune(settings: &Settings, cinder: &Cinder, dry_run: bool) -> Result<Vec<String>> {
+/// Applies `[retention]` to this host's good runs (the snapshots and
+/// backups of one run stand or fall together; runs that are not good are
+/// not counted, so they never push a good run out). A backup another kept
+/// backup depends on stays (see [`backups::prune`]). Returns the deleted
+/// snapshot and backup ids.
+pub fn prune(settings: &Settings, cinder: &Cinder, dry_run: bool) -> Result<Pruned> {
     let snaps = list(cinder)?;
-    let mut runs: BTreeMap<&str, Vec<&Snapshot>> = BTreeMap::new();
-    for s in &snaps {
-        runs.entry(run_of(s)).or_default().push(s);
+    let ours = if settings.cinder.backup.mode == BackupMode::Off {
+        Vec::new()
+    } else {
+        let api = cinder
+            .backup_api()
+            .map_err(|e| anyhow::anyhow!("the backup API did not answer: {e}"))?;
+        backups::list(cinder, api)?
+    };
+    #[derive(Default)]
+    struct Run<'a> {
+        snaps: Vec<&'a Snapshot>,
+        backups: Vec<&'a Backup>,
     }
-    runs.retain(|_, snaps| snaps.iter().all(|s| state(s) == State::Good));
+    let mut runs: BTreeMap<&str, Run> = BTreeMap::new();
+    for s in &snaps {
+        runs.entry(run_of(s)).or_default().snaps.push(s);
+    }
+    let backup_tags: Vec<BTreeMap<String, String>> = ours.iter().map(backups::tags).collect();
+    for (b, t) in ours.iter().zip(&backup_tags) {
+        runs.entry(run_of_tags(t, &b.id))
+            .or_default()
+            .backups
+            .push(b);
+    }
+    runs.retain(|_, r| {
+        r.snaps.iter().all(|s| state(s) == State::Good)
+            && r.backups.iter().all(|b| backups::state(b) == State::Good)
+    });
     let keys: Vec<&str> = runs.keys().copied().collect();
     let times: Vec<crate::time::Timestamp> = keys
         .iter()
         .map(|k| {
-            runs[k]
+            let r = &runs[k];
+            r.snaps
                 .iter()
-                .filter_map(|s| s.created_at.as_deref().and_then(parse_cinder_time))
+                .filter_map(|s| s.created_at.as_deref())
+                .chain(r.backups.iter().filter_map(|b| b.created_at.as_deref()))
+                .filter_map(parse_cinder_time)
                 .max()
                 .unwrap_or(crate::time::Timestamp::UNIX_EPOCH)
         })
         .collect();
-    let mut deleted = Vec::new();
+    let mut deleted = Pruned::default();
+    let mut drop = std::collections::BTreeSet::new();
     for i in retention::to_delete(&settings.retention, &times) {
-        for s in &runs[keys[i]] {
+        for s in &runs[keys[i]].snaps {
             if !dry_run {
                 cinder
                     .delete_snapshot(&s.id)
                     .with_context(|| format!("deleting snapshot {}", s.id))?;
                 log::info!("retention: deleted snapshot {}", s.id);
             }
-            deleted.push(s.id.clone());
+            deleted.snapshots.push(s.id.clone());
         }
+        drop.extend(runs[keys[i]].backups.iter().map(|b| b.id.clone()));
     }
+    let (gone, kept) = backups::prune(cinder, &ours, &drop, dry_run);
+    for (id, why) in kept {
+        log::info!("retention: backup {id} kept: {why}");
+    }
+    deleted.backups = gone;
     Ok(deleted)
+}
+
+/// What retention deleted (or, in a dry run, would).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Pruned {
+    pub snapshots: Vec<String>,
+    pub backups: Vec<String>,
+}
+
+impl Pruned {
+    pub fn all(&self) -> Vec<String> {
+        self.snapshots
+            .iter()
+            .chain(&self.backups)
+            .cloned()
+            .collect()
+    }
 }
 
 /// Cinder writes UTC without an offset: `2026-11-25T22:46:21.000000`.
@@ -213,6 +272,7 @@ mod tests {
         let good = [("consistency", "application"), ("freeze_ms", "312")];
         assert_eq!(state(&snap(&good, "available")), State::Good);
         assert_eq!(state(&snap(&good, "creating")), State::Incomplete);
+        assert_eq!(state(&snap(&good, "backing-up")), State::Good);
         // What a run killed after the 202 left before the two phases.
         let torn = [("consistency", "application")];
         assert_eq!(state(&snap(&torn, "available")), State::Incomplete);

@@ -14,6 +14,17 @@ Fault knobs, read from files in <volumes_dir> when a snapshot is created:
   snapshot-fail-next  if present, the next snapshot fails (status "error")
                       and the file is removed.
 
+and when cinder-backup attaches a snapshot to back it up (the backup path;
+backup_use_temp_snapshot = true makes cinder-backup read the snapshot file
+through os-brick's local connector):
+
+  backup-delay        seconds (float) to sleep before handing the snapshot
+                      over: the backup stays "creating" that long (keep it
+                      under rpc_response_timeout, 60 s). Stays until removed.
+  backup-fail-next    if present, the next backup fails (status "error",
+                      its snapshot back to "available") and the file is
+                      removed.
+
 Loaded by cinder.conf: volume_driver = testcloud_filedriver.FileDriver,
 with tests/cloud/py on PYTHONPATH.
 """
@@ -182,11 +193,31 @@ class FileDriver(driver.VolumeDriver):
                 'data': {'device_path': self._volume_path(volume)}}
 
     def initialize_connection_snapshot(self, snapshot, connector, **kwargs):
+        # Only cinder-backup attaches a snapshot: this is the backup path.
+        delay_file = self._knob('backup-delay')
+        if os.path.exists(delay_file):
+            with open(delay_file) as f:
+                delay = float(f.read().strip() or 0)
+            LOG.info('backup-delay knob: sleeping %.3fs before backing up '
+                     'snapshot %s', delay, snapshot.id)
+            time.sleep(delay)
+        fail_file = self._knob('backup-fail-next')
+        if os.path.exists(fail_file):
+            self._remove(fail_file)
+            LOG.info('backup-fail-next knob: failing the backup of snapshot '
+                     '%s', snapshot.id)
+            raise exception.VolumeBackendAPIException(
+                data='backup-fail-next knob was set')
         return {'driver_volume_type': 'local',
                 'data': {'device_path': self._snapshot_path(snapshot)}}
 
     def terminate_connection(self, volume, connector, **kwargs):
-        pass
+        # cinder-backup restores by open(path, 'wb'), which truncates a file
+        # (a block device has its size), and skips zero blocks of a new
+        # volume: give the file back the volume's size.
+        path = self._volume_path(volume)
+        if os.path.exists(path):
+            self._grow(path, volume.size)
 
     def terminate_connection_snapshot(self, snapshot, connector, **kwargs):
         pass
