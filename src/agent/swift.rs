@@ -424,7 +424,7 @@ pub struct Listed {
 }
 
 /// This host's backups, newest first, of every datastore.
-fn backups(settings: &Settings, swift: &Swift) -> Result<Vec<(BackupName, Listed)>> {
+pub(crate) fn backups(settings: &Settings, swift: &Swift) -> Result<Vec<(BackupName, Listed)>> {
     let s = &settings.swift;
     let host = crate::agent::cinder::hostname();
     let prefix = BackupName::host_prefix(&s.prefix, &host);
@@ -462,7 +462,7 @@ fn backups(settings: &Settings, swift: &Swift) -> Result<Vec<(BackupName, Listed
 /// This host's backups of the configured datastore, newest first: what
 /// `--latest` and retention choose from. Another datastore's backups in the
 /// same container (another configuration of this host) are never theirs.
-fn own_backups(settings: &Settings, swift: &Swift) -> Result<Vec<(BackupName, Listed)>> {
+pub(crate) fn own_backups(settings: &Settings, swift: &Swift) -> Result<Vec<(BackupName, Listed)>> {
     let datastore = settings.datastore.name();
     Ok(backups(settings, swift)?
         .into_iter()
@@ -527,7 +527,7 @@ fn choose(
     }
 }
 
-fn read_meta(swift: &Swift, container: &str, name: &str) -> Result<BackupMeta> {
+pub(crate) fn read_meta(swift: &Swift, container: &str, name: &str) -> Result<BackupMeta> {
     let info = swift
         .head_object(container, name)
         .map_err(|e: ApiError| anyhow!(e))
@@ -541,7 +541,7 @@ fn read_meta(swift: &Swift, container: &str, name: &str) -> Result<BackupMeta> {
         .with_context(|| format!("{container}/{name}"))
 }
 
-fn identities(
+pub(crate) fn identities(
     settings: &Settings,
     meta: &BackupMeta,
     identity: Option<&Path>,
