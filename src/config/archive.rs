@@ -111,3 +111,58 @@ pub(super) fn validate(
         spool_owner,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn parse(source: &str) -> Result<super::super::Settings, ConfigError> {
+        super::super::parse(Path::new("/etc/volsnap/volsnap.toml"), source)
+    }
+
+    #[test]
+    fn defaults_and_every_key() {
+        let s = parse("datastore = \"postgresql\"\n").unwrap();
+        assert!(s.archive.is_none());
+        let s = parse("datastore = \"postgresql\"\n[archive]\n").unwrap();
+        let a = s.archive.unwrap();
+        assert_eq!(a.container, "volsnap-wal");
+        assert_eq!(a.spool_dir, Path::new(DEFAULT_SPOOL_DIR));
+        assert_eq!(a.spool_owner, "postgres");
+        assert_eq!(a.max_lag, DEFAULT_MAX_LAG);
+        assert_eq!((a.compression, a.compression_level), (Compression::Zstd, 3));
+        let s = parse(
+            "datastore = \"postgresql\"\n[archive]\ncontainer = \"wal\"\ncompression = \"gzip\"\n\
+             compression_level = 9\nmax_lag = \"1m\"\nspool_dir = \"/srv/spool/\"\nspool_owner = \"pg\"\n",
+        )
+        .unwrap();
+        let a = s.archive.unwrap();
+        assert_eq!(a.container, "wal");
+        assert_eq!(a.max_lag, Duration::from_secs(60));
+        assert_eq!(a.spool_dir, Path::new("/srv/spool"));
+        assert_eq!(a.spool_owner, "pg");
+    }
+
+    #[test]
+    fn mistakes_name_line_and_key() {
+        for (body, key, line) in [
+            ("[archive]\nspool = \"/x\"\n", "spool", 4),
+            ("[archive]\nmax_lag = \"0s\"\n", "archive.max_lag", 4),
+            ("[archive]\nspool_dir = \"spool\"\n", "archive.spool_dir", 4),
+            ("[archive]\nspool_owner = \"root\"\n", "archive.spool_owner", 4),
+            ("[archive]\ncompression_level = 30\n", "archive.compression_level", 4),
+            ("[archive]\ncontainer = \"a/b\"\n", "archive.container", 4),
+        ] {
+            let e = parse(&format!("datastore = \"postgresql\"\n\n{body}")).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains(key), "{key}: {text}");
+            assert_eq!(e.position.map(|p| p.0), Some(line), "{key}: {text}");
+        }
+        let e = parse("datastore = \"redis\"\n[archive]\n").unwrap_err();
+        assert!(e.to_string().contains("postgresql"), "{e}");
+        assert_eq!(e.key.as_deref(), Some("archive"));
+        assert_eq!(e.position.map(|p| p.0), Some(2), "{e}");
+    }
+}
