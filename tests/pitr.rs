@@ -230,30 +230,40 @@ impl Pg {
     }
 
     fn start(dir: &Path) -> Pg {
-        let out = Command::new(Pg::script())
-            .arg("start")
-            .arg(dir)
-            .output()
-            .unwrap();
+        Pg::start_on(dir, None)
+    }
+
+    fn start_on(dir: &Path, port: Option<&str>) -> Pg {
+        Pg {
+            dir: dir.to_path_buf(),
+            env: Pg::run_start(dir, port),
+        }
+    }
+
+    fn run_start(dir: &Path, port: Option<&str>) -> BTreeMap<String, String> {
+        let mut cmd = Command::new(Pg::script());
+        cmd.arg("start").arg(dir);
+        if let Some(port) = port {
+            cmd.env("PG_PORT", port);
+        }
+        let out = cmd.output().unwrap();
         assert!(
             out.status.success(),
             "postgres.sh start: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let env = String::from_utf8_lossy(&out.stdout)
+        String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
-            .collect();
-        Pg {
-            dir: dir.to_path_buf(),
-            env,
-        }
+            .collect()
     }
 
+    /// On the same port: the config names it.
     fn restart(&mut self) {
         self.stop();
-        *self = Pg::start(&self.dir.clone());
+        let port = self.get("PG_PORT").to_string();
+        self.env = Pg::run_start(&self.dir, Some(&port));
     }
 
     fn stop(&self) {
