@@ -151,8 +151,16 @@ mod tests {
             ("[archive]\nspool = \"/x\"\n", "spool", 4),
             ("[archive]\nmax_lag = \"0s\"\n", "archive.max_lag", 4),
             ("[archive]\nspool_dir = \"spool\"\n", "archive.spool_dir", 4),
-            ("[archive]\nspool_owner = \"root\"\n", "archive.spool_owner", 4),
-            ("[archive]\ncompression_level = 30\n", "archive.compression_level", 4),
+            (
+                "[archive]\nspool_owner = \"root\"\n",
+                "archive.spool_owner",
+                4,
+            ),
+            (
+                "[archive]\ncompression_level = 30\n",
+                "archive.compression_level",
+                4,
+            ),
             ("[archive]\ncontainer = \"a/b\"\n", "archive.container", 4),
         ] {
             let e = parse(&format!("datastore = \"postgresql\"\n\n{body}")).unwrap_err();
