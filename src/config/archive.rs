@@ -174,3 +174,25 @@ mod tests {
         assert_eq!(e.position.map(|p| p.0), Some(2), "{e}");
     }
 }
+
+#[cfg(test)]
+mod sample {
+    /// The sample's commented-out `[archive]`, uncommented as it is, parses
+    /// (for a PostgreSQL config) to the defaults it shows.
+    #[test]
+    fn the_sample_archive_section_is_valid_and_shows_the_defaults() {
+        let sample = include_str!("../../etc/volsnap.toml");
+        let start = sample.find("# [archive]\n").expect("[archive] in the sample");
+        let section: String = sample[start..]
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| format!("{}\n", l.trim_start_matches("# ")))
+            .collect();
+        let text = format!("datastore = \"postgresql\"\n{section}");
+        let s = super::super::parse(std::path::Path::new("sample"), &text).unwrap();
+        let a = s.archive.unwrap();
+        assert_eq!(a.max_lag, super::DEFAULT_MAX_LAG);
+        assert_eq!(a.spool_dir, std::path::Path::new(super::DEFAULT_SPOOL_DIR));
+        assert_eq!(a.container, "volsnap-wal");
+    }
+}
