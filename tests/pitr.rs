@@ -70,6 +70,11 @@ impl Rig {
 
     /// Writes the config (0600): Swift strategy, PostgreSQL, `[archive]`.
     fn config(&self, pg_env: &[(&str, String)]) -> PathBuf {
+        self.config_with(pg_env, "")
+    }
+
+    /// With `tail` appended (e.g. a `[retention]` table).
+    fn config_with(&self, pg_env: &[(&str, String)], tail: &str) -> PathBuf {
         let mut text = format!(
             "datastore = \"postgresql\"\nruntime_dir = {:?}\nmetrics_file = {:?}\n\
              [swift]\ncontainer = {:?}\nsegment_size = \"4MiB\"\n\
@@ -88,6 +93,7 @@ impl Rig {
         for (k, v) in pg_env {
             text += &format!("{k} = {v:?}\n");
         }
+        text += tail;
         std::fs::create_dir_all(self.path().join("metrics")).unwrap();
         let path = self.path().join("volsnap.toml");
         std::fs::write(&path, text).unwrap();
@@ -512,6 +518,40 @@ fn postgresql_restores_to_a_time_between_two_commits() {
     assert!(err.contains("gap in the archived WAL"), "{err}");
     assert!(err.contains(&gap), "the gap is named: {err}");
     assert!(!rig.path().join("z").exists());
+    let listing = rig.ok(&config, &["list"]);
+    assert!(
+        listing.contains("archived WAL: restore --until reaches from"),
+        "{listing}"
+    );
+    assert!(listing.contains(&format!("gap at {gap}")), "{listing}");
+
+    // Retention: a second base with keep_last = 1 deletes the first base
+    // and the archived WAL before the second's start; history files stay.
+    let before = rig.archived();
+    let config = rig.config_with(&pg.hook_env(), "[retention]\nkeep_last = 1\n");
+    let second: Value = serde_json::from_str(&rig.ok(&config, &["--json", "backup"])).unwrap();
+    let pruned: Vec<&str> = second["pruned"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        pruned.contains(&backup["name"].as_str().unwrap()),
+        "{second}"
+    );
+    let head = rig
+        .swift
+        .head_object(&rig.backups, second["name"].as_str().unwrap())
+        .unwrap();
+    let start = head.metadata["volsnap-hook-wal-start-segment"].clone();
+    let after = rig.archived();
+    assert!(after.len() < before.len(), "{before:?} {after:?}");
+    for name in before.keys() {
+        let kept = after.contains_key(name);
+        let old = name.len() >= 24 && !name.ends_with(".history") && name[8..24] < start[8..24];
+        assert_eq!(kept, !old, "{name} (the second base starts at {start})");
+    }
 
     // The metrics file shows the archive.
     let prom = std::fs::read_to_string(rig.path().join("metrics/volsnap-archive.prom")).unwrap();

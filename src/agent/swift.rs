@@ -478,24 +478,39 @@ pub struct Listing {
     pub backups: Vec<Listed>,
     /// This host's segments that no manifest points to (none removed).
     pub orphans: Vec<Orphan>,
+    /// With `[archive]`: the window a `restore --until` can reach.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archive: Option<crate::archive::window::Window>,
 }
 
 pub fn list(settings: &Settings) -> Result<Listing> {
     let swift = connect(settings)?;
-    let backups = backups(settings, &swift)?
-        .into_iter()
-        .map(|(_, l)| l)
-        .collect();
+    let all = backups(settings, &swift)?;
+    let datastore = settings.datastore.name();
+    let oldest = all
+        .iter()
+        .rfind(|(_, l)| l.datastore.as_deref() == Some(datastore))
+        .map(|(n, l)| (l.name.clone(), n.created));
+    let backups = all.into_iter().map(|(_, l)| l).collect();
     let orphans = orphans::sweep(settings, &swift, false)
         .map(|sweep| sweep.found)
         .unwrap_or_else(|e| {
             log::warn!("looking for orphan segments failed: {e:#}");
             Vec::new()
         });
+    let archive = match settings.archive {
+        None => None,
+        Some(_) => Some(crate::archive::window::window(
+            settings,
+            &swift,
+            oldest.as_ref().map(|(n, t)| (n.as_str(), *t)),
+        )?),
+    };
     Ok(Listing {
         container: settings.swift.container.clone(),
         backups,
         orphans,
+        archive,
     })
 }
 
@@ -679,6 +694,18 @@ fn prune_with(settings: &Settings, swift: &Swift, dry_run: bool) -> Result<Vec<S
             log::info!("retention: deleted {name}");
         }
         deleted.push(name.clone());
+    }
+    if settings.archive.is_some() {
+        let doomed = retention::to_delete(&settings.retention, &times);
+        let oldest_kept = (0..backups.len()).rev().find(|i| !doomed.contains(i));
+        if let Some(i) = oldest_kept {
+            deleted.extend(crate::archive::retention::prune(
+                settings,
+                swift,
+                &backups[i].1.name,
+                dry_run,
+            )?);
+        }
     }
     Ok(deleted)
 }

@@ -15,7 +15,9 @@
 pub mod metrics;
 pub mod pg_check;
 pub mod pitr;
+pub mod retention;
 pub mod ship;
 pub mod spool;
 pub mod store;
 pub mod wal;
+pub mod window;

@@ -194,17 +194,19 @@ pub fn remove(spool: &Path, waiting: &Waiting) -> Result<()> {
 /// Creates the spool (owned by `owner`, mode 0700) when missing, and checks
 /// that only `owner` and root can write it and what lies above it.
 pub fn prepare(spool: &Path, owner: &str) -> Result<()> {
-    let user = nix::unistd::User::from_name(owner)
-        .ok()
-        .flatten()
-        .ok_or_else(|| anyhow!("archive.spool_owner: no OS user {owner:?} on this machine"))?;
+    let (uid, gid) = local_user(owner)
+        .ok_or_else(|| anyhow!("archive.spool_owner: no OS user {owner:?} in /etc/passwd"))?;
     if fs::symlink_metadata(spool).is_err() {
         if let Some(parent) = spool.parent() {
             fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
         fs::create_dir(spool).with_context(|| format!("creating {}", spool.display()))?;
-        nix::unistd::chown(spool, Some(user.uid), Some(user.gid))
-            .with_context(|| format!("chown {owner} {}", spool.display()))?;
+        nix::unistd::chown(
+            spool,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .with_context(|| format!("chown {owner} {}", spool.display()))?;
         fs::set_permissions(spool, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         log::info!(
             "created the spool {} (owner {owner}, mode 0700)",
@@ -212,6 +214,21 @@ pub fn prepare(spool: &Path, owner: &str) -> Result<()> {
         );
     }
     check(spool, owner).map_err(|e| anyhow!(e))
+}
+
+/// A local user's uid and gid from /etc/passwd. Not getpwnam(3): in a
+/// static binary glibc's NSS would load shared libraries at run time (and
+/// cost the binary ~100 KB); the database's OS user is a local system user.
+pub fn local_user(name: &str) -> Option<(u32, u32)> {
+    let text = fs::read_to_string("/etc/passwd").ok()?;
+    text.lines().find_map(|line| {
+        let mut f = line.split(':');
+        if f.next()? != name {
+            return None;
+        }
+        let _password = f.next()?;
+        Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+    })
 }
 
 /// What `check` says about the spool: `Err` is the problem and its fix.
@@ -224,11 +241,8 @@ pub fn check(spool: &Path, owner: &str) -> Result<(), String> {
             "archive.spool_dir {shown} is not a directory (a symlink is refused)"
         ));
     }
-    let uid = nix::unistd::User::from_name(owner)
-        .ok()
-        .flatten()
-        .map(|u| u.uid.as_raw())
-        .ok_or_else(|| format!("archive.spool_owner: no OS user {owner:?} on this machine"))?;
+    let (uid, _) = local_user(owner)
+        .ok_or_else(|| format!("archive.spool_owner: no OS user {owner:?} in /etc/passwd"))?;
     if meta.uid() != uid && meta.uid() != 0 {
         return Err(format!(
             "archive.spool_dir {shown} is owned by uid {}, not {owner} or root; run: chown {owner}: {shown}",
@@ -251,6 +265,13 @@ pub fn check(spool: &Path, owner: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_users_come_from_etc_passwd() {
+        assert_eq!(local_user("root"), Some((0, 0)));
+        assert_eq!(local_user("no-such-user-here"), None);
+        assert_eq!(local_user(""), None);
+    }
 
     #[test]
     fn push_is_atomic_idempotent_and_refuses_a_different_file() {

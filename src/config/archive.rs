@@ -182,7 +182,9 @@ mod sample {
     #[test]
     fn the_sample_archive_section_is_valid_and_shows_the_defaults() {
         let sample = include_str!("../../etc/volsnap.toml");
-        let start = sample.find("# [archive]\n").expect("[archive] in the sample");
+        let start = sample
+            .find("# [archive]\n")
+            .expect("[archive] in the sample");
         let section: String = sample[start..]
             .lines()
             .take_while(|l| l.starts_with('#'))
