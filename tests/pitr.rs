@@ -70,11 +70,11 @@ impl Rig {
 
     /// Writes the config (0600): Swift strategy, PostgreSQL, `[archive]`.
     fn config(&self, pg_env: &[(&str, String)]) -> PathBuf {
-        self.config_with(pg_env, "")
+        self.config_with("volsnap", pg_env, "")
     }
 
-    /// With `tail` appended (e.g. a `[retention]` table).
-    fn config_with(&self, pg_env: &[(&str, String)], tail: &str) -> PathBuf {
+    /// `NAME.toml`, with `tail` appended (e.g. a `[retention]` table).
+    fn config_with(&self, name: &str, pg_env: &[(&str, String)], tail: &str) -> PathBuf {
         let mut text = format!(
             "datastore = \"postgresql\"\nruntime_dir = {:?}\nmetrics_file = {:?}\n\
              [swift]\ncontainer = {:?}\nsegment_size = \"4MiB\"\n\
@@ -95,7 +95,7 @@ impl Rig {
         }
         text += tail;
         std::fs::create_dir_all(self.path().join("metrics")).unwrap();
-        let path = self.path().join("volsnap.toml");
+        let path = self.path().join(format!("{name}.toml"));
         std::fs::write(&path, text).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         path
@@ -528,7 +528,7 @@ fn postgresql_restores_to_a_time_between_two_commits() {
     // Retention: a second base with keep_last = 1 deletes the first base
     // and the archived WAL before the second's start; history files stay.
     let before = rig.archived();
-    let config = rig.config_with(&pg.hook_env(), "[retention]\nkeep_last = 1\n");
+    let config = rig.config_with("keep1", &pg.hook_env(), "[retention]\nkeep_last = 1\n");
     let second: Value = serde_json::from_str(&rig.ok(&config, &["--json", "backup"])).unwrap();
     let pruned: Vec<&str> = second["pruned"]
         .as_array()
@@ -692,4 +692,71 @@ fn the_archiver_killed_mid_upload_loses_nothing_and_ships_nothing_twice() {
     assert!(err.contains("exists with other content"), "{err}");
     assert!(rig.waiting().contains("000000010000000000000001"));
     assert_eq!(rig.archived()["000000010000000000000001"], before);
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l[name.len() + 1..].parse().ok())
+}
+
+/// Swift away (its endpoint refusing connections, as an unreachable Swift
+/// does; the shared test cloud cannot be stopped): the service keeps
+/// running and retrying, the spool keeps every file, the lag metric grows;
+/// SIGTERM ends it with exit 0. With Swift back, everything is shipped and
+/// the lag is 0.
+#[test]
+fn while_swift_is_away_the_spool_grows_and_the_lag_shows_then_all_is_shipped() {
+    let rig = Rig::new("pitr-away");
+    let config = rig.config(&[]);
+    rig.ok(&config, &["archive", "--once"]);
+    let src = rig.path().join("pg_wal");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for n in 1..=3u32 {
+        let path = src.join(format!("0000000100000000{n:08X}"));
+        std::fs::write(&path, vec![n as u8; 1 << 20]).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let out = push_as_postgres(&rig.spool(), &path);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let away = rig.config_with(
+        "away",
+        &[],
+        "[openstack]\nobject_store_endpoint = \"http://127.0.0.1:9/v1/AUTH_away\"\n",
+    );
+    let prom = rig.path().join("metrics/volsnap-archive.prom");
+    let _ = std::fs::remove_file(&prom);
+    let archiver = Archiver::start(&rig, &away);
+    let mut lag = 0.0;
+    wait_for(Duration::from_secs(60), "a lag in the metrics", || {
+        let text = std::fs::read_to_string(&prom).unwrap_or_default();
+        lag = metric(&text, "volsnap_archive_lag_seconds").unwrap_or(0.0);
+        metric(&text, "volsnap_archive_waiting_files") == Some(3.0) && lag > 0.0
+    });
+    assert_eq!(rig.waiting().len(), 3, "nothing left the spool");
+    assert!(rig.archived().is_empty());
+    archiver.stop();
+
+    let report: Value =
+        serde_json::from_str(&rig.ok(&config, &["--json", "archive", "--once"])).unwrap();
+    assert_eq!(report["uploaded"], 3, "{report}");
+    assert!(rig.waiting().is_empty());
+    assert_eq!(rig.archived().len(), 3);
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert_eq!(
+        metric(&text, "volsnap_archive_lag_seconds"),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "volsnap_archive_last_shipped_segment{segment=\"000000010000000000000003\"} 1"
+        ),
+        "{text}"
+    );
 }

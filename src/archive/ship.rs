@@ -107,7 +107,9 @@ pub fn run(settings: &Settings, once: bool, stop: Arc<AtomicBool>) -> Result<Rep
                 pause = (pause * 2).min(MAX_PAUSE);
                 // A session that failed may hold a dead connection or token.
                 store = None;
-                continue;
+                if !stop.load(Ordering::SeqCst) {
+                    continue;
+                }
             }
         }
         if once || stop.load(Ordering::SeqCst) {
