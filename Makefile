@@ -72,6 +72,7 @@ install: static gen
 	install -D -m 0644 etc/volsnap.toml $(DESTDIR)/etc/volsnap/volsnap.toml.sample
 	install -D -m 0644 packaging/systemd/volsnap.service $(DESTDIR)$(PREFIX)/lib/systemd/system/volsnap.service
 	install -D -m 0644 packaging/systemd/volsnap.timer $(DESTDIR)$(PREFIX)/lib/systemd/system/volsnap.timer
+	install -D -m 0644 packaging/systemd/volsnap-archive.service $(DESTDIR)$(PREFIX)/lib/systemd/system/volsnap-archive.service
 	install -D -m 0755 etc/qemu-ga/fsfreeze-hook $(DESTDIR)$(PREFIX)/lib/volsnap/fsfreeze-hook
 	install -D -m 0755 etc/qemu-ga/volsnap $(DESTDIR)$(PREFIX)/share/volsnap/qemu-ga/fsfreeze-hook.d-volsnap
 	install -D -m 0644 etc/qemu-ga/qemu-guest-agent.service.d-volsnap.conf $(DESTDIR)$(PREFIX)/share/volsnap/qemu-ga/qemu-guest-agent.service.d-volsnap.conf
@@ -113,7 +114,8 @@ deb: static
 	  echo "$$desc." | fold -s -w 72 | sed 's/ *$$//; s/^/ /'; \
 	  echo " ."; \
 	  echo " One static binary (no runtime dependencies), the datastore hooks in"; \
-	  echo " /usr/lib/volsnap/hooks, systemd units (volsnap.timer is not enabled),"; \
+	  echo " /usr/lib/volsnap/hooks, systemd units (volsnap.timer and the WAL"; \
+	  echo " archiver volsnap-archive.service are not enabled),"; \
 	  echo " the qemu-guest-agent fsfreeze wiring and a cloud-config in"; \
 	  echo " /usr/share/volsnap, man pages, bash/zsh/fish completions, and"; \
 	  echo " /etc/volsnap/volsnap.toml.sample."; \

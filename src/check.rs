@@ -86,7 +86,10 @@ impl Check {
 /// `mountinfo` and `sys_root` (`/sys`) serve the discovery of the volumes of
 /// mounts that have no id in `[cinder.volumes]`.
 pub fn online(settings: &Settings, mountinfo: &[MountEntry], sys_root: &Path) -> Vec<Check> {
-    let mut checks = Vec::new();
+    let mut checks = crate::archive::pg_check::checks(settings)
+        .into_iter()
+        .map(|(name, result)| Check::new(name, result))
+        .collect::<Vec<_>>();
     let config = match auth::resolve(&settings.openstack, &Env::from_process()) {
         Ok(c) => c,
         Err(e) => {

@@ -1,6 +1,7 @@
 //! volsnap: application-consistent backups from inside an OpenStack guest.
 
 pub mod agent;
+pub mod archive;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -44,6 +44,12 @@ pub fn write(path: &Path, outcome: &Outcome) -> io::Result<()> {
             .and_then(|old| previous_success(&old))
     };
     let text = render(outcome, last_success);
+    replace_file(path, &text)
+}
+
+/// Writes `text` to a temporary file beside `path` and renames it over
+/// `path`, so the collector never reads half a file.
+pub(crate) fn replace_file(path: &Path, text: &str) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::other("metrics_file names no file"))?;

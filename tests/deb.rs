@@ -248,6 +248,7 @@ fn dpkg_installs_and_removes_the_package() {
                 "verify",
                 "/usr/lib/systemd/system/volsnap.service",
                 "/usr/lib/systemd/system/volsnap.timer",
+                "/usr/lib/systemd/system/volsnap-archive.service",
             ],
         );
         let stderr = String::from_utf8_lossy(&out.stderr);

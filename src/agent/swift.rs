@@ -469,7 +469,7 @@ pub struct Listed {
 }
 
 /// This host's backups, newest first, of every datastore.
-fn backups(settings: &Settings, swift: &Swift) -> Result<Vec<(BackupName, Listed)>> {
+pub(crate) fn backups(settings: &Settings, swift: &Swift) -> Result<Vec<(BackupName, Listed)>> {
     let s = &settings.swift;
     let host = crate::agent::cinder::hostname();
     let prefix = BackupName::host_prefix(&s.prefix, &host);
@@ -507,7 +507,7 @@ fn backups(settings: &Settings, swift: &Swift) -> Result<Vec<(BackupName, Listed
 /// This host's backups of the configured datastore, newest first: what
 /// `--latest` and retention choose from. Another datastore's backups in the
 /// same container (another configuration of this host) are never theirs.
-fn own_backups(settings: &Settings, swift: &Swift) -> Result<Vec<(BackupName, Listed)>> {
+pub(crate) fn own_backups(settings: &Settings, swift: &Swift) -> Result<Vec<(BackupName, Listed)>> {
     let datastore = settings.datastore.name();
     Ok(backups(settings, swift)?
         .into_iter()
@@ -523,24 +523,39 @@ pub struct Listing {
     pub backups: Vec<Listed>,
     /// This host's segments that no manifest points to (none removed).
     pub orphans: Vec<Orphan>,
+    /// With `[archive]`: the window a `restore --until` can reach.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archive: Option<crate::archive::window::Window>,
 }
 
 pub fn list(settings: &Settings) -> Result<Listing> {
     let swift = connect(settings)?;
-    let backups = backups(settings, &swift)?
-        .into_iter()
-        .map(|(_, l)| l)
-        .collect();
+    let all = backups(settings, &swift)?;
+    let datastore = settings.datastore.name();
+    let oldest = all
+        .iter()
+        .rfind(|(_, l)| l.datastore.as_deref() == Some(datastore))
+        .map(|(n, l)| (l.name.clone(), n.created));
+    let backups = all.into_iter().map(|(_, l)| l).collect();
     let orphans = orphans::sweep(settings, &swift, false)
         .map(|sweep| sweep.found)
         .unwrap_or_else(|e| {
             log::warn!("looking for orphan segments failed: {e:#}");
             Vec::new()
         });
+    let archive = match settings.archive {
+        None => None,
+        Some(_) => Some(crate::archive::window::window(
+            settings,
+            &swift,
+            oldest.as_ref().map(|(n, t)| (n.as_str(), *t)),
+        )?),
+    };
     Ok(Listing {
         container: settings.swift.container.clone(),
         backups,
         orphans,
+        archive,
     })
 }
 
@@ -572,7 +587,7 @@ fn choose(
     }
 }
 
-fn read_meta(swift: &Swift, container: &str, name: &str) -> Result<BackupMeta> {
+pub(crate) fn read_meta(swift: &Swift, container: &str, name: &str) -> Result<BackupMeta> {
     let info = swift
         .head_object(container, name)
         .map_err(|e: ApiError| anyhow!(e))
@@ -586,7 +601,7 @@ fn read_meta(swift: &Swift, container: &str, name: &str) -> Result<BackupMeta> {
         .with_context(|| format!("{container}/{name}"))
 }
 
-fn identities(
+pub(crate) fn identities(
     settings: &Settings,
     meta: &BackupMeta,
     identity: Option<&Path>,
@@ -724,6 +739,18 @@ fn prune_with(settings: &Settings, swift: &Swift, dry_run: bool) -> Result<Vec<S
             log::info!("retention: deleted {name}");
         }
         deleted.push(name.clone());
+    }
+    if settings.archive.is_some() {
+        let doomed = retention::to_delete(&settings.retention, &times);
+        let oldest_kept = (0..backups.len()).rev().find(|i| !doomed.contains(i));
+        if let Some(i) = oldest_kept {
+            deleted.extend(crate::archive::retention::prune(
+                settings,
+                swift,
+                &backups[i].1.name,
+                dry_run,
+            )?);
+        }
     }
     Ok(deleted)
 }

@@ -148,6 +148,25 @@ fn print_swift(listing: &agent::swift::Listing) {
     for orphan in &listing.orphans {
         println!("{}", orphan.describe());
     }
+    if let Some(w) = &listing.archive {
+        match (&w.from, &w.to) {
+            (Some(from), Some(to)) => println!(
+                "archived WAL: restore --until reaches from {from} to {to} (segments {} to {})",
+                w.first_segment.as_deref().unwrap_or("?"),
+                w.last_segment.as_deref().unwrap_or("?")
+            ),
+            _ => println!(
+                "archived WAL: {} file(s); no window: {}",
+                w.archived_files,
+                w.note.as_deref().unwrap_or("?")
+            ),
+        }
+        if let Some(gap) = &w.gap {
+            println!(
+                "archived WAL: gap at {gap}: later segments are archived, this one is missing"
+            );
+        }
+    }
 }
 
 /// Backups newest first; each incremental's parent is the backup before it

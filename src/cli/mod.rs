@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand, each with `run`.
 
+mod archive;
 mod backup;
 mod check;
 mod hook;
@@ -8,6 +9,7 @@ mod prune;
 mod restore;
 mod thaw;
 mod verify;
+mod wal;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,6 +84,10 @@ pub enum Command {
     Hook(hook::Args),
     /// Thaw the filesystems a run recorded as frozen, and run the hook's thaw
     Thaw(thaw::Args),
+    /// Ship the WAL that PostgreSQL's archive_command left in the spool to Swift ([archive])
+    Archive(archive::Args),
+    /// PostgreSQL's archive_command and restore_command (run as the database's OS user)
+    Wal(wal::Args),
     /// The watchdog process a backup starts (internal)
     #[command(name = "__watchdog", hide = true)]
     Watchdog,
@@ -173,7 +179,7 @@ impl Cli {
             quiet: self.quiet > 0,
             uses_openstack: !matches!(
                 self.command,
-                Command::Hook(_) | Command::Thaw(_) | Command::Watchdog
+                Command::Hook(_) | Command::Thaw(_) | Command::Watchdog | Command::Wal(_)
             ),
         };
         match self.command {
@@ -185,6 +191,8 @@ impl Cli {
             Command::Check(args) => args.run(&ctx),
             Command::Hook(args) => args.run(&ctx),
             Command::Thaw(args) => args.run(&ctx),
+            Command::Archive(args) => args.run(&ctx),
+            Command::Wal(args) => args.run(&ctx),
             Command::Watchdog => crate::watchdog::run_child().map(|()| exit::SUCCESS),
         }
     }

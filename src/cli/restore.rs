@@ -43,6 +43,18 @@ pub struct Args {
     #[arg(long, requires = "cinder")]
     pub force: bool,
 
+    /// PostgreSQL with [archive]: restore to this time (RFC 3339, e.g.
+    /// 2026-12-03T17:04:05Z) from the newest Swift base backup finished
+    /// before it and the archived WAL, into --datadir
+    #[arg(long, value_name = "TIME", value_parser = parse_time, requires = "datadir",
+          conflicts_with_all = ["snapshot", "backup", "latest"])]
+    pub until: Option<jiff::Timestamp>,
+
+    /// With --until: the new data directory (absent or empty); the WAL goes
+    /// beside it into DIR.volsnap-wal. Start PostgreSQL on it to replay and promote
+    #[arg(long, value_name = "DIR", requires = "until")]
+    pub datadir: Option<std::path::PathBuf>,
+
     /// Swift: the age identity file to decrypt with (default: swift.age_identity_file)
     #[arg(long, value_name = "FILE", conflicts_with_all = ["snapshot", "cinder_backup"])]
     pub identity: Option<std::path::PathBuf>,
@@ -60,9 +72,35 @@ struct Restored {
     status: String,
 }
 
+fn parse_time(text: &str) -> Result<jiff::Timestamp, String> {
+    text.parse()
+        .map_err(|e| format!("not an RFC 3339 time with an offset (2026-12-03T17:04:05Z): {e}"))
+}
+
 impl Args {
     pub fn run(self, ctx: &Context) -> Result<u8> {
         let settings = ctx.load_settings()?;
+        if let (Some(until), Some(datadir)) = (self.until, &self.datadir) {
+            let report = crate::archive::pitr::run(
+                &settings,
+                until,
+                datadir,
+                self.identity.as_deref(),
+                ctx.quiet,
+            )?;
+            ctx.print(&report, || {
+                println!(
+                    "{}: base {} and {} WAL segments ({} to {}) for recovery to {}; start                      PostgreSQL on it to replay and promote",
+                    report.datadir,
+                    report.base,
+                    report.segments_fetched,
+                    report.first_segment,
+                    report.last_segment,
+                    report.until
+                );
+            })?;
+            return Ok(exit::SUCCESS);
+        }
         match settings.strategy {
             Strategy::Cinder => {
                 if let Some(id) = self.cinder_backup {

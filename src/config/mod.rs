@@ -4,6 +4,7 @@
 //! then checked as a whole. Every problem is a [`ConfigError`] that names the
 //! file, line, column and key; nothing else in volsnap re-checks settings.
 
+pub mod archive;
 mod error;
 pub mod files;
 mod units;
@@ -173,6 +174,7 @@ struct File {
     hooks: HooksFile,
     #[serde(default)]
     retention: Retention,
+    archive: Option<archive::ArchiveFile>,
 }
 
 /// Authentication and endpoints. Every field may also come from clouds.yaml
@@ -289,6 +291,8 @@ pub struct Settings {
     pub swift: SwiftSettings,
     pub hooks: HookSettings,
     pub retention: Retention,
+    /// `[archive]`, when the database's log is archived for point-in-time recovery.
+    pub archive: Option<archive::ArchiveSettings>,
 }
 
 #[derive(Clone, Debug)]
@@ -554,6 +558,11 @@ fn validate(path: &Path, source: &str, file: File) -> Result<Settings, ConfigErr
         }
     }
 
+    let archive = file
+        .archive
+        .map(|a| archive::validate(&err, a, datastore))
+        .transpose()?;
+
     Ok(Settings {
         path: path.to_path_buf(),
         strategy,
@@ -567,6 +576,7 @@ fn validate(path: &Path, source: &str, file: File) -> Result<Settings, ConfigErr
         swift,
         hooks,
         retention,
+        archive,
     })
 }
 

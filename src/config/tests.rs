@@ -274,7 +274,8 @@ fn the_sample_config_parses() {
 }
 
 /// Every `# key = value` and `# [table]` line of the sample uncommented, and
-/// `mounts` set to its example: what an operator gets by following it.
+/// `mounts` set to its example: what an operator gets by following it. The
+/// datastore is PostgreSQL's, which `[archive]` is for.
 #[test]
 fn the_sample_config_parses_uncommented() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/volsnap.toml");
@@ -288,6 +289,7 @@ fn the_sample_config_parses_uncommented() {
                 rest.to_string()
             }
             _ if line.starts_with("mounts = []") => "mounts = [\"/var/lib/mysql\"]".into(),
+            _ if line.starts_with("datastore = \"mysql\"") => "datastore = \"postgresql\"".into(),
             _ => line.to_string(),
         })
         .collect();
@@ -305,6 +307,7 @@ fn the_sample_config_parses_uncommented() {
     assert_eq!(s.hooks.env["VOLSNAP_MYSQL_USER"].expose(), "root");
     assert!(s.retention.after_backup && s.retention.keep_last == Some(7));
     assert!(s.log_file.is_some() && s.metrics_file.is_some());
+    assert_eq!(s.archive.unwrap().container, "volsnap-wal");
 }
 
 #[test]

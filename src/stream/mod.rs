@@ -25,6 +25,7 @@ mod crypt;
 mod etags;
 mod meta;
 mod naming;
+pub mod object;
 mod progress;
 mod restore;
 mod segments;

@@ -71,6 +71,14 @@ timeout 300 "$HOOKS/postgresql" backup >"$WORK/backup.tar" 2>"$WORK/hook.err" ||
 expect "backup exits 0" rc_is 0
 expect "backup is a tar with backup_label" sh -c "tar -tf '$WORK/backup.tar' | grep -qx backup_label"
 expect "backup.meta records the version" grep -q '^datastore_version=1[0-9]' "$VOLSNAP_RUNTIME_DIR/backup.meta"
+expect "backup.meta records where the base's WAL starts" \
+    grep -Eq '^wal_start_segment=[0-9A-F]{24}$' "$VOLSNAP_RUNTIME_DIR/backup.meta"
+hook postgresql archive-settings
+expect "archive-settings exits 0" rc_is 0
+expect "archive-settings prints archive_mode" out_has '^archive_mode=off$'
+expect "archive-settings prints archive_timeout with its unit" out_has '^archive_timeout=0s$'
+expect "archive-settings prints archive_command and wal_level" \
+    sh -c "grep -q '^archive_command=' '$WORK/hook.out' && grep -q '^wal_level=replica$' '$WORK/hook.out'"
 sql "DELETE FROM r WHERE k = 2; UPDATE r SET v = 'changed' WHERE k = 1; INSERT INTO r VALUES (4, 'four')"
 HOOK_RC=0
 timeout 300 "$HOOKS/postgresql" restore <"$WORK/backup.tar" >"$WORK/hook.out" 2>"$WORK/hook.err" || HOOK_RC=$?

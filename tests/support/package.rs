@@ -19,6 +19,7 @@ pub const FILES: &[&str] = &[
     "/usr/lib/volsnap/fsfreeze-hook",
     "/usr/lib/systemd/system/volsnap.service",
     "/usr/lib/systemd/system/volsnap.timer",
+    "/usr/lib/systemd/system/volsnap-archive.service",
     "/usr/share/volsnap/qemu-ga/fsfreeze-hook.d-volsnap",
     "/usr/share/volsnap/qemu-ga/qemu-guest-agent.service.d-volsnap.conf",
     "/usr/share/volsnap/cloud-init.yaml",
@@ -43,6 +44,7 @@ pub fn mode_of(file: &str) -> u32 {
 /// The man pages every package ships (`make gen`).
 pub const MAN: &[&str] = &[
     "/usr/share/man/man1/volsnap.1.gz",
+    "/usr/share/man/man1/volsnap-archive.1.gz",
     "/usr/share/man/man1/volsnap-backup.1.gz",
     "/usr/share/man/man1/volsnap-check.1.gz",
     "/usr/share/man/man1/volsnap-hook.1.gz",
@@ -51,6 +53,7 @@ pub const MAN: &[&str] = &[
     "/usr/share/man/man1/volsnap-restore.1.gz",
     "/usr/share/man/man1/volsnap-thaw.1.gz",
     "/usr/share/man/man1/volsnap-verify.1.gz",
+    "/usr/share/man/man1/volsnap-wal.1.gz",
 ];
 
 pub fn repo(path: &str) -> PathBuf {
