@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Seconds of 0001-01-01T00:00:00Z and of 9999-12-31T23:59:59Z: four-digit
 /// years, as in object names and RFC 3339.
@@ -43,12 +43,16 @@ impl Timestamp {
     };
 
     pub fn now() -> Timestamp {
-        match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Timestamp::from_system(SystemTime::now())
+    }
+
+    /// A clock before 1970 is still an instant, never a panic.
+    fn from_system(t: SystemTime) -> Timestamp {
+        match t.duration_since(UNIX_EPOCH) {
             Ok(d) => Timestamp {
                 second: d.as_secs() as i64,
                 nanosecond: d.subsec_nanos(),
             },
-            // A clock before 1970: still an instant, never a panic.
             Err(e) => {
                 let d = e.duration();
                 let (second, nanosecond) = match d.subsec_nanos() {
@@ -58,6 +62,20 @@ impl Timestamp {
                 Timestamp { second, nanosecond }
             }
         }
+    }
+
+    /// `self` moved forward by `d`; `None` past the year 9999.
+    pub fn checked_add(self, d: Duration) -> Option<Timestamp> {
+        let nanos = u64::from(self.nanosecond) + u64::from(d.subsec_nanos());
+        let second = self
+            .second
+            .checked_add(i64::try_from(d.as_secs()).ok()?)?
+            .checked_add((nanos / 1_000_000_000) as i64)?;
+        let t = Timestamp::from_second(second).ok()?;
+        Some(Timestamp {
+            nanosecond: (nanos % 1_000_000_000) as u32,
+            ..t
+        })
     }
 
     pub fn from_second(second: i64) -> Result<Timestamp, TimeError> {
@@ -173,6 +191,17 @@ impl Timestamp {
             s / 60 % 60,
             s % 60
         )
+    }
+}
+
+/// A file's modification time, say; years 1 to 9999 only.
+impl TryFrom<SystemTime> for Timestamp {
+    type Error = TimeError;
+
+    fn try_from(t: SystemTime) -> Result<Timestamp, TimeError> {
+        let t = Timestamp::from_system(t);
+        Timestamp::from_second(t.second)?;
+        Ok(t)
     }
 }
 
@@ -471,5 +500,16 @@ mod tests {
         assert_eq!(b.seconds_since(a), -0.5);
         assert_eq!(a.rfc3339(3), "2026-11-25T22:46:21.250Z");
         assert!((Timestamp::now().as_second() - 1_700_000_000) > 0);
+        let c = b.checked_add(Duration::from_millis(1_500)).unwrap();
+        assert_eq!(c.to_string(), "2026-11-25T22:46:22.25Z");
+        let end = Timestamp::from_second(MAX_SECOND).unwrap();
+        assert_eq!(end.checked_add(Duration::from_secs(1)), None);
+        let at = UNIX_EPOCH + Duration::from_millis(1_764_800_000_250);
+        assert_eq!(
+            Timestamp::try_from(at).unwrap().as_millisecond(),
+            1_764_800_000_250
+        );
+        let before = UNIX_EPOCH - Duration::from_millis(1);
+        assert_eq!(Timestamp::try_from(before).unwrap().as_millisecond(), -1);
     }
 }

@@ -26,7 +26,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
-use jiff::{SignedDuration, Timestamp};
+use std::time::Duration;
+
+use crate::time::Timestamp;
 use serde::Serialize;
 
 use super::store::Store;
@@ -37,7 +39,7 @@ use crate::stream::{self, Progress};
 
 /// A segment written this long after TIME surely holds TIME's records
 /// (file times come from a clock that may lag the commit's by a tick).
-const MARGIN: SignedDuration = SignedDuration::from_secs(1);
+const MARGIN: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -181,11 +183,11 @@ pub fn run(
         let meta = swift_agent::read_meta(&swift, container, &listed.name)?;
         let finished = name
             .created
-            .checked_add(SignedDuration::try_from(meta.duration).unwrap_or_default())
+            .checked_add(meta.duration)
             .unwrap_or(name.created)
             // The name holds whole seconds; the run may have started up to
             // one second later.
-            .checked_add(SignedDuration::from_secs(1))
+            .checked_add(Duration::from_secs(1))
             .unwrap_or(name.created);
         oldest = Some((listed.name.clone(), finished));
         if finished <= until {
@@ -452,7 +454,8 @@ fn write_recovery(
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
     }
-    let target = until.strftime("%Y-%m-%d %H:%M:%S%.6f+00").to_string();
+    // PostgreSQL's own form: `2026-12-03 18:00:00.250000+00`.
+    let target = until.rfc3339(6).replacen('T', " ", 1).replace('Z', "+00");
     text += &format!(
         "# volsnap restore --until {until} from {base}: recovery to that time, then promotion.\n\
          # These may go once the server has promoted (the .volsnap-wal directory too).\n\

@@ -4,8 +4,8 @@
 
 use std::time::SystemTime;
 
+use crate::time::Timestamp;
 use anyhow::{anyhow, Context, Result};
-use jiff::Timestamp;
 
 use crate::config::Settings;
 use crate::openstack::swift::{ObjectEntry, Swift};

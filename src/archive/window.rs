@@ -6,7 +6,9 @@
 use std::collections::BTreeSet;
 
 use anyhow::{anyhow, Result};
-use jiff::{SignedDuration, Timestamp};
+use std::time::Duration;
+
+use crate::time::Timestamp;
 use serde::Serialize;
 
 use super::retention::WAL_START;
@@ -53,8 +55,8 @@ pub fn window(
     };
     let meta = crate::agent::swift::read_meta(swift, &settings.swift.container, base)?;
     let finished = created
-        .checked_add(SignedDuration::try_from(meta.duration).unwrap_or_default())
-        .and_then(|t| t.checked_add(SignedDuration::from_secs(1)))
+        .checked_add(meta.duration)
+        .and_then(|t| t.checked_add(Duration::from_secs(1)))
         .unwrap_or(created);
     w.from = Some(finished.to_string());
     let Some(start) = meta.hook.get(WAL_START).filter(|s| !s.is_empty()) else {

@@ -48,7 +48,7 @@ pub struct Args {
     /// before it and the archived WAL, into --datadir
     #[arg(long, value_name = "TIME", value_parser = parse_time, requires = "datadir",
           conflicts_with_all = ["snapshot", "backup", "latest"])]
-    pub until: Option<jiff::Timestamp>,
+    pub until: Option<crate::time::Timestamp>,
 
     /// With --until: the new data directory (absent or empty); the WAL goes
     /// beside it into DIR.volsnap-wal. Start PostgreSQL on it to replay and promote
@@ -72,7 +72,7 @@ struct Restored {
     status: String,
 }
 
-fn parse_time(text: &str) -> Result<jiff::Timestamp, String> {
+fn parse_time(text: &str) -> Result<crate::time::Timestamp, String> {
     text.parse()
         .map_err(|e| format!("not an RFC 3339 time with an offset (2026-12-03T17:04:05Z): {e}"))
 }
