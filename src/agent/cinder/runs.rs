@@ -107,10 +107,7 @@ pub fn leftovers<'a>(snaps: &'a [Snapshot], lock: &Path) -> Vec<&'a Snapshot> {
             matches!(
                 s.metadata.get("consistency").map(String::as_str),
                 Some(PENDING | FAILED_RUN)
-            ) && s
-                .metadata
-                .get("volsnap_lock")
-                .map_or(true, |l| Path::new(l) == lock)
+            ) && same_runtime_dir(&s.metadata, lock)
                 && state(s) == State::Incomplete
         })
         .collect()
@@ -153,9 +150,20 @@ pub fn clean(cinder: &Cinder, runtime_dir: &Path, wait: Duration) -> Result<Clea
     Ok(cleanup)
 }
 
-/// Applies `[retention]` to this host's good runs (the snapshots and
+/// Whether a snapshot's or backup's labels say it was made with the run lock
+/// `lock`, i.e. by a config with this runtime dir. What an older volsnap
+/// made carries no lock label and counts for every config of the host.
+fn same_runtime_dir(labels: &BTreeMap<String, String>, lock: &Path) -> bool {
+    labels
+        .get("volsnap_lock")
+        .map_or(true, |l| Path::new(l) == lock)
+}
+
+/// Applies `[retention]` to the good runs of this host that used this
+/// runtime dir: a second config on the host (its own runtime dir, as its
+/// own lock needs) keeps its own count, as for leftovers. The snapshots and
 /// backups of one run stand or fall together; runs that are not good are
-/// not counted, so they never push a good run out). A backup another kept
+/// not counted, so they never push a good run out. A backup another kept
 /// backup depends on stays (see [`backups::prune`]). Returns the deleted
 /// snapshot and backup ids.
 pub fn prune(settings: &Settings, cinder: &Cinder, dry_run: bool) -> Result<Pruned> {
@@ -184,9 +192,14 @@ pub fn prune(settings: &Settings, cinder: &Cinder, dry_run: bool) -> Result<Prun
             .backups
             .push(b);
     }
+    let lock = runtime::lock_path(&settings.runtime_dir);
     runs.retain(|_, r| {
-        r.snaps.iter().all(|s| state(s) == State::Good)
-            && r.backups.iter().all(|b| backups::state(b) == State::Good)
+        r.snaps
+            .iter()
+            .all(|s| state(s) == State::Good && same_runtime_dir(&s.metadata, &lock))
+            && r.backups.iter().all(|b| {
+                backups::state(b) == State::Good && same_runtime_dir(&backups::tags(b), &lock)
+            })
     });
     let keys: Vec<&str> = runs.keys().copied().collect();
     let times: Vec<crate::time::Timestamp> = keys
@@ -296,6 +309,16 @@ mod tests {
             ("volsnap_lock", "/run/volsnap/lock"),
         ];
         assert_eq!(leftovers(&[snap(&ours, "available")], lock).len(), 1);
+        // Retention counts the same runs: this runtime dir's, and those of
+        // a volsnap too old to label them.
+        let labels = |l: &[(&str, &str)]| -> BTreeMap<String, String> {
+            l.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(same_runtime_dir(&labels(&ours), lock));
+        assert!(!same_runtime_dir(&labels(&theirs), lock));
+        assert!(same_runtime_dir(&labels(&good), lock));
     }
 
     #[test]
