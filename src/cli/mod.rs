@@ -87,6 +87,9 @@ pub enum Command {
     /// Ship the WAL that PostgreSQL's archive_command left in the spool to Swift ([archive])
     Archive(archive::Args),
     /// PostgreSQL's archive_command and restore_command (run as the database's OS user)
+    // No `volsnap wal help SUB`: `--help` is there, and the man pages
+    // (packaging/gen) show one help per command.
+    #[command(disable_help_subcommand = true)]
     Wal(wal::Args),
     /// The watchdog process a backup starts (internal)
     #[command(name = "__watchdog", hide = true)]

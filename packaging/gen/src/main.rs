@@ -140,6 +140,7 @@ mod tests {
     /// The subcommands a user runs: one page each.
     const PAGES: &[&str] = &[
         "volsnap", "backup", "list", "restore", "prune", "verify", "check", "hook", "thaw",
+        "archive", "wal",
     ];
 
     struct TempDir(PathBuf);
