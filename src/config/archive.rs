@@ -62,22 +62,8 @@ pub(super) fn validate(
         ));
     }
     let compression = file.compression.unwrap_or_default();
-    let (range, default_level) = match compression {
-        Compression::Zstd => (1..=19, 3),
-        Compression::Gzip => (1..=9, 6),
-        Compression::None => (0..=0, 0),
-    };
-    let compression_level = file.compression_level.unwrap_or(default_level);
-    if !range.contains(&compression_level) {
-        return Err(err(
-            "archive.compression_level",
-            format!(
-                "{compression_level} is outside {}..{} for {compression:?}",
-                range.start(),
-                range.end()
-            ),
-        ));
-    }
+    let compression_level = super::compression_level(compression, file.compression_level)
+        .map_err(|why| err("archive.compression_level", why))?;
     let max_lag = match file.max_lag {
         None => DEFAULT_MAX_LAG,
         Some(ConfigDuration(d)) if d < Duration::from_secs(1) => {

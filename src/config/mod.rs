@@ -360,6 +360,28 @@ pub const DEFAULT_BACKUP_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 pub const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
 pub const DEFAULT_CONCURRENCY: u32 = 2;
 
+/// The level for `compression` (its default when unset), or why `level` is
+/// not one: shared by `[swift]` and `[archive]`.
+fn compression_level(compression: Compression, level: Option<i32>) -> Result<i32, String> {
+    let (range, default_level) = match compression {
+        Compression::Zstd => (1..=19, 3),
+        Compression::Gzip => (1..=9, 6),
+        Compression::None => (0..=0, 0),
+    };
+    let level = level.unwrap_or(default_level);
+    if range.contains(&level) {
+        return Ok(level);
+    }
+    Err(match compression {
+        Compression::None => "has no meaning with compression = \"none\"".into(),
+        _ => format!(
+            "{level} is outside {}..{} for {compression:?}",
+            range.start(),
+            range.end()
+        ),
+    })
+}
+
 /// Reads, parses and validates a config file: a regular file that only
 /// root (or the user volsnap runs as) can change, in directories the same.
 pub fn load(path: &Path) -> Result<Settings, ConfigError> {
@@ -730,25 +752,8 @@ fn validate_swift(err: &ErrAt, file: SwiftFile) -> Result<SwiftSettings, ConfigE
         }
     }
     let compression = file.compression.unwrap_or_default();
-    let (range, default_level) = match compression {
-        Compression::Zstd => (1..=19, 3),
-        Compression::Gzip => (1..=9, 6),
-        Compression::None => (0..=0, 0),
-    };
-    let compression_level = file.compression_level.unwrap_or(default_level);
-    if !range.contains(&compression_level) {
-        return Err(err(
-            "swift.compression_level",
-            match compression {
-                Compression::None => "has no meaning with compression = \"none\"".into(),
-                _ => format!(
-                    "{compression_level} is outside {}..{} for {compression:?}",
-                    range.start(),
-                    range.end()
-                ),
-            },
-        ));
-    }
+    let compression_level = compression_level(compression, file.compression_level)
+        .map_err(|why| err("swift.compression_level", why))?;
     // Parsed as the backup will parse them, so that a typo is a 78 here
     // rather than a failed backup tonight.
     for (i, recipient) in file.age_recipients.iter().enumerate() {
