@@ -83,6 +83,9 @@ pub fn run(
     bodies: Vec<NewSnapshot>,
     stop: &'static AtomicBool,
 ) -> Result<Window> {
+    // Made before the freeze, like the bodies: nothing inside the window
+    // that could run outside it.
+    let run_filter = run_filter(&bodies);
     let frozen = match dog.freezing().and_then(|()| Frozen::freeze(opened)) {
         Ok(frozen) => frozen,
         Err(e) => {
@@ -94,7 +97,6 @@ pub fn run(
     let froze_in = since.elapsed();
     let deadline = since + plan.max_freeze;
     let cinder = cinder.until(deadline);
-    let run_filter = run_filter(&bodies);
     let snapshots = Snapshots::start(&cinder, plan, bodies, since);
     let mut shots = snapshots.collect_until(deadline, stop);
     if shots.len() == plan.volumes.len() && shots.iter().all(|s| s.error.is_none()) {
