@@ -9,10 +9,10 @@ mod support;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cloud::{cinder_config, is_good, Cloud, DataVolume};
+use cloud::{cinder_config, is_good, output, volsnap, Cloud, DataVolume};
 use support::{hooks_dir, run, wait_until};
 use volsnap::freeze;
 use volsnap::openstack::cinder::{NewSnapshot, Target};
@@ -30,25 +30,6 @@ fn marking_hook(dir: &Path, freeze_exit: i32) -> (PathBuf, PathBuf) {
 
 fn marks(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
-}
-
-fn volsnap(cloud: &Cloud, config: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_volsnap"));
-    cmd.arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("VOLSNAP_CONFIG")
-        .envs(cloud.os_vars());
-    cmd
-}
-
-fn output(cmd: &mut Command) -> (Option<i32>, String, String) {
-    let out: Output = cmd.output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// Writes a file and does not sync it: only a freeze puts it on the disk

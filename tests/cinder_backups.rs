@@ -15,11 +15,11 @@ mod support;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use cloud::{cinder_config, Cloud, DataVolume};
+use cloud::{cinder_config, output, volsnap, Cloud, DataVolume};
 use serde_json::Value;
 use support::{hooks_dir, run};
 use volsnap::openstack::cinder::{Schedule, Target, Until};
@@ -36,25 +36,6 @@ fn backup_cloud() -> Option<Cloud> {
         eprintln!("skipped: this test cloud runs no cinder-backup (tests/cloud/up.sh --restart)");
         None
     }
-}
-
-fn volsnap(cloud: &Cloud, config: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_volsnap"));
-    cmd.arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("VOLSNAP_CONFIG")
-        .envs(cloud.os_vars());
-    cmd
-}
-
-fn output(cmd: &mut Command) -> (Option<i32>, String, String) {
-    let out: Output = cmd.output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn backup_json(cloud: &Cloud, config: &Path, want: i32) -> Value {

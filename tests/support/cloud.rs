@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use volsnap::config::OpenStack;
@@ -355,4 +355,25 @@ pub fn cinder_config(
     .unwrap();
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
     config
+}
+
+/// `volsnap --config CONFIG ARGS…` (this build) against the cloud.
+pub fn volsnap(cloud: &Cloud, config: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_volsnap"));
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("VOLSNAP_CONFIG")
+        .envs(cloud.os_vars());
+    cmd
+}
+
+/// Exit code, stdout and stderr.
+pub fn output(cmd: &mut Command) -> (Option<i32>, String, String) {
+    let out: Output = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
