@@ -17,6 +17,7 @@ pub mod pg_check;
 pub mod pitr;
 pub mod retention;
 pub mod ship;
+pub mod snapshot_base;
 pub mod spool;
 pub mod store;
 pub mod wal;
