@@ -350,6 +350,7 @@ fn from_snapshot(
         )
     })?;
     check_own_files(datadir)?;
+    check_not_running(datadir)?;
     let control = controldata(settings, datadir)?;
     if !LIVE_STATES.contains(&control.state.as_str()) {
         bail!(
@@ -389,7 +390,6 @@ fn from_snapshot(
     let wal_dir = wal_dir_for(datadir);
     let created_wal = fresh_dir(&wal_dir)?;
     let result = (|| -> Result<Report> {
-        remove_stale_pid(datadir)?;
         let recovery = set_up_recovery(
             &archive,
             &Recovery {
@@ -525,31 +525,36 @@ fn check_own_files(datadir: &Path) -> Result<()> {
 }
 
 /// The snapshot carries its server's `postmaster.pid`, whose pid may well
-/// be alive (the source server, on this host): PostgreSQL would refuse to
-/// start. Removed, unless that process runs on this very directory.
-fn remove_stale_pid(datadir: &Path) -> Result<()> {
+/// be alive (the source server, on this host); that is fine unless the
+/// process runs on this very directory: then it is a live server's.
+fn check_not_running(datadir: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let pid_file = datadir.join("postmaster.pid");
-    let Ok(text) = fs::read_to_string(&pid_file) else {
+    let Ok(text) = fs::read_to_string(datadir.join("postmaster.pid")) else {
         return Ok(());
     };
-    if let Some(pid) = text
+    let Some(pid) = text
         .lines()
         .next()
         .and_then(|l| l.trim().parse::<u32>().ok())
-    {
-        let cwd = fs::metadata(format!("/proc/{pid}/cwd"));
-        let here = fs::metadata(datadir)?;
-        if let Ok(cwd) = cwd {
-            if (cwd.dev(), cwd.ino()) == (here.dev(), here.ino()) {
-                bail!(
-                    "PostgreSQL (pid {pid}) is running on {}: a restore needs the data of a \
-                     snapshot, not a live server's",
-                    datadir.display()
-                );
-            }
+    else {
+        return Ok(());
+    };
+    let here = fs::metadata(datadir)?;
+    if let Ok(cwd) = fs::metadata(format!("/proc/{pid}/cwd")) {
+        if (cwd.dev(), cwd.ino()) == (here.dev(), here.ino()) {
+            bail!(
+                "PostgreSQL (pid {pid}) is running on {}: a restore needs the data of a \
+                 snapshot, not a live server's",
+                datadir.display()
+            );
         }
     }
+    Ok(())
+}
+
+/// A base's pid files are stale (the snapshot's names the source server's
+/// pid, maybe alive on this host): PostgreSQL would refuse to start.
+fn remove_stale_pid(datadir: &Path) -> Result<()> {
     for leftover in ["postmaster.pid", "postmaster.opts"] {
         match fs::remove_file(datadir.join(leftover)) {
             Ok(()) => {}
@@ -604,6 +609,7 @@ fn set_up_recovery(archive: &Archive, r: &Recovery) -> Result<Fetched> {
     let (fetched, last) = fetch_chain(archive, r)?;
     let restore_command = restore_command(r.wal_dir)?;
     chown_tree(r.wal_dir, r.owner)?;
+    remove_stale_pid(r.datadir)?;
     write_recovery(r.datadir, &restore_command, r.until, r.base)?;
     chown_tree(r.datadir, r.owner)?;
     Ok(Fetched {
@@ -656,9 +662,6 @@ fn extract(
             let _ = tar.wait();
             return Err(e.context(format!("restore of {container}/{name} failed")));
         }
-    }
-    for leftover in ["postmaster.pid", "postmaster.opts"] {
-        let _ = fs::remove_file(datadir.join(leftover));
     }
     if !datadir.join("PG_VERSION").is_file() || !datadir.join("backup_label").is_file() {
         bail!("{name} is not a pg_basebackup tar (no PG_VERSION or backup_label)");
