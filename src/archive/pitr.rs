@@ -1,7 +1,10 @@
-//! `volsnap restore --until TIME --datadir DIR` for PostgreSQL: the newest
-//! Swift base backup that finished before TIME, extracted into DIR, and the
-//! archived WAL from the base's start to past TIME fetched beside it, so
-//! that PostgreSQL started on DIR replays to TIME and promotes.
+//! `volsnap restore --until TIME --datadir DIR` for PostgreSQL: a base in
+//! DIR — the newest Swift base backup that finished before TIME, extracted
+//! there (`from_swift`), or with `--snapshot ID` the data directory
+//! already there on a volume made of that Cinder snapshot
+//! (`from_snapshot`) — and the archived WAL from the base's start to past
+//! TIME fetched beside it (`set_up_recovery`, one path for both bases),
+//! so that PostgreSQL started on DIR replays to TIME and promotes.
 //!
 //! Why fetch beforehand: `restore_command` runs as the database's OS user,
 //! which must not hold Swift credentials (they are in root's 0600 config).

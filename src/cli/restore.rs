@@ -19,7 +19,7 @@ const VOLUME_WAIT: Duration = Duration::from_secs(1800);
 #[command(group = clap::ArgGroup::new("cinder").args(["snapshot", "cinder_backup"]).multiple(false))]
 pub struct Args {
     /// Cinder: the snapshot to turn into a new volume. With --until: the
-    /// good snapshot the volume mounted holding --datadir was made from
+    /// snapshot the mounted volume holding --datadir was made from
     #[arg(long, value_name = "ID")]
     pub snapshot: Option<String>,
 
@@ -66,8 +66,9 @@ pub struct Args {
     #[arg(long, value_name = "DIR", requires = "until")]
     pub datadir: Option<std::path::PathBuf>,
 
-    /// Swift: the age identity file to decrypt with (default: swift.age_identity_file)
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["snapshot", "cinder_backup"])]
+    /// Swift: the age identity file to decrypt with, the archived WAL's too
+    /// (default: swift.age_identity_file)
+    #[arg(long, value_name = "FILE", conflicts_with = "cinder_backup")]
     pub identity: Option<std::path::PathBuf>,
 }
 
@@ -117,6 +118,13 @@ impl Args {
         }
         match settings.strategy {
             Strategy::Cinder => {
+                if self.identity.is_some() && self.snapshot.is_some() {
+                    return Err(Exit::new(
+                        exit::USAGE,
+                        "--identity decrypts Swift backups and archived WAL: it goes with --backup, --latest or --until, not with --snapshot alone",
+                    )
+                    .into());
+                }
                 if let Some(id) = self.cinder_backup {
                     return from_backup(ctx, &settings, &id, self.name, self.force);
                 }
