@@ -367,7 +367,9 @@ fn from_snapshot(
     // one), recorded before the freeze: a later one means this data is
     // newer than snapshot `id` (another snapshot's, or a server ran on
     // it), and recovery could stop before its own state. An older
-    // snapshot's data is safe: replay starts at its own checkpoint.
+    // snapshot's data is safe: replay starts at its own checkpoint. (A
+    // checkpoint PostgreSQL itself completed between the hook's and the
+    // freeze is refused too: rare, and on the safe side.)
     if control.checkpoint > recorded {
         bail!(
             "{}: its latest checkpoint {} is after snapshot {id}'s wal_lsn {}: it is not that \
@@ -502,15 +504,15 @@ fn controldata(settings: &Settings, datadir: &Path) -> Result<Control> {
     parse_controldata(&String::from_utf8_lossy(&out.stdout))
 }
 
-/// Parts of a data directory that a snapshot's volume does not hold:
-/// pg_wal or tablespaces elsewhere point at the source server's files,
-/// which recovery would read and write.
+/// Parts of a data directory a snapshot's volume may not hold: pg_wal or
+/// tablespaces elsewhere may be the source server's files, which recovery
+/// would read and write.
 fn check_own_files(datadir: &Path) -> Result<()> {
     let pg_wal = datadir.join("pg_wal");
     if let Ok(target) = fs::read_link(&pg_wal) {
         bail!(
-            "{}: pg_wal is a link to {}, which is not on the snapshot's volume; \
-             a snapshot base needs pg_wal inside the data directory",
+            "{}: pg_wal is a link to {}: volsnap cannot tell that it holds this snapshot's \
+             WAL and not the source server's; a snapshot base needs pg_wal inside the data directory",
             datadir.display(),
             target.display()
         );
@@ -518,7 +520,7 @@ fn check_own_files(datadir: &Path) -> Result<()> {
     let tblspc = datadir.join("pg_tblspc");
     if let Some(entry) = fs::read_dir(&tblspc).ok().and_then(|mut d| d.next()) {
         bail!(
-            "{}: tablespace {} lives outside the data directory, not on the snapshot's volume; \
+            "{}: tablespace {} lives outside the data directory (perhaps the source server's); \
              a snapshot base needs a cluster without tablespaces",
             datadir.display(),
             entry?.file_name().to_string_lossy()
