@@ -827,10 +827,11 @@ fn commit_times(pg: &Pg) -> Vec<(i32, i64)> {
 /// --datadir` on it for a T between two commits after the snapshot, and
 /// PostgreSQL started on it (crash recovery of the frozen image, then
 /// archive recovery) holds exactly the rows committed at or before T.
-/// Refused first, each leaving the data directory as it was: no --snapshot;
-/// a T before the snapshot; a snapshot that is not good; a T the archive
-/// does not reach. And after the recovery: the same data directory again,
-/// now newer than the snapshot.
+/// Refused first, each leaving the data directory as it was: no
+/// --snapshot; a T before the snapshot; a snapshot that is not good; a T
+/// the archive does not reach; an older snapshot's id; a gap in the
+/// archive. And after the recovery: a server running on the directory,
+/// then the directory shut down, no longer the snapshot's.
 #[test]
 fn postgresql_recovers_a_cinder_snapshot_to_a_time_between_two_later_commits() {
     let started = Instant::now();
@@ -1018,6 +1019,23 @@ fn postgresql_recovers_a_cinder_snapshot_to_a_time_between_two_later_commits() {
         &format!("is after snapshot {older_id}'s wal_lsn"),
     );
     untouched("another snapshot's id");
+    // A gap: the segment the snapshot's wal_lsn is in (replay needs it)
+    // gone from Swift for a while.
+    let object = rig.object_name(&redo_bound);
+    let mut stored = rig.swift.get_object(&rig.archive, &object).unwrap();
+    let metadata = stored.info.metadata.clone();
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut stored, &mut body).unwrap();
+    rig.swift.delete_object(&rig.archive, &object).unwrap();
+    let err = refused(
+        restore(&until_arg, Some(&snapshot_id)),
+        "gap in the archived WAL",
+    );
+    assert!(err.contains(&redo_bound), "the gap is named: {err}");
+    untouched("a gap");
+    rig.swift
+        .put_object(&rig.archive, &object, body.into(), &metadata)
+        .unwrap();
 
     let t0 = Instant::now();
     let (code, stdout, stderr) = rig.run(
