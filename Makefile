@@ -21,8 +21,8 @@ all: build
 build:
 	$(CARGO) build --release
 
-# A static-pie binary (glibc crt-static); unwinding stays on so a thaw
-# guard's Drop runs on a panic.
+# A static-pie binary (glibc crt-static). Built with panic = "abort" (the
+# release profile): on a panic the watchdog process thaws, not a Drop.
 static:
 	RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --release --target $(TARGET)
 	@file $(STATIC) | grep -q 'static-pie linked' || { echo "not static: $$(file $(STATIC))"; exit 1; }
