@@ -2,8 +2,9 @@
 //!
 //! Kept small on purpose: `syncfs` first so the freeze has little to flush,
 //! the ioctls with their errors made plain, and an RAII guard that thaws in
-//! reverse order whatever happens (an early return, an error, a panic). The
-//! watchdog process (`watchdog`) covers what a guard cannot: SIGKILL.
+//! reverse order on an early return or an error. The watchdog process
+//! (`watchdog`) covers what a guard cannot: SIGKILL, and a panic (the release
+//! binary does not unwind, and `main` ends the process on any panic).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;

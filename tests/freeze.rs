@@ -120,6 +120,10 @@ fn thaw_of_an_unfrozen_filesystem_is_reported() {
     );
 }
 
+/// In a build that unwinds (the tests, the library used elsewhere). The
+/// release binary has `panic = "abort"` and ends on any panic (main.rs's
+/// `end_on_panic`): there the watchdog thaws, as after a SIGKILL
+/// (`the_watchdog_thaws_when_its_agent_goes_away`).
 #[test]
 fn the_guard_thaws_on_panic() {
     let fs = LoopFs::new("ext4", 64);
