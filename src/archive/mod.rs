@@ -12,6 +12,8 @@
 //!   reads as the database's OS user, again without a credential;
 //! - `volsnap check` ([`pg_check`]): the server's archiving settings.
 
+pub mod binlog;
+pub mod binlog_ship;
 pub mod metrics;
 pub mod pg_check;
 pub mod pitr;
