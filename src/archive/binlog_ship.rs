@@ -114,7 +114,7 @@ impl Binlogs {
     pub fn look(&mut self, settings: &Settings) -> Result<()> {
         let archive = settings.archive.as_ref().expect("checked");
         let flush_after = archive.max_lag * FLUSH_AT.0 / FLUSH_AT.1;
-        let mut server = ask(settings)?;
+        let server = ask(settings)?;
         let active = server.dir.join(server.current.to_string());
         let size = fs::metadata(&active)
             .with_context(|| format!("{}", active.display()))?
@@ -127,25 +127,30 @@ impl Binlogs {
                 "archive: closed {} (opened {age:.0}s ago) with FLUSH BINARY LOGS",
                 server.current
             );
-            server = ask(settings)?;
+            return self.look_only(settings);
         }
-        let mut closed = Vec::new();
-        for name in server.files {
-            if name.number >= server.current.number {
-                continue;
-            }
-            let path = server.dir.join(name.to_string());
-            let written = fs::symlink_metadata(&path)
-                .and_then(|m| m.modified())
-                .with_context(|| format!("{}", path.display()))?;
-            closed.push(Closed {
-                name,
-                path,
-                written,
-            });
-        }
-        closed.sort_by(|a, b| a.name.cmp(&b.name));
-        self.closed = closed;
+        self.closed = closed(server)?;
+        Ok(())
+    }
+
+    /// Asks the server which files are closed, changing nothing.
+    pub fn look_only(&mut self, settings: &Settings) -> Result<()> {
+        self.closed = closed(ask(settings)?)?;
+        Ok(())
+    }
+
+    /// Learns which files Swift holds (of the base the server writes).
+    pub fn list(&mut self, store: &Store) -> Result<()> {
+        let base = self.closed.first().map(|c| c.name.base.clone());
+        let numbers = store
+            .list()?
+            .iter()
+            .filter_map(|e| e.name.strip_prefix(&store.prefix))
+            .filter_map(Name::parse)
+            .filter(|n| Some(&n.base) == base.as_ref())
+            .map(|n| n.number)
+            .collect();
+        self.archived = Some(numbers);
         Ok(())
     }
 
@@ -185,16 +190,7 @@ impl Binlogs {
         stop: &AtomicBool,
     ) -> Result<()> {
         if self.archived.is_none() {
-            let base = self.closed.first().map(|c| c.name.base.clone());
-            let numbers = store
-                .list()?
-                .iter()
-                .filter_map(|e| e.name.strip_prefix(&store.prefix))
-                .filter_map(Name::parse)
-                .filter(|n| Some(&n.base) == base.as_ref())
-                .map(|n| n.number)
-                .collect();
-            self.archived = Some(numbers);
+            self.list(store)?;
         }
         let waiting: Vec<Closed> = self.waiting(settings).into_iter().cloned().collect();
         let mut conflicts = Vec::new();
@@ -249,6 +245,27 @@ impl Binlogs {
     pub fn forget_swift(&mut self) {
         self.archived = None;
     }
+}
+
+/// The files before the one being written, oldest first.
+fn closed(server: Server) -> Result<Vec<Closed>> {
+    let mut closed = Vec::new();
+    for name in server.files {
+        if name.number >= server.current.number {
+            continue;
+        }
+        let path = server.dir.join(name.to_string());
+        let written = fs::symlink_metadata(&path)
+            .and_then(|m| m.modified())
+            .with_context(|| format!("{}", path.display()))?;
+        closed.push(Closed {
+            name,
+            path,
+            written,
+        });
+    }
+    closed.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(closed)
 }
 
 fn note_shipped(settings: &Settings, name: &str) {

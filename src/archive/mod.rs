@@ -13,6 +13,7 @@
 //! - `volsnap check` ([`pg_check`]): the server's archiving settings.
 
 pub mod binlog;
+pub mod binlog_check;
 pub mod binlog_ship;
 pub mod metrics;
 pub mod pg_check;
