@@ -14,10 +14,12 @@
 
 pub mod binlog;
 pub mod binlog_check;
+pub mod binlog_replay;
 pub mod binlog_ship;
 pub mod metrics;
 pub mod pg_check;
 pub mod pitr;
+pub mod pitr_mariadb;
 pub mod retention;
 pub mod ship;
 pub mod spool;

@@ -43,15 +43,19 @@ pub struct Args {
     #[arg(long, requires = "cinder")]
     pub force: bool,
 
-    /// PostgreSQL with [archive]: restore to this time (RFC 3339, e.g.
+    /// With [archive]: restore to this time (RFC 3339, e.g.
     /// 2026-12-03T17:04:05Z) from the newest Swift base backup finished
-    /// before it and the archived WAL, into --datadir
+    /// before it and the archived WAL or binary logs, into --datadir.
+    /// MariaDB: the binary logs are replayed here, up to TIME's whole
+    /// second (their events carry whole seconds)
     #[arg(long, value_name = "TIME", value_parser = parse_time, requires = "datadir",
           conflicts_with_all = ["snapshot", "backup", "latest"])]
     pub until: Option<crate::time::Timestamp>,
 
-    /// With --until: the new data directory (absent or empty); the WAL goes
-    /// beside it into DIR.volsnap-wal. Start PostgreSQL on it to replay and promote
+    /// With --until: the new data directory (absent or empty). PostgreSQL:
+    /// the WAL goes beside it into DIR.volsnap-wal; start PostgreSQL on it
+    /// to replay and promote. MariaDB: replayed already (by a temporary
+    /// mariadbd); start MariaDB on it
     #[arg(long, value_name = "DIR", requires = "until")]
     pub datadir: Option<std::path::PathBuf>,
 
@@ -80,6 +84,30 @@ fn parse_time(text: &str) -> Result<crate::time::Timestamp, String> {
 impl Args {
     pub fn run(self, ctx: &Context) -> Result<u8> {
         let settings = ctx.load_settings()?;
+        if let (Some(until), Some(datadir), crate::config::Datastore::Mysql) =
+            (self.until, &self.datadir, settings.datastore)
+        {
+            let report = crate::archive::pitr_mariadb::run(
+                &settings,
+                until,
+                datadir,
+                self.identity.as_deref(),
+                ctx.quiet,
+            )?;
+            ctx.print(&report, || {
+                println!(
+                    "{}: base {} and {} binary logs from {} position {} replayed to {} (UTC); \
+                     start MariaDB on it",
+                    report.datadir,
+                    report.base,
+                    report.binlogs_fetched,
+                    report.start_file,
+                    report.start_position,
+                    report.stop_datetime
+                );
+            })?;
+            return Ok(exit::SUCCESS);
+        }
         if let (Some(until), Some(datadir)) = (self.until, &self.datadir) {
             let report = crate::archive::pitr::run(
                 &settings,
