@@ -16,6 +16,7 @@ pub mod binlog;
 pub mod binlog_check;
 pub mod binlog_replay;
 pub mod binlog_ship;
+pub mod binlog_window;
 pub mod metrics;
 pub mod pg_check;
 pub mod pitr;
