@@ -20,7 +20,7 @@
 //! then on none older than the oldest in Swift, so that what retention
 //! deleted there is not shipped again.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
@@ -32,7 +32,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use super::binlog::{self, Name};
 use super::ship::Report;
-use super::store::{Conflict, Shipped, Store};
+use super::store::{Conflict, Shipped, Store, WRITTEN_KEY};
 use crate::config::Settings;
 use crate::hooks::Hook;
 use crate::stream::Recipients;
@@ -64,8 +64,9 @@ pub struct Closed {
 pub struct Binlogs {
     /// The closed files the server holds, oldest first (from the last look).
     closed: Vec<Closed>,
-    /// The numbers of this base's files in Swift (`None` until listed).
-    archived: Option<BTreeSet<u64>>,
+    /// This base's files in Swift (`None` until listed): number → when
+    /// the file shipped as it was written (`None` until a HEAD said).
+    archived: Option<BTreeMap<u64, Option<SystemTime>>>,
 }
 
 /// The server's binary log as the hook's `archive-settings` reports it.
@@ -148,22 +149,31 @@ impl Binlogs {
             .filter_map(|e| e.name.strip_prefix(&store.prefix))
             .filter_map(Name::parse)
             .filter(|n| Some(&n.base) == base.as_ref())
-            .map(|n| n.number)
+            .map(|n| (n.number, None))
             .collect();
         self.archived = Some(numbers);
         Ok(())
     }
 
-    /// The closed files not known to be in Swift: every one newer than the
-    /// oldest there; before Swift could be listed, those after the last
-    /// one this host noted shipping.
+    /// The closed files not known to be in Swift: every one from the
+    /// oldest there on that Swift lacks, or holds as written at another
+    /// time (the server's numbers started over: RESET MASTER); before
+    /// Swift could be listed, those after the last one this host noted
+    /// shipping.
     pub fn waiting(&self, settings: &Settings) -> Vec<&Closed> {
         match &self.archived {
             Some(numbers) => {
-                let floor = numbers.first().copied().unwrap_or(0);
+                let floor = numbers.keys().next().copied().unwrap_or(0);
                 self.closed
                     .iter()
-                    .filter(|c| c.name.number >= floor && !numbers.contains(&c.name.number))
+                    .filter(|c| {
+                        c.name.number >= floor
+                            && match numbers.get(&c.name.number) {
+                                None => true,
+                                Some(None) => false,
+                                Some(Some(t)) => *t != c.written,
+                            }
+                    })
                     .collect()
             }
             None => {
@@ -192,6 +202,7 @@ impl Binlogs {
         if self.archived.is_none() {
             self.list(store)?;
         }
+        self.verify(store)?;
         let waiting: Vec<Closed> = self.waiting(settings).into_iter().cloned().collect();
         let mut conflicts = Vec::new();
         for file in &waiting {
@@ -215,7 +226,7 @@ impl Binlogs {
                     self.archived
                         .as_mut()
                         .expect("listed")
-                        .insert(file.name.number);
+                        .insert(file.name.number, Some(file.written));
                     note_shipped(settings, &name);
                     report.last_shipped = Some(name);
                 }
@@ -237,6 +248,36 @@ impl Binlogs {
                 conflicts.len(),
                 conflicts.join(", ")
             );
+        }
+        Ok(())
+    }
+
+    /// Learns, once per file, whether the closed files Swift lists are the
+    /// ones on the server: the time each was written is recorded with it.
+    fn verify(&mut self, store: &Store) -> Result<()> {
+        let numbers = self.archived.as_mut().expect("listed");
+        for c in &self.closed {
+            let Some(entry @ None) = numbers.get_mut(&c.name.number) else {
+                continue;
+            };
+            let object = store.object(&c.name.to_string());
+            let info = store
+                .swift
+                .head_object(&store.container, &object)
+                .map_err(|e| anyhow!(e))
+                .with_context(|| format!("HEAD {object}"))?;
+            let recorded = info
+                .metadata
+                .get(WRITTEN_KEY)
+                .and_then(|t| t.parse::<Timestamp>().ok());
+            let same = recorded.is_some() && recorded == Timestamp::try_from(c.written).ok();
+            // Another time: shipped again, where Store::ship compares the
+            // content and refuses to overwrite a different one.
+            *entry = Some(if same {
+                c.written
+            } else {
+                SystemTime::UNIX_EPOCH
+            });
         }
         Ok(())
     }
