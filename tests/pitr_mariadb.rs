@@ -439,15 +439,15 @@ fn mariadb_restores_to_a_time_between_two_commits() {
 
     // The archive reaches past T: the service closed the file within
     // max_lag and shipped it.
-    let mut list = Value::Null;
     let reached = Instant::now() + Duration::from_secs(30);
-    while {
-        list = rig.json(&config, &["list"]);
-        !list["archive"]["to"]
+    loop {
+        let list = rig.json(&config, &["list"]);
+        let to = list["archive"]["to"]
             .as_str()
-            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-            .is_some_and(|to| to.as_microsecond() > (t_s + 2) * 1_000_000)
-    } {
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+        if to.is_some_and(|to| to.as_microsecond() > (t_s + 2) * 1_000_000) {
+            break;
+        }
         assert!(
             Instant::now() < reached,
             "the archive past T: not within 30s: {list}"
