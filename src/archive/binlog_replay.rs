@@ -1,6 +1,7 @@
 //! Replaying archived binary logs into a restored MariaDB data directory,
 //! up to a time: a temporary `mariadbd` on the directory (no network, its
-//! own socket, no binary log of its own), `mariadb-binlog
+//! own socket, no binary log of its own, the InnoDB options the base
+//! needs), `mariadb-binlog
 //! --start-position=POS --stop-datetime=TIME FILES… | mariadb` into it,
 //! then the server stopped by its PID. Every wait is bounded. The base may
 //! be a prepared mariadb-backup (Swift) or a snapshot's copy of a data
@@ -87,13 +88,16 @@ pub fn files_from(dir: &Path, start: &Name) -> Result<Vec<Name>> {
 
 /// Replays the binary logs in `binlog_dir` from `start` up to `until` into
 /// `datadir`, with a temporary server run as `owner` (the database's OS
-/// user, who must own `datadir`).
+/// user, who must own `datadir`) reading only `defaults` (the InnoDB
+/// options the data needs: a mariadb-backup's `backup-my.cnf`), or no
+/// option file.
 pub fn replay(
     datadir: &Path,
     start: &Position,
     binlog_dir: &Path,
     until: Timestamp,
     owner: &str,
+    defaults: Option<&Path>,
 ) -> Result<Replayed> {
     let files = files_from(binlog_dir, &start.file)?;
     let stop = stop_datetime(until);
@@ -104,7 +108,7 @@ pub fn replay(
         );
     }
     let began = Instant::now();
-    let server = Server::start(datadir, owner)?;
+    let server = Server::start(datadir, owner, defaults)?;
     let paths: Vec<PathBuf> = files
         .iter()
         .map(|n| binlog_dir.join(n.to_string()))
@@ -151,7 +155,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(datadir: &Path, owner: &str) -> Result<Server> {
+    fn start(datadir: &Path, owner: &str, defaults: Option<&Path>) -> Result<Server> {
         let (uid, gid) = super::spool::local_user(owner)
             .ok_or_else(|| anyhow!("no OS user {owner:?} in /etc/passwd to run mariadbd as"))?;
         // Its own directory for socket, pid file and log, short enough for
@@ -180,8 +184,11 @@ impl Server {
             run: run.clone(),
         };
         let mut command = Command::new(program(&["mariadbd", "mysqld"])?);
+        match defaults {
+            Some(file) => command.arg(format!("--defaults-file={}", file.display())),
+            None => command.arg("--no-defaults"),
+        };
         command
-            .arg("--no-defaults")
             .arg(format!("--user={owner}"))
             .arg(format!("--datadir={}", datadir.display()))
             .arg(format!("--socket={}", socket.display()))

@@ -181,8 +181,16 @@ pub fn run(
             write_file(&binlog_dir, name, &plain)?;
         }
         chown_tree(datadir, &owner)?;
-        let replayed =
-            super::binlog_replay::replay(datadir, &position, &binlog_dir, until, &owner)?;
+        // The InnoDB options the base was taken with (page size, log size…).
+        let options = datadir.join("backup-my.cnf");
+        let replayed = super::binlog_replay::replay(
+            datadir,
+            &position,
+            &binlog_dir,
+            until,
+            &owner,
+            options.is_file().then_some(options.as_path()),
+        )?;
         Ok(Report {
             until: until.to_string(),
             base: base_name.clone(),
