@@ -143,7 +143,8 @@ impl Rig {
                 .filter_map(|e| {
                     assert!(e.name.contains("/binlog/"), "{}", e.name);
                     let name = e.name.rsplit('/').next()?.to_string();
-                    Some((name, e.last_modified.unwrap_or_default()))
+                    // The quiet server's mark, not a binary log.
+                    (name != "reached").then(|| (name, e.last_modified.unwrap_or_default()))
                 })
                 .collect(),
             Err(e) if e.is_not_found() => BTreeMap::new(),
@@ -492,6 +493,46 @@ fn mariadb_restores_to_a_time_between_two_commits() {
     let rows = restored.sql("SELECT GROUP_CONCAT(i ORDER BY i) FROM d.t");
     let want: Vec<String> = expected.iter().map(i32::to_string).collect();
     assert_eq!(rows, want.join(","), "rows committed at or before {until}");
+    drop(restored);
+
+    // The writer has stopped: the service closed and shipped its last
+    // file, and marks that the server writes nothing since, so the window
+    // reaches on, and a restore to a time after the last commit has all rows.
+    let last_commit = commits.last().unwrap().2;
+    let quiet_t = last_commit.div_euclid(1_000_000) + 3;
+    let reached = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = rig.json(&config, &["list"]);
+        let to = list["archive"]["to"]
+            .as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+        if to.is_some_and(|to| to.as_microsecond() > (quiet_t + 2) * 1_000_000) {
+            break;
+        }
+        assert!(
+            Instant::now() < reached,
+            "a quiet server's archive reaches on: not within 30s: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let quiet = rig.path().join("quiet");
+    std::fs::create_dir(&quiet).unwrap();
+    rig.json(
+        &config,
+        &[
+            "restore",
+            "--until",
+            &jiff::Timestamp::from_second(quiet_t).unwrap().to_string(),
+            "--datadir",
+            quiet.join("data").to_str().unwrap(),
+        ],
+    );
+    let restored = Db::start(&quiet);
+    let all: Vec<String> = commits.iter().map(|c| c.0.to_string()).collect();
+    assert_eq!(
+        restored.sql("SELECT GROUP_CONCAT(i ORDER BY i) FROM d.t"),
+        all.join(",")
+    );
     drop(restored);
 
     // No base finished before T.

@@ -67,7 +67,19 @@ pub struct Binlogs {
     /// This base's files in Swift (`None` until listed): number → when
     /// the file shipped as it was written (`None` until a HEAD said).
     archived: Option<BTreeMap<u64, Option<SystemTime>>>,
+    /// The file being written, when it held no transaction yet, and when
+    /// the server was asked.
+    idle: Option<(Name, Timestamp)>,
+    /// When the archive was last marked as reaching an idle time.
+    marked: Option<Timestamp>,
 }
+
+/// The object that says how far the archive reaches on a quiet server:
+/// `volsnap-reached-file`, the file being written, held no transaction at
+/// `volsnap-reached-at`, and every file before it was in Swift.
+pub const REACHED: &str = "reached";
+pub const REACHED_FILE: &str = "volsnap-reached-file";
+pub const REACHED_AT: &str = "volsnap-reached-at";
 
 /// The server's binary log as the hook's `archive-settings` reports it.
 struct Server {
@@ -128,8 +140,10 @@ impl Binlogs {
                 "archive: closed {} (opened {age:.0}s ago) with FLUSH BINARY LOGS",
                 server.current
             );
+            self.idle = None;
             return self.look_only(settings);
         }
+        self.idle = (!head.has_content).then(|| (server.current.clone(), Timestamp::now()));
         self.closed = closed(server)?;
         Ok(())
     }
@@ -241,6 +255,9 @@ impl Binlogs {
                 }
             }
         }
+        if conflicts.is_empty() && !stop.load(Ordering::SeqCst) {
+            self.mark_reached(settings, store)?;
+        }
         if !conflicts.is_empty() {
             bail!(
                 "{} binary log(s) conflict with other content in Swift under the same name \
@@ -279,6 +296,44 @@ impl Binlogs {
                 SystemTime::UNIX_EPOCH
             });
         }
+        Ok(())
+    }
+
+    /// On a quiet server (the file being written holds no transaction and
+    /// every one before it is shipped) the archive holds every commit up to
+    /// when the server was asked: noted in Swift, at most every quarter of
+    /// max_lag, so that a restore to a time since then is not refused.
+    fn mark_reached(&mut self, settings: &Settings, store: &Store) -> Result<()> {
+        let Some((current, at)) = &self.idle else {
+            return Ok(());
+        };
+        let every = settings.archive.as_ref().expect("checked").max_lag / 4;
+        if self
+            .marked
+            .is_some_and(|m| at.seconds_since(m) < every.as_secs_f64())
+        {
+            return Ok(());
+        }
+        if !self.waiting(settings).is_empty() {
+            return Ok(());
+        }
+        let metadata = [
+            (REACHED_FILE.to_string(), current.to_string()),
+            (REACHED_AT.to_string(), at.to_string()),
+        ]
+        .into_iter()
+        .collect();
+        store
+            .swift
+            .put_object(
+                &store.container,
+                &store.object(REACHED),
+                Vec::new().into(),
+                &metadata,
+            )
+            .map_err(|e| anyhow!(e))
+            .with_context(|| format!("PUT {}", store.object(REACHED)))?;
+        self.marked = Some(*at);
         Ok(())
     }
 

@@ -77,6 +77,12 @@ pub fn window(
         .head_object(&store.container, &store.object(&last.to_string()))
         .map_err(|e| anyhow!(e))?;
     w.to = info.metadata.get(WRITTEN_KEY).cloned();
+    if w.gap.is_none() {
+        // A quiet server: nothing written after the last file until then.
+        if let Some(at) = super::pitr_mariadb::quiet_until(&store, &last.next()) {
+            w.to = Some(at.to_string());
+        }
+    }
     w.first_segment = Some(start.to_string());
     w.last_segment = Some(last.to_string());
     Ok(w)

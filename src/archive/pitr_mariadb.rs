@@ -90,6 +90,10 @@ pub fn plan(store: &Store, start: &Name, until: Timestamp) -> Result<Vec<String>
                     store.prefix
                 );
             }
+            if !out.is_empty() && quiet_until(store, &missing).is_some_and(|at| at > enough) {
+                // The server wrote nothing into this file up to past TIME.
+                return Ok(out);
+            }
             let reached = last.map_or(
                 "nothing is archived from the base's file on".into(),
                 |(n, w)| format!("the last, {n}, was closed at {w}"),
@@ -117,6 +121,20 @@ pub fn plan(store: &Store, start: &Name, until: Timestamp) -> Result<Vec<String>
         }
         number += 1;
     }
+}
+
+/// When the archive service last saw `file` being written with no
+/// transaction in it, every file before it shipped (its `reached` mark).
+pub fn quiet_until(store: &Store, file: &Name) -> Option<Timestamp> {
+    use super::binlog_ship::{REACHED, REACHED_AT, REACHED_FILE};
+    let info = store
+        .swift
+        .head_object(&store.container, &store.object(REACHED))
+        .ok()?;
+    if info.metadata.get(REACHED_FILE) != Some(&file.to_string()) {
+        return None;
+    }
+    info.metadata.get(REACHED_AT)?.parse().ok()
 }
 
 pub fn run(
