@@ -9,7 +9,8 @@
 //! Before anything is downloaded, the archive is checked from the file the
 //! base recorded as being written when it started (`binlog_start_file`):
 //! a missing file is a gap, named, and an archive whose last file was
-//! closed before TIME does not reach it yet. The same check runs again
+//! closed before TIME does not reach it yet (unless the service marked
+//! the server quiet since: [`quiet_until`]). The same check runs again
 //! from the base's exact position once the base is extracted.
 
 use std::collections::BTreeMap;
