@@ -86,7 +86,12 @@ impl Check {
 /// `mountinfo` and `sys_root` (`/sys`) serve the discovery of the volumes of
 /// mounts that have no id in `[cinder.volumes]`.
 pub fn online(settings: &Settings, mountinfo: &[MountEntry], sys_root: &Path) -> Vec<Check> {
-    let mut checks = crate::archive::pg_check::checks(settings)
+    let archive_checks = if settings.datastore == crate::config::Datastore::Mysql {
+        crate::archive::binlog_check::checks(settings)
+    } else {
+        crate::archive::pg_check::checks(settings)
+    };
+    let mut checks = archive_checks
         .into_iter()
         .map(|(name, result)| Check::new(name, result))
         .collect::<Vec<_>>();

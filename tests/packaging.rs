@@ -45,7 +45,8 @@ fn systemd_units_verify() {
 
 /// The units' sandbox, as systemd scores it: at most 5.0 for the backup
 /// (tests/systemd.rs runs the unit with it under a real systemd), at most
-/// 4.0 for the WAL archiver, which freezes nothing and runs no hook.
+/// 4.0 for the archiver, which freezes nothing (and runs only the mysql
+/// hook's archive-settings and binlog-flush, for MariaDB's binary logs).
 #[test]
 fn the_services_are_hardened() {
     for (unit, limit) in [("volsnap.service", 5.0), ("volsnap-archive.service", 4.0)] {

@@ -1,7 +1,7 @@
-//! Continuous archiving of PostgreSQL's WAL into Swift, and restores to a
-//! point in time (issue #15; MariaDB's binlog is to follow on the same
-//! parts: a spool filled by the database side, [`ship`] to Swift,
-//! [`store`] for the objects, [`pitr`] for the restore).
+//! Continuous archiving of PostgreSQL's WAL and MariaDB's binary logs into
+//! Swift, and restores to a point in time (issue #15): [`ship`] to Swift,
+//! [`store`] for the objects, [`retention`], [`window`] and [`metrics`]
+//! serve both.
 //!
 //! - `volsnap wal push %p` ([`spool::push`]): PostgreSQL's
 //!   `archive_command`, run as its OS user with no credential;
@@ -14,10 +14,28 @@
 //!   wal fetch --dir DIR %f %p` reads as the database's OS user, again
 //!   without a credential;
 //! - `volsnap check` ([`pg_check`]): the server's archiving settings.
+//!
+//! MariaDB (datastore mysql), with no spool: root reads the binary logs
+//! where the server writes them.
+//!
+//! - [`binlog`]: their names and the little of their format read here;
+//! - [`binlog_ship`]: the service's pass — the closed files shipped, the
+//!   file being written closed at max_lag (through the mysql hook);
+//! - [`binlog_check`]: `log_bin`, `binlog_format`, `server_id`, expiry;
+//! - [`pitr_mariadb`]: `restore --until` from a Swift base (mariadb-backup),
+//!   [`binlog_replay`]: the replay into a temporary mariadbd, which a
+//!   snapshot base can call too;
+//! - [`binlog_window`]: `list`'s window and retention for binary logs.
 
+pub mod binlog;
+pub mod binlog_check;
+pub mod binlog_replay;
+pub mod binlog_ship;
+pub mod binlog_window;
 pub mod metrics;
 pub mod pg_check;
 pub mod pitr;
+pub mod pitr_mariadb;
 pub mod retention;
 pub mod ship;
 pub mod snapshot_base;

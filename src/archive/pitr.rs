@@ -108,7 +108,7 @@ fn segment_size(datadir: &Path) -> Result<u64> {
 }
 
 /// A new directory, or an empty one; `false` when it existed (not ours to remove).
-fn fresh_dir(dir: &Path) -> Result<bool> {
+pub(super) fn fresh_dir(dir: &Path) -> Result<bool> {
     match fs::read_dir(dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -132,7 +132,7 @@ fn fresh_dir(dir: &Path) -> Result<bool> {
 
 /// Removes what a failed restore wrote: the directories it created, or the
 /// content of those it was given empty.
-fn clean(dir: &Path, created: bool) {
+pub(super) fn clean(dir: &Path, created: bool) {
     if created {
         let _ = fs::remove_dir_all(dir);
     } else if let Ok(entries) = fs::read_dir(dir) {
@@ -228,41 +228,7 @@ fn from_swift(
     let swift = swift_agent::connect(settings)?;
     let container = &settings.swift.container;
 
-    // The newest base that finished before TIME: a base is consistent only
-    // from its end, and recovery cannot stop before that.
-    let mut base = None;
-    let mut oldest: Option<(String, Timestamp)> = None;
-    for (name, listed) in swift_agent::own_backups(settings, &swift)? {
-        if name.created >= until {
-            continue;
-        }
-        let meta = swift_agent::read_meta(&swift, container, &listed.name)?;
-        let finished = name
-            .created
-            .checked_add(meta.duration)
-            .unwrap_or(name.created)
-            // The name holds whole seconds; the run may have started up to
-            // one second later.
-            .checked_add(Duration::from_secs(1))
-            .unwrap_or(name.created);
-        oldest = Some((listed.name.clone(), finished));
-        if finished <= until {
-            base = Some((listed.name, meta, finished));
-            break;
-        }
-    }
-    let Some((base_name, meta, finished)) = base else {
-        match oldest {
-            Some((name, at)) => bail!(
-                "no base backup of this host finished before {until}: the earliest that \
-                 started before it, {name}, finished at {at}; choose a later time"
-            ),
-            None => bail!(
-                "no base backup of this host in {container} started before {until} \
-                 (see `volsnap list`)"
-            ),
-        }
-    };
+    let (base_name, meta, finished) = newest_base(settings, &swift, until)?;
     log::info!("base backup {base_name} (finished {finished})");
 
     let archive = open_archive(settings, identity)?;
@@ -626,6 +592,46 @@ fn set_up_recovery(archive: &Archive, r: &Recovery) -> Result<Fetched> {
     })
 }
 
+/// The newest base of this host and datastore that finished before TIME: a
+/// base is consistent only from its end, and recovery cannot stop before
+/// that. With its metadata and when it finished.
+pub(super) fn newest_base(
+    settings: &Settings,
+    swift: &crate::openstack::Swift,
+    until: Timestamp,
+) -> Result<(String, stream::BackupMeta, Timestamp)> {
+    let container = &settings.swift.container;
+    let mut oldest: Option<(String, Timestamp)> = None;
+    for (name, listed) in swift_agent::own_backups(settings, swift)? {
+        if name.created >= until {
+            continue;
+        }
+        let meta = swift_agent::read_meta(swift, container, &listed.name)?;
+        let finished = name
+            .created
+            .checked_add(meta.duration)
+            .unwrap_or(name.created)
+            // The name holds whole seconds; the run may have started up to
+            // one second later.
+            .checked_add(Duration::from_secs(1))
+            .unwrap_or(name.created);
+        oldest = Some((listed.name.clone(), finished));
+        if finished <= until {
+            return Ok((listed.name, meta, finished));
+        }
+    }
+    match oldest {
+        Some((name, at)) => bail!(
+            "no base backup of this host finished before {until}: the earliest that \
+             started before it, {name}, finished at {at}; choose a later time"
+        ),
+        None => bail!(
+            "no base backup of this host in {container} started before {until} \
+             (see `volsnap list`)"
+        ),
+    }
+}
+
 /// The base backup streamed through decryption, decompression and the
 /// SHA-256 check into `tar -x`; tar sees the end of the stream only after
 /// the check passed.
@@ -638,40 +644,59 @@ fn extract(
     datadir: &Path,
     quiet: bool,
 ) -> Result<()> {
-    let stored = swift
-        .get_object(container, name)
-        .map_err(|e| anyhow!(e))
-        .with_context(|| format!("downloading {container}/{name}"))?;
-    let mut tar = Command::new("tar")
-        .args(["-x", "-f", "-", "--numeric-owner", "-C"])
-        .arg(datadir)
-        .stdin(Stdio::piped())
-        .spawn()
-        .context("running tar")?;
-    let mut stdin = tar.stdin.take().expect("piped");
-    let mut progress = Progress::new("restore", quiet);
-    match stream::restore_into(stored, &mut stdin, meta, ids, &mut progress) {
-        Ok(_) => {
-            drop(stdin);
-            let status = tar.wait()?;
-            if !status.success() {
-                bail!(
-                    "tar -x of {name} into {} failed ({status})",
-                    datadir.display()
-                );
-            }
-        }
-        Err(e) => {
-            let _ = tar.kill();
-            drop(stdin);
-            let _ = tar.wait();
-            return Err(e.context(format!("restore of {container}/{name} failed")));
-        }
-    }
+    let mut tar = Command::new("tar");
+    tar.args(["-x", "-f", "-", "--numeric-owner", "-C"])
+        .arg(datadir);
+    stream_into(swift, container, name, meta, ids, quiet, tar, datadir)?;
     if !datadir.join("PG_VERSION").is_file() || !datadir.join("backup_label").is_file() {
         bail!("{name} is not a pg_basebackup tar (no PG_VERSION or backup_label)");
     }
     Ok(())
+}
+
+/// Streams backup `name` into `command`'s stdin (an extractor writing into
+/// `datadir`), which sees the end of the stream only after the check passed.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn stream_into(
+    swift: &crate::openstack::Swift,
+    container: &str,
+    name: &str,
+    meta: &stream::BackupMeta,
+    ids: Option<&stream::Identities>,
+    quiet: bool,
+    mut command: Command,
+    datadir: &Path,
+) -> Result<()> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let stored = swift
+        .get_object(container, name)
+        .map_err(|e| anyhow!(e))
+        .with_context(|| format!("downloading {container}/{name}"))?;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {program}"))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut progress = Progress::new("restore", quiet);
+    match stream::restore_into(stored, &mut stdin, meta, ids, &mut progress) {
+        Ok(_) => {
+            drop(stdin);
+            let status = child.wait()?;
+            if !status.success() {
+                bail!(
+                    "{program} -x of {name} into {} failed ({status})",
+                    datadir.display()
+                );
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let _ = child.kill();
+            drop(stdin);
+            let _ = child.wait();
+            Err(e.context(format!("restore of {container}/{name} failed")))
+        }
+    }
 }
 
 /// Fetches the segments from the start on until one written after TIME;
@@ -740,7 +765,7 @@ fn fetch_chain(archive: &Archive, r: &Recovery) -> Result<(usize, String)> {
     }
 }
 
-fn write_file(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
+pub(super) fn write_file(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let path = dir.join(name);
     let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
@@ -799,7 +824,7 @@ fn write_recovery(
     Ok(())
 }
 
-fn chown_tree(dir: &Path, owner: &str) -> Result<()> {
+pub(super) fn chown_tree(dir: &Path, owner: &str) -> Result<()> {
     let status = Command::new("chown")
         .args(["-R", "--no-dereference"])
         .arg(format!("{owner}:"))

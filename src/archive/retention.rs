@@ -3,7 +3,7 @@
 //! runs. The base records where its WAL starts (`wal_start_segment`, from
 //! the postgresql hook, taken before pg_basebackup's checkpoint, so at or
 //! before the base's own start); a base without it (taken by an older
-//! volsnap) keeps everything.
+//! volsnap) keeps everything. MariaDB's binary logs: [`super::binlog_window::prune`].
 
 use anyhow::{anyhow, Context, Result};
 
@@ -34,6 +34,9 @@ pub fn prune(
     oldest_kept: &str,
     dry_run: bool,
 ) -> Result<Vec<String>> {
+    if settings.datastore == crate::config::Datastore::Mysql {
+        return super::binlog_window::prune(settings, swift, oldest_kept, dry_run);
+    }
     let meta = crate::agent::swift::read_meta(swift, &settings.swift.container, oldest_kept)?;
     let Some(start) = meta.hook.get(WAL_START).filter(|s| !s.is_empty()) else {
         log::info!(

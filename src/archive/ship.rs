@@ -8,6 +8,9 @@
 //! doubles nothing (the next pass finds the object and only removes the
 //! file). A Swift that fails ends the pass; the next one starts over after
 //! a pause, while the spool grows and PostgreSQL goes on.
+//!
+//! For MariaDB the same service ships the closed binary logs instead
+//! ([`super::binlog_ship`]), with the same store, pauses and metrics.
 
 use std::fs::File;
 use std::path::Path;
@@ -19,6 +22,7 @@ use anyhow::{anyhow, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 
+use super::binlog_ship::Binlogs;
 use super::spool::{self, Waiting};
 use super::store::{Conflict, Shipped, Store};
 use crate::config::Settings;
@@ -74,13 +78,22 @@ pub fn run(settings: &Settings, once: bool, stop: Arc<AtomicBool>) -> Result<Rep
         .as_ref()
         .ok_or_else(|| anyhow!("no [archive] section in {}", settings.path.display()))?;
     let _lock = lock(settings)?;
-    spool::prepare(&archive.spool_dir, &archive.spool_owner)?;
+    let mysql = settings.datastore == crate::config::Datastore::Mysql;
+    if !mysql {
+        spool::prepare(&archive.spool_dir, &archive.spool_owner)?;
+    }
+    let mut binlogs = Binlogs::default();
     let recipients = Recipients::from_settings(&settings.swift)?;
     let mut report = Report::default();
     let mut store: Option<Store> = None;
     let mut pause = FIRST_PAUSE;
     loop {
         let pass = (|| -> Result<()> {
+            if mysql {
+                // The server side needs no Swift: files are closed at
+                // max_lag while Swift is away too.
+                binlogs.look(settings)?;
+            }
             if store.is_none() {
                 let s = Store::open(settings)?;
                 s.swift
@@ -89,15 +102,24 @@ pub fn run(settings: &Settings, once: bool, stop: Arc<AtomicBool>) -> Result<Rep
                     .with_context(|| format!("container {}", s.container))?;
                 store = Some(s);
             }
-            pass(
-                settings,
-                store.as_ref().expect("opened"),
-                recipients.as_ref(),
-                &mut report,
-                &stop,
-            )
+            let store = store.as_ref().expect("opened");
+            if mysql {
+                binlogs.ship(settings, store, recipients.as_ref(), &mut report, &stop)
+            } else {
+                pass(settings, store, recipients.as_ref(), &mut report, &stop)
+            }
         })();
-        super::metrics::write(settings, &report);
+        if mysql {
+            let waiting = binlogs.waiting(settings);
+            super::metrics::write_gauges(
+                settings,
+                &report,
+                waiting.len(),
+                super::binlog_ship::oldest(&waiting),
+            );
+        } else {
+            super::metrics::write(settings, &report);
+        }
         match pass {
             Ok(()) => pause = FIRST_PAUSE,
             Err(e) if once => return Err(e),
@@ -107,18 +129,26 @@ pub fn run(settings: &Settings, once: bool, stop: Arc<AtomicBool>) -> Result<Rep
                 pause = (pause * 2).min(MAX_PAUSE);
                 // A session that failed may hold a dead connection or token.
                 store = None;
+                binlogs.forget_swift();
                 if !stop.load(Ordering::SeqCst) {
                     continue;
                 }
             }
         }
+        let waiting = || -> Result<usize> {
+            Ok(if mysql {
+                binlogs.waiting(settings).len()
+            } else {
+                spool::waiting(&archive.spool_dir)?.0.len()
+            })
+        };
         if once || stop.load(Ordering::SeqCst) {
-            report.waiting = spool::waiting(&archive.spool_dir)?.0.len();
+            report.waiting = waiting()?;
             return Ok(report);
         }
         sleep(POLL, &stop);
         if stop.load(Ordering::SeqCst) {
-            report.waiting = spool::waiting(&archive.spool_dir)?.0.len();
+            report.waiting = waiting()?;
             return Ok(report);
         }
     }

@@ -1,6 +1,7 @@
 //! The archive in Swift: one object per WAL file, named
 //! `PREFIX/HOST/wal/NAME` (the WAL file's own name, so a file shipped twice
-//! is the same object), stored as [`crate::stream::object`] stores it.
+//! is the same object), or per MariaDB binary log, `PREFIX/HOST/binlog/NAME`,
+//! stored as [`crate::stream::object`] stores it.
 
 use std::time::SystemTime;
 
@@ -11,13 +12,14 @@ use crate::config::Settings;
 use crate::openstack::swift::{ObjectEntry, Swift};
 use crate::stream::{self, object, BackupName, Identities, Recipients};
 
-/// When PostgreSQL last wrote the file (its modification time when pushed).
+/// When the database last wrote the file (its modification time when
+/// pushed or, for a binary log, when shipped: it was closed by then).
 pub const WRITTEN_KEY: &str = "volsnap-wal-written";
 
 pub struct Store {
     pub swift: Swift,
     pub container: String,
-    /// `PREFIX/HOST/wal/`.
+    /// `PREFIX/HOST/wal/` or `PREFIX/HOST/binlog/`.
     pub prefix: String,
 }
 
@@ -50,11 +52,15 @@ impl Store {
             .ok_or_else(|| anyhow!("no [archive] section in {}", settings.path.display()))?;
         let swift = crate::agent::swift::connect(settings)?;
         let host = crate::agent::cinder::hostname();
+        let log = match settings.datastore {
+            crate::config::Datastore::Mysql => "binlog",
+            _ => "wal",
+        };
         Ok(Store {
             swift,
             container: archive.container.clone(),
             prefix: format!(
-                "{}wal/",
+                "{}{log}/",
                 BackupName::host_prefix(&settings.swift.prefix, &host)
             ),
         })

@@ -19,9 +19,11 @@ use crate::openstack::Swift;
 
 #[derive(Debug, Default, Serialize)]
 pub struct Window {
+    /// What is archived: `WAL` or `binlog`.
+    pub log: &'static str,
     /// The oldest base's end: the earliest time a restore can reach.
     pub from: Option<String>,
-    /// When the last segment of the unbroken archive was written.
+    /// When the last segment (binary log) of the unbroken archive was written.
     pub to: Option<String>,
     pub first_segment: Option<String>,
     pub last_segment: Option<String>,
@@ -39,6 +41,9 @@ pub fn window(
     swift: &Swift,
     oldest: Option<(&str, Timestamp)>,
 ) -> Result<Window> {
+    if settings.datastore == crate::config::Datastore::Mysql {
+        return super::binlog_window::window(settings, swift, oldest);
+    }
     let store = Store::open(settings)?;
     let listed: BTreeSet<String> = store
         .list()?
@@ -46,6 +51,7 @@ pub fn window(
         .filter_map(|e| e.name.strip_prefix(&store.prefix).map(str::to_string))
         .collect();
     let mut w = Window {
+        log: "WAL",
         archived_files: listed.len(),
         ..Window::default()
     };

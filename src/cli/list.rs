@@ -151,19 +151,22 @@ fn print_swift(listing: &agent::swift::Listing) {
     if let Some(w) = &listing.archive {
         match (&w.from, &w.to) {
             (Some(from), Some(to)) => println!(
-                "archived WAL: restore --until reaches from {from} to {to} (segments {} to {})",
+                "archived {}: restore --until reaches from {from} to {to} ({} to {})",
+                w.log,
                 w.first_segment.as_deref().unwrap_or("?"),
                 w.last_segment.as_deref().unwrap_or("?")
             ),
             _ => println!(
-                "archived WAL: {} file(s); no window: {}",
+                "archived {}: {} file(s); no window: {}",
+                w.log,
                 w.archived_files,
                 w.note.as_deref().unwrap_or("?")
             ),
         }
         if let Some(gap) = &w.gap {
             println!(
-                "archived WAL: gap at {gap}: later segments are archived, this one is missing"
+                "archived {}: gap at {gap}: later files are archived, this one is missing",
+                w.log
             );
         }
     }

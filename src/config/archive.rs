@@ -1,5 +1,5 @@
 //! `[archive]`: continuous archiving of the database's log into Swift, for
-//! point-in-time recovery (PostgreSQL's WAL; MariaDB's binlog next).
+//! point-in-time recovery (PostgreSQL's WAL, MariaDB's binary log).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,19 +24,22 @@ pub(super) struct ArchiveFile {
 
 #[derive(Clone, Debug)]
 pub struct ArchiveSettings {
-    /// Where the log's objects go: `PREFIX/HOST/wal/NAME`, `PREFIX` being
-    /// `swift.prefix`. Encrypted to `swift`'s age recipients.
+    /// Where the log's objects go: `PREFIX/HOST/wal/NAME` (PostgreSQL) or
+    /// `PREFIX/HOST/binlog/NAME` (MariaDB), `PREFIX` being `swift.prefix`. Encrypted to `swift`'s age recipients.
     pub container: String,
     pub compression: Compression,
     pub compression_level: i32,
     /// The most a commit may wait before it is in Swift: `check` wants
-    /// PostgreSQL's `archive_timeout` at most this, and the lag metric
-    /// is judged against it.
+    /// PostgreSQL's `archive_timeout` at most this; for MariaDB the
+    /// service closes the binary log (FLUSH BINARY LOGS) well within it.
+    /// The lag metric is judged against it.
     pub max_lag: Duration,
     /// Where `volsnap wal push` (run by PostgreSQL as its OS user) leaves
-    /// each WAL file for the root `volsnap archive` service to ship.
+    /// each WAL file for the root `volsnap archive` service to ship
+    /// (PostgreSQL only: the service reads MariaDB's binlogs in place).
     pub spool_dir: PathBuf,
-    /// The database's OS user, who alone (with root) may write the spool.
+    /// The database's OS user, who alone (with root) may write the spool,
+    /// and who owns what `restore --until` writes.
     pub spool_owner: String,
 }
 
@@ -45,13 +48,26 @@ pub(super) fn validate(
     file: ArchiveFile,
     datastore: Datastore,
 ) -> Result<ArchiveSettings, ConfigError> {
-    if datastore != Datastore::Postgresql {
+    let postgresql = match datastore {
+        Datastore::Postgresql => true,
+        Datastore::Mysql => false,
+        _ => {
+            return Err(err(
+                "archive",
+                format!(
+                    "archiving is for datastore \"postgresql\" (WAL) or \"mysql\" (MariaDB's \
+                     binary log), not {:?}",
+                    datastore.name()
+                ),
+            ))
+        }
+    };
+    if !postgresql && file.spool_dir.is_some() {
         return Err(err(
-            "archive",
-            format!(
-                "archiving is built for datastore \"postgresql\" only so far, not {:?}",
-                datastore.name()
-            ),
+            "archive.spool_dir",
+            "MariaDB's binary logs are shipped from where the server writes them: there is no \
+             spool; remove the key"
+                .into(),
         ));
     }
     let container = file.container.unwrap_or_else(|| "volsnap-wal".into());
@@ -76,7 +92,9 @@ pub(super) fn validate(
     if spool_dir == std::path::Path::new("/") {
         return Err(err("archive.spool_dir", "cannot be \"/\"".into()));
     }
-    let spool_owner = file.spool_owner.unwrap_or_else(|| "postgres".into());
+    let spool_owner = file
+        .spool_owner
+        .unwrap_or_else(|| if postgresql { "postgres" } else { "mysql" }.into());
     let valid_user = !spool_owner.is_empty()
         && spool_owner.len() <= 32
         && spool_owner
@@ -85,7 +103,7 @@ pub(super) fn validate(
     if !valid_user || spool_owner == "root" {
         return Err(err(
             "archive.spool_owner",
-            format!("{spool_owner:?} is not the database's OS user (e.g. \"postgres\")"),
+            format!("{spool_owner:?} is not the database's OS user (e.g. \"postgres\", \"mysql\")"),
         ));
     }
     Ok(ArchiveSettings {
@@ -132,6 +150,19 @@ mod tests {
     }
 
     #[test]
+    fn mariadb_has_no_spool_and_runs_as_mysql() {
+        let s = parse("datastore = \"mysql\"\n[archive]\nmax_lag = \"2m\"\n").unwrap();
+        let a = s.archive.unwrap();
+        assert_eq!(a.spool_owner, "mysql");
+        assert_eq!(a.max_lag, Duration::from_secs(120));
+        let e =
+            parse("datastore = \"mysql\"\n[archive]\nspool_dir = \"/srv/spool\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("archive.spool_dir"), "{e}");
+        assert!(e.to_string().contains("no spool"), "{e}");
+        assert_eq!(e.position.map(|p| p.0), Some(3), "{e}");
+    }
+
+    #[test]
     fn mistakes_name_line_and_key() {
         for (body, key, line) in [
             ("[archive]\nspool = \"/x\"\n", "spool", 4),
@@ -156,6 +187,7 @@ mod tests {
         }
         let e = parse("datastore = \"redis\"\n[archive]\n").unwrap_err();
         assert!(e.to_string().contains("postgresql"), "{e}");
+        assert!(e.to_string().contains("mysql"), "{e}");
         assert_eq!(e.key.as_deref(), Some("archive"));
         assert_eq!(e.position.map(|p| p.0), Some(2), "{e}");
     }

@@ -237,6 +237,19 @@ hook mysql check
 expect "check exits 0 against the running server" rc_is 0
 socket_and_user_test
 
+hook mysql archive-settings
+expect "archive-settings exits 0" rc_is 0
+expect "... prints log_bin, binlog_format and server_id" \
+    sh -c "grep -qx 'log_bin=ON' '$WORK/hook.out' && grep -q '^binlog_format=' '$WORK/hook.out' && grep -qx 'server_id=1' '$WORK/hook.out'"
+before=$(sed -n 's/^binlog_file=//p' "$WORK/hook.out")
+expect "... the binary log being written, last of binlog_files" \
+    sh -c "[ -n '$before' ] && grep -q '^binlog_files=.*$before\$' '$WORK/hook.out'"
+hook mysql binlog-flush
+expect "binlog-flush exits 0" rc_is 0
+hook mysql archive-settings
+expect "... and closes it: the server writes the next file" \
+    sh -c "! grep -qx 'binlog_file=$before' '$WORK/hook.out' && grep -q '^binlog_files=.*$before ' '$WORK/hook.out'"
+
 freeze_thaw_cycle backup_stage
 freeze_thaw_cycle ftwrl
 detach_test
