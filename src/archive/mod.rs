@@ -10,8 +10,10 @@
 //!   from Swift and the archived WAL up to TIME, fetched by root into a
 //!   directory that `restore_command` = `volsnap wal fetch --dir DIR %f %p`
 //!   reads as the database's OS user, again without a credential;
-//! - `volsnap check` ([`pg_check`]): the server's archiving settings.
+//! - `volsnap check` ([`check`], [`pg_check`]): the spool, the metrics file,
+//!   the server's archiving settings (all but the last with `--offline` too).
 
+pub mod check;
 pub mod metrics;
 pub mod pg_check;
 pub mod pitr;
