@@ -629,10 +629,12 @@ impl Drop for ArchiveContainer {
     }
 }
 
-/// volsnap-archive.service as the .deb ships it (its drop-in changes only
-/// the unit's dependencies, the binary's path and the environment file),
-/// enabled and started under the booted systemd, shipping to the test
-/// cloud's Swift through a [`Relay`]:
+/// volsnap-archive.service from the built .deb, installed with `dpkg -i` in
+/// the booted image (its drop-in changes only the unit's dependencies and
+/// adds the environment file with the cloud's credentials; the package's
+/// static /usr/bin/volsnap runs, reading /etc/volsnap/volsnap.toml),
+/// enabled and started, shipping to the test cloud's Swift through a
+/// [`Relay`]:
 /// 1. a file `postgres` pushes into the spool is shipped, with its content,
 ///    and the metrics file is written (the sandbox lets it create the spool
 ///    for postgres, read and remove its files, write the metrics);
@@ -654,9 +656,11 @@ fn the_archive_service_ships_the_spool_stops_cleanly_and_restarts_after_a_crash(
         swift,
         name: cloud::unique("archive-unit"),
     };
+    // Outside every overlay of the image boot: the spool and the metrics
+    // the service writes are seen here.
     let work = tempfile::Builder::new()
         .prefix("volsnap-systemd-archive-")
-        .tempdir_in(BASE)
+        .tempdir_in("/srv")
         .unwrap();
     // postgres must reach the spool (created by the service) and its WAL.
     std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -689,14 +693,27 @@ fn the_archive_service_ships_the_spool_stops_cleanly_and_restarts_after_a_crash(
         std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     let unit = "volsnap-archive.service";
-    let systemd = Systemd::boot_units(
-        &[(
-            unit,
-            Some(&format!("--config {} archive", config.display())),
-        )],
-        &env,
-        None,
+    let deb = package::build(
+        "deb",
+        &format!("target/volsnap_{}_amd64.deb", package::VERSION),
     );
+    // The ExecStart the unit ships, kept as it is.
+    let systemd = Systemd::boot_units(&[(unit, Some("archive"))], &env, Some(&deb));
+    let shipped = systemd.ok(&["systemctl", "cat", unit]);
+    assert!(
+        // /lib is /usr/lib on Debian 12 (merged /usr).
+        shipped.contains("/lib/systemd/system/volsnap-archive.service\n")
+            && shipped.contains("ExecStart=/usr/bin/volsnap archive\n"),
+        "{shipped}"
+    );
+    systemd.ok(&[
+        "sh",
+        "-c",
+        &format!(
+            "install -m 600 {} /etc/volsnap/volsnap.toml",
+            config.display()
+        ),
+    ]);
     // Enabled as an operator would (in /run: /etc is the host's), and started.
     systemd.ok(&["systemctl", "enable", "--runtime", "--now", unit]);
     assert_eq!(systemd.show(unit, "UnitFileState"), "enabled-runtime");
@@ -723,7 +740,7 @@ fn the_archive_service_ships_the_spool_stops_cleanly_and_restarts_after_a_crash(
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let out = Command::new("runuser")
             .args(["-u", "postgres", "--"])
-            .arg(systemd.dir.path().join("volsnap"))
+            .arg(env!("CARGO_BIN_EXE_volsnap"))
             .args(["wal", "push", "--spool"])
             .arg(&spool)
             .arg(&path)
@@ -739,7 +756,7 @@ fn the_archive_service_ships_the_spool_stops_cleanly_and_restarts_after_a_crash(
     let in_spool = |name: &str| spool.join(name).exists();
     let fetched = |name: &str| -> Vec<u8> {
         let dest = work.path().join("fetched");
-        let out = Command::new(systemd.dir.path().join("volsnap"))
+        let out = Command::new(env!("CARGO_BIN_EXE_volsnap"))
             .arg("--config")
             .arg(&config)
             .args(["wal", "fetch", name])
