@@ -236,9 +236,10 @@ impl Drop for Archiver {
 }
 
 /// A PostgreSQL started by tests/db/postgres.sh on `dir` (data in
-/// `dir/data`); stopped on drop.
+/// `dir/data`, or in `data` when given: on a volume); stopped on drop.
 struct Pg {
     dir: PathBuf,
+    data: Option<PathBuf>,
     env: BTreeMap<String, String>,
 }
 
@@ -254,15 +255,31 @@ impl Pg {
     fn start_on(dir: &Path, port: Option<&str>) -> Pg {
         Pg {
             dir: dir.to_path_buf(),
-            env: Pg::run_start(dir, port),
+            data: None,
+            env: Pg::run_start(dir, None, port),
         }
     }
 
-    fn run_start(dir: &Path, port: Option<&str>) -> BTreeMap<String, String> {
+    /// Data directory `data` elsewhere (on a volume); socket and log in `dir`.
+    fn start_with_data(dir: &Path, data: &Path) -> Pg {
+        let mut pg = Pg {
+            dir: dir.to_path_buf(),
+            data: Some(data.to_path_buf()),
+            env: BTreeMap::new(),
+        };
+        // Stopped by Drop even when the start fails half way.
+        pg.env = Pg::run_start(dir, Some(data), None);
+        pg
+    }
+
+    fn run_start(dir: &Path, data: Option<&Path>, port: Option<&str>) -> BTreeMap<String, String> {
         let mut cmd = Command::new(Pg::script());
         cmd.arg("start").arg(dir);
         if let Some(port) = port {
             cmd.env("PG_PORT", port);
+        }
+        if let Some(data) = data {
+            cmd.env("DB_DATA_DIR", data);
         }
         let out = cmd.output().unwrap();
         assert!(
@@ -281,23 +298,26 @@ impl Pg {
     fn restart(&mut self) {
         self.stop();
         let port = self.get("PG_PORT").to_string();
-        self.env = Pg::run_start(&self.dir, Some(&port));
+        self.env = Pg::run_start(&self.dir, self.data.as_deref(), Some(&port));
     }
 
     fn stop(&self) {
-        let _ = Command::new(Pg::script())
-            .arg("stop")
-            .arg(&self.dir)
-            .output();
+        let mut cmd = Command::new(Pg::script());
+        cmd.arg("stop").arg(&self.dir);
+        if let Some(data) = &self.data {
+            cmd.env("DB_DATA_DIR", data);
+        }
+        let _ = cmd.output();
     }
 
     fn get(&self, key: &str) -> &str {
         &self.env[key]
     }
 
-    fn try_sql(&self, sql: &str) -> Result<String, String> {
-        let out = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
+    /// psql as `postgres`, running `sql`.
+    fn psql(&self, sql: &str) -> Command {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"])
             .arg(format!("{}/psql", self.get("PG_BINDIR")))
             .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(self.get("PG_HOST"))
@@ -309,9 +329,12 @@ impl Pg {
                 "-d",
                 "postgres",
             ])
-            .args(["-c", sql])
-            .output()
-            .unwrap();
+            .args(["-c", sql]);
+        cmd
+    }
+
+    fn try_sql(&self, sql: &str) -> Result<String, String> {
+        let out = self.psql(sql).output().unwrap();
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
         } else {
@@ -921,4 +944,309 @@ fn while_swift_is_away_the_spool_grows_and_the_lag_shows_then_all_is_shipped() {
         ),
         "{text}"
     );
+}
+
+/// A child process killed on drop (the writer).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Row number → commit time (µs since the epoch), from `track_commit_timestamp`.
+fn commit_times(pg: &Pg) -> Vec<(i32, i64)> {
+    pg.sql("SELECT i, (extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000000)::bigint FROM t ORDER BY i")
+        .lines()
+        .map(|l| {
+            let (i, t) = l.split_once('|').unwrap();
+            (i.parse().unwrap(), t.parse().unwrap())
+        })
+        .collect()
+}
+
+/// Issue #15 with a Cinder snapshot as the base. PostgreSQL on ext4 on a
+/// loop-attached test-cloud volume archives through `volsnap wal push` and
+/// `volsnap archive`; a writer commits a row every ~50 ms (a segment switch
+/// every 10) while `volsnap backup` takes the Cinder snapshot with the
+/// postgresql hook, and goes on after it. A volume made of the snapshot
+/// (`restore --snapshot`) is mounted; `restore --until T --snapshot ID
+/// --datadir` on it for a T between two commits after the snapshot, and
+/// PostgreSQL started on it (crash recovery of the frozen image, then
+/// archive recovery) holds exactly the rows committed at or before T.
+/// Refused first, each leaving the data directory as it was: no
+/// --snapshot; a T before the snapshot; a snapshot that is not good; a T
+/// the archive does not reach; an older snapshot's id; a gap in the
+/// archive. And after the recovery: a server running on the directory,
+/// then the directory shut down, no longer the snapshot's.
+#[test]
+fn postgresql_recovers_a_cinder_snapshot_to_a_time_between_two_later_commits() {
+    let started = Instant::now();
+    let rig = Rig::new("pitr-snap");
+    let volume = cloud::DataVolume::new(&rig.cloud, "ext4");
+    let through = |dir: &Path| {
+        let mode = std::fs::metadata(dir).unwrap().permissions().mode();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o011)).unwrap();
+    };
+    through(volume.path().parent().unwrap());
+    let mut pg = Pg::start_with_data(&rig.path().join("db"), &volume.path().join("pgdata"));
+    let command = format!("{BIN} wal push --spool {} %p", rig.spool().display());
+    pg.sql("ALTER SYSTEM SET archive_mode = on");
+    pg.sql(&format!("ALTER SYSTEM SET archive_command = '{command}'"));
+    pg.sql("ALTER SYSTEM SET archive_timeout = '30s'");
+    pg.sql("ALTER SYSTEM SET track_commit_timestamp = on");
+    pg.restart();
+    let extra = format!(
+        "[swift]\ncontainer = {:?}\n[archive]\ncontainer = {:?}\nspool_dir = {:?}\nmax_lag = \"1m\"\n\
+         [hooks.env]\nVOLSNAP_PG_HOST = {:?}\nVOLSNAP_PG_PORT = {:?}\n",
+        rig.backups,
+        rig.archive,
+        rig.spool().display().to_string(),
+        pg.get("PG_HOST"),
+        pg.get("PG_PORT"),
+    );
+    let config = cloud::cinder_config(
+        rig.path(),
+        &[&volume],
+        &repo().join("hooks"),
+        "postgresql",
+        &extra,
+    );
+    let archiver = Archiver::start(&rig, &config);
+    wait_for(Duration::from_secs(20), "the spool", || {
+        rig.spool().is_dir()
+    });
+
+    pg.sql("CREATE TABLE t (i int PRIMARY KEY)");
+    for i in 1..=5 {
+        pg.sql(&format!("INSERT INTO t VALUES ({i})"));
+    }
+    // An older snapshot, to be named for the newer one's data.
+    let knobs = rig.cloud.knobs();
+    let older: Value = serde_json::from_str(&rig.ok(&config, &["--json", "backup"])).unwrap();
+    drop(knobs);
+    let older_id = older["snapshots"][0]["id"].as_str().unwrap().to_string();
+    // The writer runs until told to stop, however slow the machine.
+    pg.sql("CREATE TABLE writer_stop (x int)");
+    let rows = || pg.sql("SELECT count(*) FROM t").parse::<usize>().unwrap();
+    let mut writer = Killed(
+        pg.psql(
+            "DO $$ DECLARE i int := 6; BEGIN
+                 WHILE NOT EXISTS (SELECT 1 FROM writer_stop) LOOP
+                     INSERT INTO t VALUES (i); COMMIT;
+                     IF i % 10 = 0 THEN PERFORM pg_switch_wal(); END IF;
+                     PERFORM pg_sleep(0.05);
+                     i := i + 1;
+                 END LOOP; END $$",
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    wait_for(Duration::from_secs(30), "the writer", || rows() >= 15);
+    let knobs = rig.cloud.knobs(); // no delay or failure injected meanwhile
+    let backup: Value = serde_json::from_str(&rig.ok(&config, &["--json", "backup"])).unwrap();
+    drop(knobs);
+    assert_eq!(backup["consistency"], "application", "{backup}");
+    let snapshot_id = backup["snapshots"][0]["id"].as_str().unwrap().to_string();
+    let snapshot = rig.cloud.cinder().snapshot(&snapshot_id).unwrap();
+    let wal_lsn = snapshot.metadata["wal_lsn"].clone();
+    let created =
+        volsnap::agent::cinder::parse_cinder_time(snapshot.created_at.as_deref().unwrap()).unwrap();
+    // 40 commits (2 s at least) after the snapshot is labelled good.
+    let at_backup = rows();
+    wait_for(Duration::from_secs(60), "commits after the backup", || {
+        rows() >= at_backup + 40
+    });
+    pg.sql("INSERT INTO writer_stop VALUES (1)");
+    wait_for(Duration::from_secs(60), "the writer's end", || {
+        writer.0.try_wait().unwrap().is_some()
+    });
+    assert!(writer.0.wait().unwrap().success(), "the writer failed");
+    let last = pg.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    pg.sql("SELECT pg_switch_wal()");
+    wait_for(Duration::from_secs(60), "the last segment in Swift", || {
+        rig.archived().contains_key(&last)
+    });
+
+    let commits = commit_times(&pg);
+    assert!(
+        commits.iter().map(|(i, _)| *i).eq(1..=commits.len() as i32),
+        "rows 1..=n"
+    );
+    // T halfway between two commits more than half a second after the
+    // snapshot could hold anything (its creation + 1 s).
+    let created_us = created.as_millisecond() * 1000;
+    let k = commits
+        .iter()
+        .position(|(_, t)| *t > created_us + 1_500_000)
+        .expect("commits after the snapshot");
+    assert!(k + 1 < commits.len(), "the writer stopped too early");
+    let t_us = (commits[k].1 + commits[k + 1].1) / 2;
+    let until = jiff::Timestamp::from_microsecond(t_us).unwrap();
+    let expected: Vec<i32> = commits
+        .iter()
+        .filter(|(_, t)| *t <= t_us)
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(expected.len(), k + 1);
+    let redo_bound = pg.sql(&format!("SELECT pg_walfile_name('{wal_lsn}')"));
+
+    // A volume of the snapshot, mounted: the data directory as frozen.
+    let made: Value =
+        serde_json::from_str(&rig.ok(&config, &["--json", "restore", "--snapshot", &snapshot_id]))
+            .unwrap();
+    let restored = cloud::DataVolume::existing(&rig.cloud, made["volume_id"].as_str().unwrap());
+    through(restored.path().parent().unwrap());
+    let datadir = restored.path().join("pgdata");
+    let datadir_arg = datadir.to_str().unwrap().to_string();
+    let wal_dir = restored.path().join("pgdata.volsnap-wal");
+    let until_arg = until.to_string();
+    let untouched = |what: &str| {
+        assert!(
+            !datadir.join("recovery.signal").exists(),
+            "{what}: recovery.signal written"
+        );
+        assert!(
+            datadir.join("postmaster.pid").exists(),
+            "{what}: postmaster.pid removed"
+        );
+        assert!(
+            !wal_dir.exists(),
+            "{what}: {} left behind",
+            wal_dir.display()
+        );
+    };
+    let restore = |until: &str, snapshot: Option<&str>| {
+        let mut args = vec!["restore", "--until", until, "--datadir", &datadir_arg];
+        if let Some(id) = snapshot {
+            args.extend(["--snapshot", id]);
+        }
+        rig.run(&config, &args)
+    };
+    let refused = |(code, stdout, stderr): (Option<i32>, String, String), want: &str| {
+        assert_eq!(code, Some(1), "should be refused:\n{stdout}\n{stderr}");
+        assert!(stderr.contains(want), "{want:?} not in:\n{stderr}");
+        stderr
+    };
+
+    let err = refused(restore(&until_arg, None), "give --snapshot ID");
+    assert!(
+        err.contains(&snapshot_id),
+        "the candidates are named: {err}"
+    );
+    untouched("no --snapshot");
+    let before = jiff::Timestamp::from_microsecond(commits[2].1)
+        .unwrap()
+        .to_string();
+    refused(
+        restore(&before, Some(&snapshot_id)),
+        &format!("snapshot {snapshot_id} was taken at"),
+    );
+    untouched("a time before the snapshot");
+    // A snapshot of the same volume labelled as a failed run leaves it.
+    let cinder = rig.cloud.cinder();
+    let mut labels = snapshot.metadata.clone();
+    labels.insert("consistency".into(), "none-failed-run".into());
+    labels.remove("freeze_ms");
+    let bad = cinder
+        .create_snapshot(&volsnap::openstack::cinder::NewSnapshot {
+            volume_id: volume.id.clone(),
+            name: cloud::unique("not-good"),
+            metadata: labels,
+            ..Default::default()
+        })
+        .unwrap();
+    cinder
+        .wait_snapshot(
+            &bad.id,
+            volsnap::openstack::cinder::Target::Status("available"),
+            Instant::now() + Duration::from_secs(60),
+        )
+        .unwrap();
+    refused(restore(&until_arg, Some(&bad.id)), "is not a good backup");
+    untouched("a snapshot that is not good");
+    let future = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_secs(3600))
+        .unwrap()
+        .to_string();
+    refused(restore(&future, Some(&snapshot_id)), "does not reach");
+    untouched("a time not archived yet");
+    // The older snapshot's id for this data: its checkpoint is later.
+    refused(
+        restore(&until_arg, Some(&older_id)),
+        &format!("is after snapshot {older_id}'s wal_lsn"),
+    );
+    untouched("another snapshot's id");
+    // A gap: the segment the snapshot's wal_lsn is in (replay needs it)
+    // gone from Swift for a while.
+    let object = rig.object_name(&redo_bound);
+    let mut stored = rig.swift.get_object(&rig.archive, &object).unwrap();
+    let metadata = stored.info.metadata.clone();
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut stored, &mut body).unwrap();
+    rig.swift.delete_object(&rig.archive, &object).unwrap();
+    let err = refused(
+        restore(&until_arg, Some(&snapshot_id)),
+        "gap in the archived WAL",
+    );
+    assert!(err.contains(&redo_bound), "the gap is named: {err}");
+    untouched("a gap");
+    rig.swift
+        .put_object(&rig.archive, &object, body.into(), &metadata)
+        .unwrap();
+
+    let t0 = Instant::now();
+    let (code, stdout, stderr) = rig.run(
+        &config,
+        &[
+            "--json",
+            "restore",
+            "--until",
+            &until_arg,
+            "--snapshot",
+            &snapshot_id,
+            "--datadir",
+            &datadir_arg,
+        ],
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    eprintln!("restore --until --snapshot: {:?}, {report}", t0.elapsed());
+    assert_eq!(report["base_kind"], "cinder-snapshot");
+    assert_eq!(report["base"], snapshot_id.as_str());
+    let first = report["first_segment"].as_str().unwrap();
+    assert!(
+        first <= redo_bound.as_str(),
+        "replay starts at the checkpoint's REDO, {first}, not after {redo_bound}"
+    );
+    assert!(datadir.join("recovery.signal").is_file());
+    assert!(
+        !datadir.join("postmaster.pid").exists(),
+        "the source's pid file is removed"
+    );
+
+    let copy = Pg::start_with_data(&rig.path().join("copy"), &datadir);
+    wait_for(Duration::from_secs(60), "the promotion", || {
+        copy.try_sql("SELECT pg_is_in_recovery()").as_deref() == Ok("f")
+    });
+    let rows = copy.sql("SELECT string_agg(i::text, ',' ORDER BY i) FROM t");
+    let want: Vec<String> = expected.iter().map(i32::to_string).collect();
+    assert_eq!(rows, want.join(","), "rows committed at or before {until}");
+    let log = std::fs::read_to_string(rig.path().join("copy/postgres.log")).unwrap_or_default();
+    assert!(log.contains("was interrupted"), "a crash image: {log}");
+    assert!(log.contains("recovery stopping before commit"), "{log}");
+    // Running: a live server's data directory.
+    refused(restore(&until_arg, Some(&snapshot_id)), "is running on");
+    drop(copy);
+    // Recovered and shut down: no longer the snapshot's data.
+    let _ = std::fs::remove_dir_all(&wal_dir);
+    refused(
+        restore(&until_arg, Some(&snapshot_id)),
+        "cluster state \"shut down\"",
+    );
+    archiver.stop();
+    eprintln!("the whole test: {:?}", started.elapsed());
 }

@@ -1,7 +1,10 @@
-//! `volsnap restore --until TIME --datadir DIR` for PostgreSQL: the newest
-//! Swift base backup that finished before TIME, extracted into DIR, and the
-//! archived WAL from the base's start to past TIME fetched beside it, so
-//! that PostgreSQL started on DIR replays to TIME and promotes.
+//! `volsnap restore --until TIME --datadir DIR` for PostgreSQL: a base in
+//! DIR — the newest Swift base backup that finished before TIME, extracted
+//! there (`from_swift`), or with `--snapshot ID` the data directory
+//! already there on a volume made of that Cinder snapshot
+//! (`from_snapshot`) — and the archived WAL from the base's start to past
+//! TIME fetched beside it (`set_up_recovery`, one path for both bases),
+//! so that PostgreSQL started on DIR replays to TIME and promotes.
 //!
 //! Why fetch beforehand: `restore_command` runs as the database's OS user,
 //! which must not hold Swift credentials (they are in root's 0600 config).
@@ -31,6 +34,7 @@ use std::time::Duration;
 use crate::time::Timestamp;
 use serde::Serialize;
 
+use super::snapshot_base;
 use super::store::Store;
 use super::wal::{self, Segment};
 use crate::agent::swift as swift_agent;
@@ -44,15 +48,16 @@ const MARGIN: Duration = Duration::from_secs(1);
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub until: String,
+    /// `swift` (a base backup) or `cinder-snapshot`.
+    pub base_kind: &'static str,
+    /// The backup's name, or the snapshot's id.
     pub base: String,
+    /// When the base's state was reached: recovery can stop no earlier.
     pub base_finished: String,
     pub datadir: String,
     pub wal_dir: String,
-    pub first_segment: String,
-    pub last_segment: String,
-    pub segments_fetched: usize,
-    pub history_files: usize,
-    pub restore_command: String,
+    #[serde(flatten)]
+    pub recovery: Fetched,
 }
 
 /// The base's WAL start, from its `backup_label`.
@@ -154,6 +159,7 @@ pub fn run(
     settings: &Settings,
     until: Timestamp,
     datadir: &Path,
+    snapshot: Option<&str>,
     identity: Option<&Path>,
     quiet: bool,
 ) -> Result<Report> {
@@ -169,6 +175,56 @@ pub fn run(
     if !datadir.is_absolute() {
         bail!("--datadir {}: give an absolute path", datadir.display());
     }
+    let holds_data = datadir.join("PG_VERSION").is_file();
+    match (snapshot, holds_data) {
+        (Some(id), true) => from_snapshot(settings, &archive.spool_owner, until, datadir, id, identity),
+        (Some(id), false) => bail!(
+            "--snapshot {id}: {} is not a PostgreSQL data directory (no PG_VERSION): make a \
+             volume of the snapshot, mount it, and give the data directory on it",
+            datadir.display()
+        ),
+        (None, true) => bail!(
+            "{} holds a PostgreSQL data directory: to recover it to {until}, give --snapshot ID, \
+             the Cinder snapshot its volume was made from{}; a Swift base needs a new or empty directory",
+            datadir.display(),
+            snapshot_base::older(settings, until)
+        ),
+        (None, false) => from_swift(settings, &archive.spool_owner, until, datadir, identity, quiet),
+    }
+}
+
+/// The archive as a restore reads it: what it holds, and the key to it.
+struct Archive {
+    store: Store,
+    listed: BTreeSet<String>,
+    ids: Option<stream::Identities>,
+}
+
+fn open_archive(settings: &Settings, identity: Option<&Path>) -> Result<Archive> {
+    let store = Store::open(settings)?;
+    let listed = store
+        .list()?
+        .into_iter()
+        .filter_map(|e| e.name.strip_prefix(&store.prefix).map(str::to_string))
+        .collect();
+    // Archived files are encrypted to [swift]'s recipients when it has any.
+    let ids = match identity.or(settings.swift.age_identity_file.as_deref()) {
+        Some(p) => Some(stream::Identities::from_file(p)?),
+        None => None,
+    };
+    Ok(Archive { store, listed, ids })
+}
+
+/// A Swift base: the newest finished before TIME, extracted into a new
+/// data directory, replay from its `backup_label`'s start.
+fn from_swift(
+    settings: &Settings,
+    owner: &str,
+    until: Timestamp,
+    datadir: &Path,
+    identity: Option<&Path>,
+    quiet: bool,
+) -> Result<Report> {
     let swift = swift_agent::connect(settings)?;
     let container = &settings.swift.container;
 
@@ -209,14 +265,8 @@ pub fn run(
     };
     log::info!("base backup {base_name} (finished {finished})");
 
-    let store = Store::open(settings)?;
-    let listed: BTreeSet<String> = store
-        .list()?
-        .into_iter()
-        .filter_map(|e| e.name.strip_prefix(&store.prefix).map(str::to_string))
-        .collect();
-    let ids = swift_agent::identities(settings, &meta, identity)?;
-
+    let archive = open_archive(settings, identity)?;
+    let base_ids = swift_agent::identities(settings, &meta, identity)?;
     let wal_dir = wal_dir_for(datadir);
     let created_data = fresh_dir(datadir)?;
     let created_wal = match fresh_dir(&wal_dir) {
@@ -232,7 +282,7 @@ pub fn run(
             container,
             &base_name,
             &meta,
-            ids.as_ref(),
+            base_ids.as_ref(),
             datadir,
             quiet,
         )?;
@@ -247,41 +297,29 @@ pub fn run(
                 label.start
             );
         }
-        let mut history = 0;
-        for name in listed
-            .iter()
-            .filter(|n| wal::kind(n) == Some(wal::Kind::History))
-        {
-            let (plain, _) = store.fetch(name, ids.as_ref())?;
-            write_file(&wal_dir, name, &plain)?;
-            history += 1;
-        }
-        let (fetched, last) = fetch_chain(
-            &store,
-            &listed,
-            datadir,
-            &wal_dir,
-            start,
-            seg_size,
-            until,
-            ids.as_ref(),
+        // pg_basebackup -X fetch put complete segments in its pg_wal.
+        let base_wal = datadir.join("pg_wal");
+        let recovery = set_up_recovery(
+            &archive,
+            &Recovery {
+                datadir,
+                wal_dir: &wal_dir,
+                start,
+                seg_size,
+                complete_in_base: Some(&base_wal),
+                until,
+                base: &base_name,
+                owner,
+            },
         )?;
-        let restore_command = restore_command(&wal_dir)?;
-        write_recovery(datadir, &restore_command, until, &base_name)?;
-        for dir in [datadir, wal_dir.as_path()] {
-            chown_tree(dir, &archive.spool_owner)?;
-        }
         Ok(Report {
             until: until.to_string(),
+            base_kind: "swift",
             base: base_name.clone(),
             base_finished: finished.to_string(),
             datadir: datadir.display().to_string(),
             wal_dir: wal_dir.display().to_string(),
-            first_segment: start.name(seg_size),
-            last_segment: last,
-            segments_fetched: fetched,
-            history_files: history,
-            restore_command,
+            recovery,
         })
     })();
     if result.is_err() {
@@ -289,6 +327,303 @@ pub fn run(
         clean(&wal_dir, created_wal);
     }
     result
+}
+
+/// A Cinder snapshot base: the data directory on a volume made of snapshot
+/// `id`, as the freeze left it (never shut down). PostgreSQL started on it
+/// with `recovery.signal` first replays, as crash recovery, the WAL its own
+/// pg_wal holds (up to the freeze), then enters archive recovery and asks
+/// `restore_command` for the rest: the archived copy of a segment wins over
+/// the one in pg_wal (the snapshot's last segment is cut at the freeze, and
+/// later names there are recycled segments with old content), which is
+/// only read for a file restore_command does not have.
+fn from_snapshot(
+    settings: &Settings,
+    owner: &str,
+    until: Timestamp,
+    datadir: &Path,
+    id: &str,
+    identity: Option<&Path>,
+) -> Result<Report> {
+    let base = snapshot_base::verify(settings, id, until, &[WAL_LSN])?;
+    let recorded = parse_lsn(&base.metadata[WAL_LSN]).ok_or_else(|| {
+        anyhow!(
+            "snapshot {id}: wal_lsn {:?} is not an LSN",
+            base.metadata[WAL_LSN]
+        )
+    })?;
+    check_own_files(datadir)?;
+    check_not_running(datadir)?;
+    let control = controldata(settings, datadir)?;
+    if !LIVE_STATES.contains(&control.state.as_str()) {
+        bail!(
+            "{}: cluster state {:?}, not a snapshot's (\"in production\"): PostgreSQL ran on it \
+             since the snapshot; make a new volume of snapshot {id}",
+            datadir.display(),
+            control.state
+        );
+    }
+    // The image's latest checkpoint is the hook's CHECKPOINT (or an older
+    // one), recorded before the freeze: a later one means this data is
+    // newer than snapshot `id` (another snapshot's, or a server ran on
+    // it), and recovery could stop before its own state. An older
+    // snapshot's data is safe: replay starts at its own checkpoint. (A
+    // checkpoint PostgreSQL itself completed between the hook's and the
+    // freeze is refused too: rare, and on the safe side.)
+    if control.checkpoint > recorded {
+        bail!(
+            "{}: its latest checkpoint {} is after snapshot {id}'s wal_lsn {}: it is not that \
+             snapshot's data (a later snapshot's, or PostgreSQL ran on it since)",
+            datadir.display(),
+            format_lsn(control.checkpoint),
+            base.metadata[WAL_LSN]
+        );
+    }
+    let start = Segment::parse(&control.redo_file, control.seg_size).ok_or_else(|| {
+        anyhow!(
+            "pg_controldata: REDO WAL file {:?} for {}-byte segments",
+            control.redo_file,
+            control.seg_size
+        )
+    })?;
+    log::info!(
+        "base: snapshot {id} (taken {}), replay from {} (checkpoint REDO)",
+        base.created,
+        control.redo_file
+    );
+    let archive = open_archive(settings, identity)?;
+    let wal_dir = wal_dir_for(datadir);
+    let created_wal = fresh_dir(&wal_dir)?;
+    let result = (|| -> Result<Report> {
+        let recovery = set_up_recovery(
+            &archive,
+            &Recovery {
+                datadir,
+                wal_dir: &wal_dir,
+                start,
+                seg_size: control.seg_size,
+                complete_in_base: None,
+                until,
+                base: &format!("snapshot {id}"),
+                owner,
+            },
+        )?;
+        Ok(Report {
+            until: until.to_string(),
+            base_kind: "cinder-snapshot",
+            base: base.id.clone(),
+            base_finished: base.consistent_from.to_string(),
+            datadir: datadir.display().to_string(),
+            wal_dir: wal_dir.display().to_string(),
+            recovery,
+        })
+    })();
+    if result.is_err() {
+        clean(&wal_dir, created_wal);
+    }
+    result
+}
+
+/// The hook's record of where the WAL stood at the freeze.
+const WAL_LSN: &str = "wal_lsn";
+
+/// What `pg_controldata` says of a data directory a running server left:
+/// a primary's, or a standby's.
+const LIVE_STATES: &[&str] = &["in production", "in archive recovery", "in crash recovery"];
+
+/// What `pg_controldata` tells of the data directory.
+#[derive(Debug, PartialEq, Eq)]
+struct Control {
+    state: String,
+    checkpoint: u64,
+    redo_file: String,
+    seg_size: u64,
+}
+
+fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.trim().split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+fn parse_controldata(text: &str) -> Result<Control> {
+    let field = |name: &str| -> Result<&str> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(str::trim))
+            .ok_or_else(|| anyhow!("pg_controldata printed no {name:?}"))
+    };
+    let checkpoint = field("Latest checkpoint location")?;
+    let seg_size = field("Bytes per WAL segment")?;
+    Ok(Control {
+        state: field("Database cluster state")?.to_string(),
+        checkpoint: parse_lsn(checkpoint)
+            .ok_or_else(|| anyhow!("pg_controldata: checkpoint location {checkpoint:?}"))?,
+        redo_file: field("Latest checkpoint's REDO WAL file")?.to_string(),
+        seg_size: seg_size
+            .parse()
+            .ok()
+            .filter(|s| wal::valid_segment_size(*s))
+            .ok_or_else(|| anyhow!("pg_controldata: WAL segment size {seg_size:?}"))?,
+    })
+}
+
+/// `pg_controldata` of the version the data directory is (Debian's
+/// layout), or of `VOLSNAP_PG_BINDIR` in `[hooks.env]`, or on PATH.
+fn controldata(settings: &Settings, datadir: &Path) -> Result<Control> {
+    let version = fs::read_to_string(datadir.join("PG_VERSION")).unwrap_or_default();
+    let program = match settings.hooks.env.get("VOLSNAP_PG_BINDIR") {
+        Some(dir) if !dir.is_empty() => Path::new(dir.expose()).join("pg_controldata"),
+        _ => {
+            let debian = Path::new("/usr/lib/postgresql")
+                .join(version.trim())
+                .join("bin/pg_controldata");
+            if debian.is_file() {
+                debian
+            } else {
+                PathBuf::from("pg_controldata")
+            }
+        }
+    };
+    let out = Command::new(&program)
+        .arg(datadir)
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", program.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} {}: {}",
+            program.display(),
+            datadir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    parse_controldata(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Parts of a data directory a snapshot's volume may not hold: pg_wal or
+/// tablespaces elsewhere may be the source server's files, which recovery
+/// would read and write.
+fn check_own_files(datadir: &Path) -> Result<()> {
+    let pg_wal = datadir.join("pg_wal");
+    if let Ok(target) = fs::read_link(&pg_wal) {
+        bail!(
+            "{}: pg_wal is a link to {}: volsnap cannot tell that it holds this snapshot's \
+             WAL and not the source server's; a snapshot base needs pg_wal inside the data directory",
+            datadir.display(),
+            target.display()
+        );
+    }
+    let tblspc = datadir.join("pg_tblspc");
+    if let Some(entry) = fs::read_dir(&tblspc).ok().and_then(|mut d| d.next()) {
+        bail!(
+            "{}: tablespace {} lives outside the data directory (perhaps the source server's); \
+             a snapshot base needs a cluster without tablespaces",
+            datadir.display(),
+            entry?.file_name().to_string_lossy()
+        );
+    }
+    Ok(())
+}
+
+/// The snapshot carries its server's `postmaster.pid`, whose pid may well
+/// be alive (the source server, on this host); that is fine unless the
+/// process runs on this very directory: then it is a live server's.
+fn check_not_running(datadir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(text) = fs::read_to_string(datadir.join("postmaster.pid")) else {
+        return Ok(());
+    };
+    let Some(pid) = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<u32>().ok())
+    else {
+        return Ok(());
+    };
+    let here = fs::metadata(datadir)?;
+    if let Ok(cwd) = fs::metadata(format!("/proc/{pid}/cwd")) {
+        if (cwd.dev(), cwd.ino()) == (here.dev(), here.ino()) {
+            bail!(
+                "PostgreSQL (pid {pid}) is running on {}: a restore needs the data of a \
+                 snapshot, not a live server's",
+                datadir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A base's pid files are stale (the snapshot's names the source server's
+/// pid, maybe alive on this host): PostgreSQL would refuse to start.
+fn remove_stale_pid(datadir: &Path) -> Result<()> {
+    for leftover in ["postmaster.pid", "postmaster.opts"] {
+        match fs::remove_file(datadir.join(leftover)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {leftover}")),
+        }
+    }
+    Ok(())
+}
+
+/// Recovery to set up on a data directory holding a base, whichever.
+struct Recovery<'a> {
+    datadir: &'a Path,
+    wal_dir: &'a Path,
+    /// The segment replay starts in.
+    start: Segment,
+    seg_size: u64,
+    /// Where the base holds complete segments the archive may lack
+    /// (pg_basebackup's); `None` when what the base holds may be cut.
+    complete_in_base: Option<&'a Path>,
+    until: Timestamp,
+    /// Named in the settings' comment.
+    base: &'a str,
+    owner: &'a str,
+}
+
+/// What was fetched and set.
+#[derive(Debug, Serialize)]
+pub struct Fetched {
+    pub first_segment: String,
+    pub last_segment: String,
+    pub segments_fetched: usize,
+    pub history_files: usize,
+    pub restore_command: String,
+}
+
+/// The one path of both bases: every timeline history file and the
+/// segments from the start past TIME into the WAL directory (a gap or a
+/// TIME not archived yet refused, named), the recovery settings, and the
+/// ownership PostgreSQL needs. The data directory is written last.
+fn set_up_recovery(archive: &Archive, r: &Recovery) -> Result<Fetched> {
+    let mut history = 0;
+    for name in archive
+        .listed
+        .iter()
+        .filter(|n| wal::kind(n) == Some(wal::Kind::History))
+    {
+        let (plain, _) = archive.store.fetch(name, archive.ids.as_ref())?;
+        write_file(r.wal_dir, name, &plain)?;
+        history += 1;
+    }
+    let (fetched, last) = fetch_chain(archive, r)?;
+    let restore_command = restore_command(r.wal_dir)?;
+    chown_tree(r.wal_dir, r.owner)?;
+    remove_stale_pid(r.datadir)?;
+    write_recovery(r.datadir, &restore_command, r.until, r.base)?;
+    chown_tree(r.datadir, r.owner)?;
+    Ok(Fetched {
+        first_segment: r.start.name(r.seg_size),
+        last_segment: last,
+        segments_fetched: fetched,
+        history_files: history,
+        restore_command,
+    })
 }
 
 /// The base backup streamed through decryption, decompression and the
@@ -333,43 +668,31 @@ fn extract(
             return Err(e.context(format!("restore of {container}/{name} failed")));
         }
     }
-    for leftover in ["postmaster.pid", "postmaster.opts"] {
-        let _ = fs::remove_file(datadir.join(leftover));
-    }
     if !datadir.join("PG_VERSION").is_file() || !datadir.join("backup_label").is_file() {
         bail!("{name} is not a pg_basebackup tar (no PG_VERSION or backup_label)");
     }
     Ok(())
 }
 
-/// Fetches the segments from `start` on until one written after `until`;
-/// a segment missing from the archive (and from the base's own pg_wal) is
-/// a gap, named.
-#[allow(clippy::too_many_arguments)]
-fn fetch_chain(
-    store: &Store,
-    listed: &BTreeSet<String>,
-    datadir: &Path,
-    wal_dir: &Path,
-    start: Segment,
-    seg_size: u64,
-    until: Timestamp,
-    ids: Option<&stream::Identities>,
-) -> Result<(usize, String)> {
-    let mut seg = start;
+/// Fetches the segments from the start on until one written after TIME;
+/// a segment missing from the archive (and not complete in the base) is a
+/// gap, named, or the end of what is archived.
+fn fetch_chain(archive: &Archive, r: &Recovery) -> Result<(usize, String)> {
+    let (store, listed, seg_size, until) = (&archive.store, &archive.listed, r.seg_size, r.until);
+    let mut seg = r.start;
     let mut fetched = 0;
     let mut last_written: Option<(String, Timestamp)> = None;
     loop {
         let name = seg.name(seg_size);
         if listed.contains(&name) {
-            let (plain, written) = store.fetch(&name, ids)?;
+            let (plain, written) = store.fetch(&name, archive.ids.as_ref())?;
             if plain.len() as u64 != seg_size {
                 bail!(
                     "archived segment {name} holds {} bytes, not the base's segment size {seg_size}",
                     plain.len()
                 );
             }
-            write_file(wal_dir, &name, &plain)?;
+            write_file(r.wal_dir, &name, &plain)?;
             fetched += 1;
             if let Some(w) = written {
                 last_written = Some((name.clone(), w));
@@ -377,7 +700,10 @@ fn fetch_chain(
                     return Ok((fetched, name));
                 }
             }
-        } else if datadir.join("pg_wal").join(&name).is_file() {
+        } else if r
+            .complete_in_base
+            .is_some_and(|dir| dir.join(&name).is_file())
+        {
             // In the base itself (pg_basebackup -X fetch): not archived
             // when archiving began after the base's start.
         } else {
@@ -508,5 +834,33 @@ mod tests {
             wal_dir_for(Path::new("/srv/pg/main")),
             Path::new("/srv/pg/main.volsnap-wal")
         );
+    }
+
+    #[test]
+    fn controldata_and_lsns() {
+        assert_eq!(parse_lsn("0/1500718"), Some(0x1500718));
+        assert_eq!(parse_lsn("1A/FF"), Some((0x1a << 32) | 0xff));
+        assert_eq!(parse_lsn("0/0"), Some(0));
+        assert_eq!(parse_lsn("01500718"), None);
+        assert_eq!(format_lsn(0x1a_0000_00ff), "1A/FF");
+        // pg_controldata 15 with LC_ALL=C, as a snapshot of a running server leaves it.
+        let text = "pg_control version number:            1300\n\
+             Database cluster state:               in production\n\
+             Latest checkpoint location:           0/3000060\n\
+             Latest checkpoint's REDO location:    0/3000028\n\
+             Latest checkpoint's REDO WAL file:    000000010000000000000003\n\
+             Latest checkpoint's TimeLineID:       1\n\
+             Bytes per WAL segment:                16777216\n";
+        assert_eq!(
+            parse_controldata(text).unwrap(),
+            Control {
+                state: "in production".into(),
+                checkpoint: 0x3000060,
+                redo_file: "000000010000000000000003".into(),
+                seg_size: 16 << 20,
+            }
+        );
+        let err = parse_controldata(&text.replace("Bytes per WAL segment", "x")).unwrap_err();
+        assert!(err.to_string().contains("Bytes per WAL segment"), "{err}");
     }
 }

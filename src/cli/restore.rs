@@ -1,5 +1,6 @@
 //! `volsnap restore`: a Cinder snapshot into a new volume, or a Swift backup
-//! through the datastore hook.
+//! through the datastore hook; with `--until`, recovery to a time
+//! ([`crate::archive::pitr`]).
 
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,8 @@ const VOLUME_WAIT: Duration = Duration::from_secs(1800);
 #[derive(Debug, clap::Args)]
 #[command(group = clap::ArgGroup::new("cinder").args(["snapshot", "cinder_backup"]).multiple(false))]
 pub struct Args {
-    /// Cinder: the snapshot to turn into a new volume
+    /// Cinder: the snapshot to turn into a new volume. With --until: the
+    /// snapshot the mounted volume holding --datadir was made from
     #[arg(long, value_name = "ID")]
     pub snapshot: Option<String>,
 
@@ -27,7 +29,12 @@ pub struct Args {
 
     /// Cinder: the new volume's name (default: volsnap-restore-SNAPSHOT or
     /// volsnap-restore-BACKUP)
-    #[arg(long, value_name = "NAME", requires = "cinder")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "cinder",
+        conflicts_with = "until"
+    )]
     pub name: Option<String>,
 
     /// Swift: the backup (manifest name) to restore
@@ -40,23 +47,28 @@ pub struct Args {
 
     /// Cinder: restore a snapshot that is not labelled good (one a killed or
     /// failed run left, whose image may be of a thawed filesystem)
-    #[arg(long, requires = "cinder")]
+    #[arg(long, requires = "cinder", conflicts_with = "until")]
     pub force: bool,
 
-    /// PostgreSQL with [archive]: restore to this time (RFC 3339, e.g.
-    /// 2026-12-03T17:04:05Z) from the newest Swift base backup finished
-    /// before it and the archived WAL, into --datadir
+    /// PostgreSQL with [archive]: recover to this time (RFC 3339, e.g.
+    /// 2026-12-03T17:04:05Z) in --datadir, replaying the archived WAL. The
+    /// base: with --snapshot ID, the data directory already in --datadir,
+    /// on a volume made of that snapshot (good, of this host, taken before
+    /// TIME; checked in Cinder and against its wal_lsn); else the newest
+    /// Swift base backup finished before TIME, extracted into --datadir
     #[arg(long, value_name = "TIME", value_parser = parse_time, requires = "datadir",
-          conflicts_with_all = ["snapshot", "backup", "latest"])]
+          conflicts_with_all = ["backup", "latest", "cinder_backup"])]
     pub until: Option<crate::time::Timestamp>,
 
-    /// With --until: the new data directory (absent or empty); the WAL goes
+    /// With --until: the data directory. A Swift base goes into it (absent or
+    /// empty); a snapshot base is in it (mounted, never started). The WAL goes
     /// beside it into DIR.volsnap-wal. Start PostgreSQL on it to replay and promote
     #[arg(long, value_name = "DIR", requires = "until")]
     pub datadir: Option<std::path::PathBuf>,
 
-    /// Swift: the age identity file to decrypt with (default: swift.age_identity_file)
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["snapshot", "cinder_backup"])]
+    /// Swift: the age identity file to decrypt with, the archived WAL's too
+    /// (default: swift.age_identity_file)
+    #[arg(long, value_name = "FILE", conflicts_with = "cinder_backup")]
     pub identity: Option<std::path::PathBuf>,
 }
 
@@ -85,17 +97,20 @@ impl Args {
                 &settings,
                 until,
                 datadir,
+                self.snapshot.as_deref(),
                 self.identity.as_deref(),
                 ctx.quiet,
             )?;
             ctx.print(&report, || {
                 println!(
-                    "{}: base {} and {} WAL segments ({} to {}) for recovery to {}; start                      PostgreSQL on it to replay and promote",
+                    "{}: base {} ({}) and {} WAL segments ({} to {}) for recovery to {}; start \
+                     PostgreSQL on it to replay and promote",
                     report.datadir,
                     report.base,
-                    report.segments_fetched,
-                    report.first_segment,
-                    report.last_segment,
+                    report.base_kind,
+                    report.recovery.segments_fetched,
+                    report.recovery.first_segment,
+                    report.recovery.last_segment,
                     report.until
                 );
             })?;
@@ -103,6 +118,13 @@ impl Args {
         }
         match settings.strategy {
             Strategy::Cinder => {
+                if self.identity.is_some() && self.snapshot.is_some() {
+                    return Err(Exit::new(
+                        exit::USAGE,
+                        "--identity decrypts Swift backups and archived WAL: it goes with --backup, --latest or --until, not with --snapshot alone",
+                    )
+                    .into());
+                }
                 if let Some(id) = self.cinder_backup {
                     return from_backup(ctx, &settings, &id, self.name, self.force);
                 }
