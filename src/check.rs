@@ -79,6 +79,14 @@ impl Check {
     }
 }
 
+/// The checks of `[archive]` that need no network (`check --offline`).
+pub fn archive_offline(settings: &Settings) -> Vec<Check> {
+    crate::archive::check::checks(settings, true)
+        .into_iter()
+        .map(|(name, result)| Check::new(name, result))
+        .collect()
+}
+
 /// The checks that ask OpenStack: credentials, authentication, the
 /// endpoint, and the strategy's volumes or container. A failing step ends the
 /// list (what follows would fail for the same cause).
@@ -86,12 +94,7 @@ impl Check {
 /// `mountinfo` and `sys_root` (`/sys`) serve the discovery of the volumes of
 /// mounts that have no id in `[cinder.volumes]`.
 pub fn online(settings: &Settings, mountinfo: &[MountEntry], sys_root: &Path) -> Vec<Check> {
-    let archive_checks = if settings.datastore == crate::config::Datastore::Mysql {
-        crate::archive::binlog_check::checks(settings)
-    } else {
-        crate::archive::pg_check::checks(settings)
-    };
-    let mut checks = archive_checks
+    let mut checks = crate::archive::check::checks(settings, false)
         .into_iter()
         .map(|(name, result)| Check::new(name, result))
         .collect::<Vec<_>>();

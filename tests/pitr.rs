@@ -45,9 +45,11 @@ impl Rig {
     fn new(what: &str) -> Rig {
         let cloud = Cloud::load();
         let swift = volsnap::openstack::swift(&cloud.session()).unwrap();
+        // Not under /tmp: `check` refuses a spool or metrics file there,
+        // which the volsnap-archive service (PrivateTmp=yes) would not see.
         let dir = tempfile::Builder::new()
             .prefix("volsnap-pitr-")
-            .tempdir()
+            .tempdir_in("/var/lib")
             .unwrap();
         // The postgres user must reach the database directories and the spool.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -584,6 +586,153 @@ fn postgresql_restores_to_a_time_between_two_commits() {
         "{prom}"
     );
     archiver.stop();
+}
+
+/// `check --offline` with `[archive]`, with no credential at all: the spool
+/// and its owner, the service's sandbox, the metrics directory, and the
+/// archiving settings of a PostgreSQL on this machine while its socket is
+/// there (`not checked` once it is gone: offline asks no remote server).
+#[test]
+fn check_offline_checks_the_spool_the_metrics_and_a_local_servers_settings() {
+    let rig = Rig::new("pitr-offline");
+    let mut pg = Pg::start(&rig.path().join("db"));
+    let config = rig.config(&pg.hook_env());
+    let check = |config: &Path| -> (Option<i32>, String) {
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .args(["check", "--offline"])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), format!("{stdout}{stderr}"))
+    };
+    // Archiving off; no spool yet, which the service would create.
+    let (code, out) = check(&config);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("problem: postgresql archiving: archive_mode is \"off\": run ALTER SYSTEM SET archive_mode = on"),
+        "{out}"
+    );
+    assert!(out.contains("ok: archive spool: "), "{out}");
+    assert!(out.contains("does not exist yet"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "ok: archive metrics: {}",
+            rig.path().join("metrics/volsnap-archive.prom").display()
+        )),
+        "{out}"
+    );
+
+    let command = format!("{BIN} wal push --spool {} %p", rig.spool().display());
+    pg.sql("ALTER SYSTEM SET archive_mode = on");
+    pg.sql(&format!("ALTER SYSTEM SET archive_command = '{command}'"));
+    pg.sql("ALTER SYSTEM SET archive_timeout = '30s'");
+    pg.restart();
+    std::fs::create_dir(rig.spool()).unwrap();
+    let chown = Command::new("chown")
+        .arg("postgres:")
+        .arg(rig.spool())
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    std::fs::set_permissions(rig.spool(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let (code, out) = check(&config);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("ok: postgresql archiving: archive_mode on"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "ok: archive spool: {} (owner postgres, mode 0700)",
+            rig.spool().display()
+        )),
+        "{out}"
+    );
+    let json = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["--json", "check", "--offline"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&json.stdout).unwrap();
+    let names: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["archive spool", "archive metrics", "postgresql archiving"],
+        "{v}"
+    );
+
+    // A spool others may write into.
+    std::fs::set_permissions(rig.spool(), std::fs::Permissions::from_mode(0o770)).unwrap();
+    let (code, out) = check(&config);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("problem: archive spool: "), "{out}");
+    assert!(out.contains("chmod 700"), "{out}");
+    std::fs::set_permissions(rig.spool(), std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    // An owner that does not exist; a spool and a metrics file where the
+    // service cannot reach them; a metrics directory that is not there.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let metrics_line = format!(
+        "metrics_file = {:?}",
+        rig.path()
+            .join("metrics/volsnap.prom")
+            .display()
+            .to_string()
+    );
+    for (from, to, expected) in [
+        (
+            &"[archive]\n".to_string(),
+            "[archive]\nspool_owner = \"volsnap-nobody\"\n".to_string(),
+            "problem: archive spool: archive.spool_owner: no OS user \"volsnap-nobody\"",
+        ),
+        (
+            &format!("spool_dir = {:?}", rig.spool().display().to_string()),
+            "spool_dir = \"/tmp/volsnap-spool\"".to_string(),
+            "problem: archive spool: archive.spool_dir /tmp/volsnap-spool: /tmp is private to it (PrivateTmp=yes)",
+        ),
+        (
+            &metrics_line,
+            "metrics_file = \"/etc/volsnap/volsnap.prom\"".to_string(),
+            "problem: archive metrics: /etc/volsnap/volsnap-archive.prom: /etc is read-only (ProtectSystem=full)",
+        ),
+        (
+            &metrics_line,
+            format!(
+                "metrics_file = {:?}",
+                rig.path().join("gone/volsnap.prom").display().to_string()
+            ),
+            "problem: archive metrics: ",
+        ),
+    ] {
+        assert!(text.contains(from), "{from}");
+        let bad = rig.path().join("bad.toml");
+        std::fs::write(&bad, text.replacen(from, &to, 1)).unwrap();
+        std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let (code, out) = check(&bad);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains(expected), "{expected}\n{out}");
+    }
+
+    // The server stopped: its settings are not checked, and that is no
+    // problem offline.
+    pg.stop();
+    let (code, out) = check(&config);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("ok: postgresql archiving: not checked with --offline: no server listens on"),
+        "{out}"
+    );
 }
 
 fn sha256(data: &[u8]) -> String {

@@ -18,13 +18,19 @@ mod cloud;
 mod package;
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cloud::{is_good, Cloud, DataVolume};
 use support::{hooks_dir, wait_until};
+use volsnap::archive::spool::local_user;
 use volsnap::freeze;
 
 /// Where everything the booted systemd and the unit must see lives: not
@@ -55,6 +61,16 @@ impl Systemd {
     /// namespace's /run: what dpkg and cloud-init write never reaches the
     /// host. The package's own units run, with the drop-ins only.
     fn boot_image(args: &str, env_file: &Path, deb: Option<&str>) -> Systemd {
+        Systemd::boot_units(
+            &[("volsnap.service", Some(args)), ("volsnap.timer", None)],
+            env_file,
+            deb,
+        )
+    }
+
+    /// The repo's `units` as shipped, each service's with `ExecStart=` set
+    /// to the build and those arguments in its drop-in.
+    fn boot_units(units: &[(&str, Option<&str>)], env_file: &Path, deb: Option<&str>) -> Systemd {
         let image = deb.is_some();
         let dir = tempfile::Builder::new()
             .prefix("volsnap-systemd-")
@@ -72,28 +88,27 @@ impl Systemd {
                 exe.display().to_string()
             }
         };
+        let unit_files = units;
         let units = dir.path().join("units");
-        std::fs::create_dir_all(units.join("volsnap.service.d")).unwrap();
-        std::fs::create_dir_all(units.join("volsnap.timer.d")).unwrap();
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/systemd");
-        for unit in ["volsnap.service", "volsnap.timer"] {
+        let no_sysinit = "[Unit]\nDefaultDependencies=no\nRequires=systemd-journald.socket\nAfter=systemd-journald.socket\n";
+        for (unit, args) in unit_files {
+            std::fs::create_dir_all(units.join(format!("{unit}.d"))).unwrap();
             std::fs::copy(repo.join(unit), units.join(unit)).unwrap();
+            let drop_in = match args {
+                Some(args) => format!(
+                    "{no_sysinit}[Service]\nExecStart=\nExecStart={exec} {args}\nEnvironmentFile={}\n",
+                    env_file.display()
+                ),
+                None => no_sysinit.to_string(),
+            };
+            std::fs::write(units.join(format!("{unit}.d/test.conf")), drop_in).unwrap();
         }
         std::fs::write(
             units.join("volsnap-test.target"),
             "[Unit]\nDescription=volsnap test boot: wants nothing\n",
         )
         .unwrap();
-        let no_sysinit = "[Unit]\nDefaultDependencies=no\nRequires=systemd-journald.socket\nAfter=systemd-journald.socket\n";
-        std::fs::write(
-            units.join("volsnap.service.d/test.conf"),
-            format!(
-                "{no_sysinit}[Service]\nExecStart=\nExecStart={exec} {args}\nEnvironmentFile={}\n",
-                env_file.display()
-            ),
-        )
-        .unwrap();
-        std::fs::write(units.join("volsnap.timer.d/test.conf"), no_sysinit).unwrap();
         let boot = dir.path().join("boot.sh");
         std::fs::write(
             &boot,
@@ -114,8 +129,12 @@ impl Systemd {
                            mount -t overlay overlay -o lowerdir=$d,upperdir=$o/upper,workdir=$o/work $d\n\
                          done\n\
                          DEBIAN_FRONTEND=noninteractive dpkg -i {deb} >/run/dpkg.log 2>&1\n\
-                         rm {units}/volsnap.service {units}/volsnap.timer\n",
-                        units = units.display(),
+                         rm {shipped}\n",
+                        shipped = unit_files
+                            .iter()
+                            .map(|(u, _)| units.join(u).display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(" "),
                         deb = dir.path().join("volsnap.deb").display(),
                     ),
                     None => String::new(),
@@ -209,14 +228,11 @@ impl Systemd {
     }
 
     fn journal(&self) -> String {
-        self.ok(&[
-            "journalctl",
-            "-u",
-            "volsnap.service",
-            "-o",
-            "cat",
-            "--no-pager",
-        ])
+        self.journal_of("volsnap.service")
+    }
+
+    fn journal_of(&self, unit: &str) -> String {
+        self.ok(&["journalctl", "-u", unit, "-o", "cat", "--no-pager"])
     }
 }
 
@@ -483,4 +499,384 @@ fn cloud_init_first_boot_enables_the_timer_only_after_a_passing_check() {
             assert_eq!(enabled, "disabled", "{log}");
         }
     }
+}
+
+/// A TCP relay in front of Swift whose uploads can be slowed and whose
+/// connections can be cut: a test needs an upload in flight at the moment
+/// it stops or kills the service, and Swift's own connection dropped in the
+/// middle of one, which the real Swift cannot be made to do on cue.
+struct Relay {
+    port: u16,
+    /// Client-to-Swift bytes per second; 0: as fast as they come.
+    rate: Arc<AtomicU64>,
+    /// Client-to-Swift bytes relayed so far.
+    sent: Arc<AtomicU64>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+    /// Swift unreachable: new connections are closed at once.
+    down: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Relay {
+    fn new(target: std::net::SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let relay = Relay {
+            port: listener.local_addr().unwrap().port(),
+            rate: Arc::default(),
+            sent: Arc::default(),
+            conns: Arc::default(),
+            down: Arc::default(),
+            stop: Arc::default(),
+        };
+        let (rate, sent, conns, down, stop) = (
+            relay.rate.clone(),
+            relay.sent.clone(),
+            relay.conns.clone(),
+            relay.down.clone(),
+            relay.stop.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                if down.load(Ordering::SeqCst) {
+                    continue;
+                }
+                client.set_nonblocking(false).unwrap();
+                let Ok(upstream) = TcpStream::connect(target) else {
+                    continue;
+                };
+                {
+                    let mut c = conns.lock().unwrap();
+                    c.push(client.try_clone().unwrap());
+                    c.push(upstream.try_clone().unwrap());
+                }
+                let (mut from, mut to) =
+                    (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                let (rate, sent) = (rate.clone(), sent.clone());
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 16 << 10];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 || to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        sent.fetch_add(n as u64, Ordering::SeqCst);
+                        let r = rate.load(Ordering::SeqCst);
+                        if r > 0 {
+                            std::thread::sleep(Duration::from_secs_f64(n as f64 / r as f64));
+                        }
+                    }
+                    let _ = to.shutdown(Shutdown::Write);
+                });
+                let (mut from, mut to) = (upstream, client);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        relay
+    }
+
+    /// Cuts every connection open now, both ways, and with `down` refuses
+    /// the next ones (the client's retries) until it is `false` again.
+    fn cut(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.cut(true);
+    }
+}
+
+/// The test's archive container, emptied and removed on drop.
+struct ArchiveContainer {
+    swift: volsnap::openstack::Swift,
+    name: String,
+}
+
+impl ArchiveContainer {
+    /// WAL file name → object name.
+    fn objects(&self) -> BTreeMap<String, String> {
+        match self.swift.list_objects(&self.name, "") {
+            Ok(list) => list
+                .into_iter()
+                .filter_map(|e| Some((e.name.rsplit_once("/wal/")?.1.to_string(), e.name)))
+                .collect(),
+            Err(e) if e.is_not_found() => BTreeMap::new(),
+            Err(e) => panic!("listing {}: {e}", self.name),
+        }
+    }
+}
+
+impl Drop for ArchiveContainer {
+    fn drop(&mut self) {
+        if let Ok(objects) = self.swift.list_objects(&self.name, "") {
+            for o in objects {
+                let _ = self.swift.delete_object(&self.name, &o.name);
+            }
+        }
+        let _ = self.swift.delete_container(&self.name);
+    }
+}
+
+/// volsnap-archive.service from the built .deb, installed with `dpkg -i` in
+/// the booted image (its drop-in changes only the unit's dependencies and
+/// adds the environment file with the cloud's credentials; the package's
+/// static /usr/bin/volsnap runs, reading /etc/volsnap/volsnap.toml),
+/// enabled and started, shipping to the test cloud's Swift through a
+/// [`Relay`]:
+/// 1. a file `postgres` pushes into the spool is shipped, with its content,
+///    and the metrics file is written (the sandbox lets it create the spool
+///    for postgres, read and remove its files, write the metrics);
+/// 2. `systemctl stop` while a file is being uploaded: the upload ends,
+///    the file is in Swift and gone from the spool, the unit inactive;
+/// 3. `systemctl stop` and Swift's connection cut mid-upload: nothing is
+///    counted shipped, the file stays in the spool, nothing half-written in
+///    Swift, and the unit stops cleanly (exit 0);
+/// 4. SIGKILL mid-upload: `Restart=` brings it back after `RestartSec`,
+///    and the file left in the spool is shipped then.
+#[test]
+fn the_archive_service_ships_the_spool_stops_cleanly_and_restarts_after_a_crash() {
+    let cloud = Cloud::load();
+    let swift = volsnap::openstack::swift(&cloud.session()).unwrap();
+    let endpoint = swift.endpoint().clone();
+    let target = endpoint.socket_addrs(|| None).unwrap()[0];
+    let relay = Relay::new(target);
+    let container = ArchiveContainer {
+        swift,
+        name: cloud::unique("archive-unit"),
+    };
+    // Outside every overlay of the image boot: the spool and the metrics
+    // the service writes are seen here.
+    let work = tempfile::Builder::new()
+        .prefix("volsnap-systemd-archive-")
+        .tempdir_in("/srv")
+        .unwrap();
+    // postgres must reach the spool (created by the service) and its WAL.
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spool = work.path().join("spool");
+    let metrics = work.path().join("metrics");
+    std::fs::create_dir(&metrics).unwrap();
+    let config = work.path().join("volsnap.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "storage_strategy = \"Swift\"\ndatastore = \"postgresql\"\nmetrics_file = {:?}\n\
+             [openstack]\nobject_store_endpoint = \"http://127.0.0.1:{}{}\"\n\
+             [archive]\ncontainer = {:?}\nspool_dir = {:?}\n",
+            metrics.join("volsnap.prom").display().to_string(),
+            relay.port,
+            endpoint.path().trim_end_matches('/'),
+            container.name,
+            spool.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let env = work.path().join("os.env");
+    let lines: Vec<String> = cloud
+        .os_vars()
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    std::fs::write(&env, lines.join("\n") + "\n").unwrap();
+    for f in [&config, &env] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let unit = "volsnap-archive.service";
+    let deb = package::build(
+        "deb",
+        &format!("target/volsnap_{}_amd64.deb", package::VERSION),
+    );
+    // The ExecStart the unit ships, kept as it is.
+    let systemd = Systemd::boot_units(&[(unit, Some("archive"))], &env, Some(&deb));
+    let shipped = systemd.ok(&["systemctl", "cat", unit]);
+    assert!(
+        // /lib is /usr/lib on Debian 12 (merged /usr).
+        shipped.contains("/lib/systemd/system/volsnap-archive.service\n")
+            && shipped.contains("ExecStart=/usr/bin/volsnap archive\n"),
+        "{shipped}"
+    );
+    systemd.ok(&[
+        "sh",
+        "-c",
+        &format!(
+            "install -m 600 {} /etc/volsnap/volsnap.toml",
+            config.display()
+        ),
+    ]);
+    // Enabled as an operator would (in /run: /etc is the host's), and started.
+    systemd.ok(&["systemctl", "enable", "--runtime", "--now", unit]);
+    assert_eq!(systemd.show(unit, "UnitFileState"), "enabled-runtime");
+    wait_until(Duration::from_secs(20), "the service's spool", || {
+        spool.is_dir()
+    });
+    let meta = std::fs::metadata(&spool).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o700);
+    assert_eq!(Some((meta.uid(), meta.gid())), local_user("postgres"));
+
+    let wal = work.path().join("pg_wal");
+    std::fs::create_dir(&wal).unwrap();
+    std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let push = |n: u32| -> (String, Vec<u8>) {
+        let name = format!("0000000100000000{n:08X}");
+        // Random, so that compression leaves 4 MiB to upload.
+        let mut data = vec![0u8; 4 << 20];
+        std::fs::File::open("/dev/urandom")
+            .unwrap()
+            .read_exact(&mut data)
+            .unwrap();
+        let path = wal.join(&name);
+        std::fs::write(&path, &data).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(env!("CARGO_BIN_EXE_volsnap"))
+            .args(["wal", "push", "--spool"])
+            .arg(&spool)
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (name, data)
+    };
+    let in_spool = |name: &str| spool.join(name).exists();
+    let fetched = |name: &str| -> Vec<u8> {
+        let dest = work.path().join("fetched");
+        let out = Command::new(env!("CARGO_BIN_EXE_volsnap"))
+            .arg("--config")
+            .arg(&config)
+            .args(["wal", "fetch", name])
+            .arg(&dest)
+            .envs(cloud.os_vars())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read(&dest).unwrap()
+    };
+    // Until the relay carried `bytes` more towards Swift (an upload begun).
+    let uploading = |bytes: u64| {
+        let from = relay.sent.load(Ordering::SeqCst);
+        wait_until(Duration::from_secs(30), "an upload under way", || {
+            relay.sent.load(Ordering::SeqCst) > from + bytes
+        });
+    };
+
+    // 1. Shipped, with its content; the metrics written.
+    let (first, data) = push(1);
+    wait_until(Duration::from_secs(30), "the first file shipped", || {
+        !in_spool(&first) && container.objects().contains_key(&first)
+    });
+    assert!(fetched(&first) == data, "{first}: other content in Swift");
+    let prom = metrics.join("volsnap-archive.prom");
+    wait_until(Duration::from_secs(10), "the metrics", || {
+        std::fs::read_to_string(&prom)
+            .unwrap_or_default()
+            .contains(&format!("segment=\"{first}\""))
+    });
+
+    // 2. Stopped while uploading at 1 MiB/s: the file in flight is finished.
+    relay.rate.store(1 << 20, Ordering::SeqCst);
+    let (second, data) = push(2);
+    uploading(512 << 10);
+    let stopping = Instant::now();
+    systemd.ok(&["systemctl", "stop", unit]);
+    let stopped = stopping.elapsed();
+    assert_eq!(systemd.show(unit, "ActiveState"), "inactive");
+    assert_eq!(systemd.show(unit, "Result"), "success");
+    assert!(!in_spool(&second), "the upload in flight was finished");
+    relay.rate.store(0, Ordering::SeqCst);
+    assert!(fetched(&second) == data, "{second}: other content in Swift");
+    assert!(stopped < Duration::from_secs(30), "stop took {stopped:?}");
+
+    // 3. Stopped, and Swift's connection cut mid-upload: nothing counted
+    // shipped, the file kept, the unit stopped cleanly.
+    systemd.ok(&["systemctl", "start", unit]);
+    relay.rate.store(256 << 10, Ordering::SeqCst);
+    let (third, data) = push(3);
+    uploading(512 << 10);
+    systemd.ok(&["systemctl", "stop", "--no-block", unit]);
+    std::thread::sleep(Duration::from_millis(200));
+    relay.cut(true);
+    wait_until(Duration::from_secs(30), "the unit stopped", || {
+        systemd.show(unit, "ActiveState") == "inactive"
+    });
+    assert_eq!(
+        systemd.show(unit, "Result"),
+        "success",
+        "{}",
+        systemd.journal_of(unit)
+    );
+    assert!(
+        in_spool(&third),
+        "a cut upload must leave the file in the spool"
+    );
+    assert!(
+        !container.objects().contains_key(&third),
+        "half an object in Swift"
+    );
+    let journal = systemd.journal_of(unit);
+    let last = journal
+        .lines()
+        .rfind(|l| l.contains(" shipped, "))
+        .unwrap_or_else(|| panic!("no closing line:\n{journal}"));
+    assert!(
+        last.contains("0 shipped") && last.contains("1 waiting"),
+        "{journal}"
+    );
+    assert!(!journal.contains(&format!("{third} shipped")), "{journal}");
+    relay.down.store(false, Ordering::SeqCst);
+
+    // 4. SIGKILL mid-upload: restarted by systemd (RestartSec=10 as
+    // shipped), which ships what the killed run left (the third file too).
+    relay.rate.store(0, Ordering::SeqCst);
+    systemd.ok(&["systemctl", "start", unit]);
+    wait_until(Duration::from_secs(30), "the third file shipped", || {
+        !in_spool(&third)
+    });
+    assert!(fetched(&third) == data, "{third}: other content in Swift");
+    relay.rate.store(256 << 10, Ordering::SeqCst);
+    let (fourth, data) = push(4);
+    uploading(512 << 10);
+    let restarts = systemd.show(unit, "NRestarts");
+    systemd.ok(&["systemctl", "kill", "-s", "KILL", unit]);
+    relay.cut(false);
+    wait_until(
+        Duration::from_secs(5),
+        "the unit waiting to restart",
+        || systemd.show(unit, "SubState") == "auto-restart",
+    );
+    assert!(in_spool(&fourth));
+    assert!(
+        !container.objects().contains_key(&fourth),
+        "half an object in Swift"
+    );
+    relay.rate.store(0, Ordering::SeqCst);
+    let restarted = wait_until(Duration::from_secs(30), "a restart", || {
+        systemd.show(unit, "NRestarts") != restarts && systemd.show(unit, "ActiveState") == "active"
+    });
+    wait_until(Duration::from_secs(30), "the fourth file shipped", || {
+        !in_spool(&fourth)
+    });
+    assert!(fetched(&fourth) == data, "{fourth}: other content in Swift");
+    assert_eq!(container.objects().len(), 4);
+    systemd.ok(&["systemctl", "stop", unit]);
+    eprintln!("stop with an upload in flight took {stopped:?}; restarted after {restarted:?}");
 }

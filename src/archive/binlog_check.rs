@@ -11,15 +11,9 @@ use crate::config::archive::ArchiveSettings;
 use crate::config::Settings;
 use crate::hooks::Hook;
 
-/// `check`'s line for `[archive]` with datastore mysql.
-pub fn checks(settings: &Settings) -> Vec<(&'static str, Result<String, String>)> {
-    let Some(archive) = &settings.archive else {
-        return Vec::new();
-    };
-    vec![("mariadb binlog archiving", check(settings, archive))]
-}
-
-fn check(settings: &Settings, archive: &ArchiveSettings) -> Result<String, String> {
+/// `check`'s line for `[archive]` with datastore mysql: the server's
+/// settings, read through the mysql hook.
+pub fn check(settings: &Settings, archive: &ArchiveSettings) -> Result<String, String> {
     let hook = Hook::new(settings, settings.hooks.timeout);
     let values = hook
         .run("archive-settings")

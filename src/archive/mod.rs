@@ -13,7 +13,8 @@
 //!   fetched by root into a directory that `restore_command` = `volsnap
 //!   wal fetch --dir DIR %f %p` reads as the database's OS user, again
 //!   without a credential;
-//! - `volsnap check` ([`pg_check`]): the server's archiving settings.
+//! - `volsnap check` ([`check`], [`pg_check`]): the spool, the metrics file,
+//!   the server's archiving settings (all but the last with `--offline` too).
 //!
 //! MariaDB (datastore mysql), with no spool: root reads the binary logs
 //! where the server writes them.
@@ -32,6 +33,7 @@ pub mod binlog_check;
 pub mod binlog_replay;
 pub mod binlog_ship;
 pub mod binlog_window;
+pub mod check;
 pub mod metrics;
 pub mod pg_check;
 pub mod pitr;

@@ -3,6 +3,7 @@
 //! server's settings; each one that is wrong is a problem with its fix.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,11 +12,17 @@ use crate::config::Settings;
 use crate::hooks::Hook;
 
 /// The archiving settings as the server has them: `Ok` describes them,
-/// `Err` lists what to change.
-pub fn check(settings: &Settings) -> Result<String, String> {
+/// `Err` lists what to change. With `offline`, only a server on this
+/// machine is asked, and only when it listens (else `Ok` says why not).
+pub fn check(settings: &Settings, offline: bool) -> Result<String, String> {
     let Some(archive) = &settings.archive else {
         return Ok("no [archive]".into());
     };
+    if offline {
+        if let Some(why) = not_local(settings) {
+            return Ok(format!("not checked with --offline: {why}"));
+        }
+    }
     let hook = Hook::new(settings, settings.hooks.timeout);
     let values = hook
         .run("archive-settings")
@@ -34,32 +41,49 @@ pub fn check(settings: &Settings) -> Result<String, String> {
     }
 }
 
-/// `check`'s lines for `[archive]`: the spool, and the server's settings.
-pub fn checks(settings: &Settings) -> Vec<(&'static str, Result<String, String>)> {
-    let Some(archive) = &settings.archive else {
-        return Vec::new();
+/// Where the hook will connect, as it decides (`[hooks.env]`'s
+/// VOLSNAP_PG_HOST, else PGHOST, else libpq's default socket directory;
+/// the port likewise): `None` when that is a server on this machine that
+/// accepts connections, else why it is not asked offline.
+fn not_local(settings: &Settings) -> Option<String> {
+    let env = |a: &str, b: &str| {
+        [a, b]
+            .iter()
+            .find_map(|k| settings.hooks.env.get(*k))
+            .map(|v| v.expose().to_string())
+            .filter(|v| !v.is_empty())
     };
-    let spool = &archive.spool_dir;
-    let spool_result = if std::fs::symlink_metadata(spool).is_err() {
-        Ok(format!(
-            "{} does not exist yet: `volsnap archive` creates it (owner {}, mode 0700)",
-            spool.display(),
-            archive.spool_owner
-        ))
-    } else {
-        super::spool::check(spool, &archive.spool_owner).map(|()| {
-            format!(
-                "{} (owner {}, mode 0700)",
-                spool.display(),
-                archive.spool_owner
-            )
-        })
+    let host = env("VOLSNAP_PG_HOST", "PGHOST").unwrap_or_else(|| DEFAULT_SOCKET_DIR.into());
+    let port = env("VOLSNAP_PG_PORT", "PGPORT").unwrap_or_else(|| "5432".into());
+    if host.starts_with('/') {
+        let socket = Path::new(&host).join(format!(".s.PGSQL.{port}"));
+        return match std::fs::symlink_metadata(&socket) {
+            Ok(m) if m.file_type().is_socket() => None,
+            _ => Some(format!("no server listens on {}", socket.display())),
+        };
+    }
+    if !matches!(host.as_str(), "localhost" | "127.0.0.1" | "::1") {
+        return Some(format!("the server is at {host}, not on this machine"));
+    }
+    let Ok(port) = port.parse::<u16>() else {
+        return Some(format!("port {port:?} is not a number"));
     };
-    vec![
-        ("archive spool", spool_result),
-        ("postgresql archiving", check(settings)),
-    ]
+    let addr = std::net::SocketAddr::new(
+        if host == "::1" {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        },
+        port,
+    );
+    match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+        Ok(_) => None,
+        Err(e) => Some(format!("no server answers on {addr}: {e}")),
+    }
 }
+
+/// Debian's libpq looks here when no host is given.
+const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
 
 /// The command PostgreSQL should run.
 pub fn archive_command(archive: &ArchiveSettings) -> String {
@@ -175,6 +199,43 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+    }
+
+    fn settings(env: &str) -> Settings {
+        crate::config::parse(
+            Path::new("/etc/volsnap/volsnap.toml"),
+            &format!("datastore = \"postgresql\"\n[archive]\n[hooks.env]\n{env}"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn offline_asks_only_a_server_on_this_machine_that_listens() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = format!("VOLSNAP_PG_HOST = {:?}\n", dir.path().display().to_string());
+        let on = |port: &str| settings(&format!("{host}VOLSNAP_PG_PORT = \"{port}\"\n"));
+        let why = not_local(&on("5499")).unwrap();
+        assert!(why.contains(".s.PGSQL.5499"), "{why}");
+        let _listener =
+            std::os::unix::net::UnixListener::bind(dir.path().join(".s.PGSQL.5499")).unwrap();
+        assert_eq!(not_local(&on("5499")), None);
+        // A plain file of that name is no server.
+        std::fs::write(dir.path().join(".s.PGSQL.5498"), "").unwrap();
+        assert!(not_local(&on("5498")).is_some());
+        let why = not_local(&settings("PGHOST = \"db.example.org\"\n")).unwrap();
+        assert!(why.contains("not on this machine"), "{why}");
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        let local = |port: u16| {
+            settings(&format!(
+                "VOLSNAP_PG_HOST = \"127.0.0.1\"\nVOLSNAP_PG_PORT = \"{port}\"\n"
+            ))
+        };
+        assert_eq!(not_local(&local(port)), None);
+        drop(tcp);
+        assert!(not_local(&local(port))
+            .unwrap()
+            .contains("no server answers"));
     }
 
     #[test]

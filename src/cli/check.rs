@@ -8,7 +8,9 @@ use crate::{check, exit, mounts};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Only the local checks: configuration, hooks, mounts (no OpenStack calls).
+    /// Only the local checks: configuration, hooks, mounts, and with
+    /// [archive] the spool, the metrics file and the archiving settings of a
+    /// PostgreSQL on this machine, when it listens (no OpenStack calls).
     /// Without it, also: authentication, the endpoint, and the Cinder volumes
     /// or the Swift containers (never created here; with create_container =
     /// true a missing one is what a backup creates), removing this host's
@@ -25,7 +27,8 @@ struct Report<'a> {
     strategy: &'a str,
     datastore: &'a str,
     problems: &'a [String],
-    /// The online checks, passed or not (empty with --offline).
+    /// The checks reported one by one, passed or not: the online ones, and
+    /// those of `[archive]` (with --offline, only those).
     checks: &'a [check::Check],
 }
 
@@ -44,7 +47,7 @@ impl Args {
         }
         problems.extend(check::offline(&settings, &mountinfo));
         let checks = if self.offline {
-            Vec::new()
+            check::archive_offline(&settings)
         } else {
             check::online(&settings, &mountinfo, std::path::Path::new("/sys"))
         };

@@ -131,6 +131,21 @@ pub fn make(target: &str) -> String {
 /// `make TARGET`, which must name `file` (under the repository) as what it
 /// built; the package's absolute path.
 pub fn build(target: &str, file: &str) -> String {
+    // Once per test binary: two tests of one binary running `make deb` at
+    // once race on target/gen and target/deb (and one may copy a package
+    // the other is rewriting).
+    static BUILT: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let key = format!("{target} {file}");
+    if let Some((_, path)) = built.iter().find(|(k, _)| *k == key) {
+        return path.clone();
+    }
+    let path = build_now(target, file);
+    built.push((key, path.clone()));
+    path
+}
+
+fn build_now(target: &str, file: &str) -> String {
     let built = make(target);
     assert!(
         built.contains(file),
