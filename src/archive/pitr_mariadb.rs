@@ -490,3 +490,51 @@ fn prepare(datadir: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_datadir_is_mysql_and_an_engine_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = check_datadir(dir.path(), "S").unwrap_err().to_string();
+        assert!(err.contains("is not a MariaDB data directory"), "{err}");
+        fs::create_dir(dir.path().join("mysql")).unwrap();
+        assert!(check_datadir(dir.path(), "S").is_err());
+        fs::write(dir.path().join("aria_log_control"), b"x").unwrap();
+        check_datadir(dir.path(), "S").unwrap();
+    }
+
+    #[test]
+    fn the_snapshots_binlog_reaches_its_position_and_none_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = Position {
+            file: Name::parse("binlog.000003").unwrap(),
+            pos: 10,
+        };
+        // The binary log elsewhere: nothing to check.
+        check_own_binlog(dir.path(), "S", &at).unwrap();
+        fs::write(dir.path().join("binlog.000002"), b"old").unwrap();
+        fs::write(dir.path().join("binlog.000003"), b"short").unwrap();
+        let err = check_own_binlog(dir.path(), "S", &at)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ends at 5, before snapshot S's position 10"),
+            "{err}"
+        );
+        fs::write(dir.path().join("binlog.000003"), [0u8; 10]).unwrap();
+        check_own_binlog(dir.path(), "S", &at).unwrap();
+        fs::write(dir.path().join("binlog.000004"), b"").unwrap();
+        let err = check_own_binlog(dir.path(), "S", &at)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("it holds binlog.000004"), "{err}");
+        let meta = BTreeMap::from([
+            (BINLOG_FILE.to_string(), "binlog.000003".to_string()),
+            (BINLOG_POS.to_string(), "10".to_string()),
+        ]);
+        assert_eq!(snapshot_position(&meta).unwrap(), at);
+    }
+}
