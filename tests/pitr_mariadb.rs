@@ -2,7 +2,8 @@
 //! through the real binary, against the loopback cloud's real Swift
 //! (tests/cloud) and a real MariaDB 10.11 (tests/db/mariadb.sh): `volsnap
 //! archive` shipping the closed binary logs (closing them itself at
-//! max_lag), `volsnap restore --until` replaying them onto a Swift base.
+//! max_lag), `volsnap restore --until` replaying them onto a Swift base or
+//! a Cinder snapshot's data directory (a loop-attached test-cloud volume).
 //!
 //! Every test has its own containers, runtime directory and server, all
 //! removed on drop, even when the test fails.
