@@ -2,7 +2,8 @@
 //! through the real binary, against the loopback cloud's real Swift
 //! (tests/cloud) and a real MariaDB 10.11 (tests/db/mariadb.sh): `volsnap
 //! archive` shipping the closed binary logs (closing them itself at
-//! max_lag), `volsnap restore --until` replaying them onto a Swift base.
+//! max_lag), `volsnap restore --until` replaying them onto a Swift base or
+//! a Cinder snapshot's data directory (a loop-attached test-cloud volume).
 //!
 //! Every test has its own containers, runtime directory and server, all
 //! removed on drop, even when the test fails.
@@ -44,6 +45,11 @@ struct Rig {
 
 impl Rig {
     fn new(what: &str) -> Rig {
+        Rig::with_data(what, None)
+    }
+
+    /// With the server's data directory at `data` (on a volume).
+    fn with_data(what: &str, data: Option<&Path>) -> Rig {
         let cloud = Cloud::load();
         let swift = volsnap::openstack::swift(&cloud.session()).unwrap();
         // Not under /tmp: `check` refuses a metrics file there, which the
@@ -54,7 +60,7 @@ impl Rig {
             .unwrap();
         // The mysql user (the replay's server) must reach the restored data.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let db = Db::start(&dir.path().join("db"));
+        let db = Db::start_with(&dir.path().join("db"), data);
         Rig {
             backups: cloud::unique(what),
             archive: cloud::unique(&format!("{what}-binlog")),
@@ -191,10 +197,11 @@ impl Drop for Rig {
     }
 }
 
-/// A MariaDB started by tests/db/mariadb.sh on `dir` (data in `dir/data`,
-/// binary log on); stopped on drop.
+/// A MariaDB started by tests/db/mariadb.sh on `dir` (data in `dir/data`
+/// or elsewhere, binary log on); stopped on drop.
 struct Db {
     dir: PathBuf,
+    data: Option<PathBuf>,
 }
 
 impl Db {
@@ -203,19 +210,31 @@ impl Db {
     }
 
     fn start(dir: &Path) -> Db {
-        let out = Command::new(Db::script())
-            .arg("start")
-            .arg(dir)
-            .output()
-            .unwrap();
+        Db::start_with(dir, None)
+    }
+
+    fn command(&self, action: &str) -> Command {
+        let mut cmd = Command::new(Db::script());
+        cmd.arg(action).arg(&self.dir);
+        if let Some(data) = &self.data {
+            cmd.env("DB_DATA_DIR", data);
+        }
+        cmd
+    }
+
+    fn start_with(dir: &Path, data: Option<&Path>) -> Db {
+        // Stopped by Drop even when the start fails half way.
+        let db = Db {
+            dir: dir.to_path_buf(),
+            data: data.map(Path::to_path_buf),
+        };
+        let out = db.command("start").output().unwrap();
         assert!(
             out.status.success(),
             "mariadb.sh start: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Db {
-            dir: dir.to_path_buf(),
-        }
+        db
     }
 
     fn defaults_file(&self) -> PathBuf {
@@ -223,7 +242,7 @@ impl Db {
     }
 
     fn data(&self) -> PathBuf {
-        self.dir.join("data")
+        self.data.clone().unwrap_or_else(|| self.dir.join("data"))
     }
 
     fn try_sql(&self, sql: &str) -> Result<String, String> {
@@ -272,10 +291,7 @@ impl Db {
 
 impl Drop for Db {
     fn drop(&mut self) {
-        let _ = Command::new(Db::script())
-            .arg("stop")
-            .arg(&self.dir)
-            .output();
+        let _ = self.command("stop").output();
     }
 }
 
@@ -783,4 +799,162 @@ fn while_swift_is_away_binlogs_wait_and_the_lag_shows_then_all_are_shipped() {
         Some(0.0),
         "{text}"
     );
+}
+
+/// Issue #15 with a Cinder snapshot as the MariaDB base. MariaDB's data
+/// directory on ext4 on a loop-attached test-cloud volume, `volsnap
+/// archive` shipping its binary logs (closing them at max_lag); `volsnap
+/// backup` takes the Cinder snapshot with the mysql hook (binlog_file,
+/// binlog_pos under the lock), and the writer goes on, twice a second,
+/// across a rotation. A volume of the snapshot mounted; a T before the
+/// snapshot refused, DIR untouched; `restore --until T --snapshot ID
+/// --datadir` (crash recovery in the temporary server, then the archived
+/// binary logs from the snapshot's position), and MariaDB started on it
+/// holds exactly the rows committed at or before T; while it runs, a
+/// restore on it is refused.
+#[test]
+fn mariadb_recovers_a_cinder_snapshot_to_a_time_between_two_later_commits() {
+    let started = Instant::now();
+    let cloud = Cloud::load();
+    let volume = cloud::DataVolume::new(&cloud, "ext4");
+    let through = |dir: &Path| {
+        let mode = std::fs::metadata(dir).unwrap().permissions().mode();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o011)).unwrap();
+    };
+    through(volume.path().parent().unwrap());
+    // Declared after the volume: the server stops before it is unmounted.
+    let rig = Rig::with_data("binlog-snap", Some(&volume.path().join("mysql")));
+    let extra = format!(
+        "[swift]\ncontainer = {:?}\n[archive]\ncontainer = {:?}\nmax_lag = \"4s\"\n\
+         [hooks.env]\nVOLSNAP_MYSQL_DEFAULTS_FILE = {:?}\n",
+        rig.backups,
+        rig.archive,
+        rig.db.defaults_file().display().to_string(),
+    );
+    let config = cloud::cinder_config(
+        rig.path(),
+        &[&volume],
+        &repo().join("hooks"),
+        "mysql",
+        &extra,
+    );
+    let archiver = Archiver::start(&rig, &config);
+    rig.db
+        .sql("CREATE DATABASE d; CREATE TABLE d.t (i int PRIMARY KEY, at bigint NOT NULL)");
+    let insert = |i: i32| {
+        let before = now_us();
+        rig.db
+            .sql(&format!("INSERT INTO d.t VALUES ({i}, {before})"));
+        (i, before, now_us())
+    };
+    let mut commits: Vec<(i32, i64, i64)> = (1..=3).map(insert).collect();
+
+    let knobs = rig.cloud.knobs(); // no delay or failure injected meanwhile
+    let backup = rig.json(&config, &["backup"]);
+    drop(knobs);
+    assert_eq!(backup["consistency"], "application", "{backup}");
+    let snapshot_id = backup["snapshots"][0]["id"].as_str().unwrap().to_string();
+    let snapshot = rig.cloud.cinder().snapshot(&snapshot_id).unwrap();
+    let (binlog_file, binlog_pos) = (
+        snapshot.metadata["binlog_file"].clone(),
+        snapshot.metadata["binlog_pos"].clone(),
+    );
+    let created =
+        volsnap::agent::cinder::parse_cinder_time(snapshot.created_at.as_deref().unwrap()).unwrap();
+
+    // Two commits a second, away from the second's edges, for 8 seconds.
+    for i in 4..=19 {
+        sleep_to_fraction(if i % 2 == 0 { 250 } else { 700 });
+        commits.push(insert(i));
+    }
+    // T: a whole second late in the writer's run, past the snapshot's
+    // consistency (created + 1 s), a commit in the second before it.
+    let t_s = commits[12].1.div_euclid(1_000_000);
+    assert!(
+        t_s * 1000 >= created.as_millisecond() + 1000,
+        "T {t_s} before the snapshot's state ({created})"
+    );
+    let until = jiff::Timestamp::from_second(t_s).unwrap();
+    let expected: Vec<i32> = commits
+        .iter()
+        .filter(|(_, _, after)| *after <= t_s * 1_000_000)
+        .map(|(i, _, _)| *i)
+        .collect();
+    assert_eq!(
+        expected.len() + commits.iter().filter(|c| c.1 > t_s * 1_000_000).count(),
+        commits.len(),
+        "no commit straddles T"
+    );
+    // The file being written now closed and shipped: the archive reaches past T.
+    let last = rig.db.current_binlog();
+    rig.db.sql("FLUSH BINARY LOGS");
+    wait_for(Duration::from_secs(30), "the last binlog in Swift", || {
+        rig.archived().contains_key(&last)
+    });
+
+    // A volume of the snapshot, mounted: the data directory as frozen.
+    let made = rig.json(&config, &["restore", "--snapshot", &snapshot_id]);
+    let restored = cloud::DataVolume::existing(&rig.cloud, made["volume_id"].as_str().unwrap());
+    through(restored.path().parent().unwrap());
+    let datadir = restored.path().join("mysql");
+    let datadir_arg = datadir.to_str().unwrap().to_string();
+    let binlog_dir = restored.path().join("mysql.volsnap-binlog");
+    let restore = |until: &str| {
+        rig.run(
+            &config,
+            &[
+                "--json",
+                "restore",
+                "--until",
+                until,
+                "--snapshot",
+                &snapshot_id,
+                "--datadir",
+                &datadir_arg,
+            ],
+        )
+    };
+    let owner = |p: &Path| std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(p).unwrap());
+
+    let before = jiff::Timestamp::from_microsecond(commits[1].1)
+        .unwrap()
+        .to_string();
+    let (code, stdout, stderr) = restore(&before);
+    assert_eq!(
+        code,
+        Some(1),
+        "a T before the snapshot:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("snapshot {snapshot_id} was taken at")),
+        "{stderr}"
+    );
+    assert_eq!(owner(&datadir), 0, "a refusal leaves DIR as it was");
+    assert!(!binlog_dir.exists(), "a refusal leaves nothing beside DIR");
+
+    let t0 = Instant::now();
+    let (code, stdout, stderr) = restore(&until.to_string());
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    eprintln!("restore --until --snapshot: {:?}, {report}", t0.elapsed());
+    assert_eq!(report["base_kind"], "cinder-snapshot");
+    assert_eq!(report["base"], snapshot_id.as_str());
+    assert_eq!(report["start_file"], binlog_file.as_str(), "{report}");
+    assert_eq!(report["start_position"].to_string(), binlog_pos, "{report}");
+    assert!(
+        report["binlogs_fetched"].as_u64().unwrap() >= 2,
+        "a rotation between the snapshot and T: {report}"
+    );
+    assert!(!binlog_dir.exists(), "the fetched binlogs go once replayed");
+
+    let copy = Db::start_with(&rig.path().join("copy"), Some(&datadir));
+    let rows = copy.sql("SELECT GROUP_CONCAT(i ORDER BY i) FROM d.t");
+    let want: Vec<String> = expected.iter().map(i32::to_string).collect();
+    assert_eq!(rows, want.join(","), "rows committed at or before {until}");
+    let (code, _, stderr) = restore(&until.to_string());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("is running on"), "{stderr}");
+    drop(copy);
+    archiver.stop();
+    eprintln!("the whole test: {:?}", started.elapsed());
 }

@@ -23,9 +23,10 @@
 //! - [`binlog_ship`]: the service's pass — the closed files shipped, the
 //!   file being written closed at max_lag (through the mysql hook);
 //! - [`binlog_check`]: `log_bin`, `binlog_format`, `server_id`, expiry;
-//! - [`pitr_mariadb`]: `restore --until` from a Swift base (mariadb-backup),
-//!   [`binlog_replay`]: the replay into a temporary mariadbd, which a
-//!   snapshot base can call too;
+//! - [`pitr_mariadb`]: `restore --until` from a Swift base (mariadb-backup)
+//!   or, with `--snapshot ID`, a Cinder snapshot's data directory
+//!   ([`snapshot_base`] again), [`binlog_replay`]: the replay into a
+//!   temporary mariadbd, one for both;
 //! - [`binlog_window`]: `list`'s window and retention for binary logs.
 
 pub mod binlog;

@@ -207,12 +207,20 @@ fn open_archive(settings: &Settings, identity: Option<&Path>) -> Result<Archive>
         .into_iter()
         .filter_map(|e| e.name.strip_prefix(&store.prefix).map(str::to_string))
         .collect();
-    // Archived files are encrypted to [swift]'s recipients when it has any.
-    let ids = match identity.or(settings.swift.age_identity_file.as_deref()) {
-        Some(p) => Some(stream::Identities::from_file(p)?),
-        None => None,
-    };
+    let ids = archive_identities(settings, identity)?;
     Ok(Archive { store, listed, ids })
+}
+
+/// The key to archived files, which are encrypted to [swift]'s recipients
+/// when it has any: `--identity`, else `swift.age_identity_file`.
+pub(super) fn archive_identities(
+    settings: &Settings,
+    identity: Option<&Path>,
+) -> Result<Option<stream::Identities>> {
+    match identity.or(settings.swift.age_identity_file.as_deref()) {
+        Some(p) => Ok(Some(stream::Identities::from_file(p)?)),
+        None => Ok(None),
+    }
 }
 
 /// A Swift base: the newest finished before TIME, extracted into a new

@@ -1,10 +1,14 @@
-//! `volsnap restore --until TIME --datadir DIR` for MariaDB: the newest
-//! Swift base backup that finished before TIME, extracted into DIR and
-//! prepared (`mbstream -x`, `mariadb-backup --prepare`, as the hook's
-//! restore does), then the archived binary logs from the base's position
-//! (mariadb-backup's binlog info file) replayed up to TIME
-//! ([`super::binlog_replay`]). DIR is then a data directory to start
-//! MariaDB on, owned by `archive.spool_owner` (mysql).
+//! `volsnap restore --until TIME --datadir DIR` for MariaDB: a base in DIR
+//! — the newest Swift base backup that finished before TIME, extracted
+//! into DIR and prepared (`mbstream -x`, `mariadb-backup --prepare`, as the
+//! hook's restore does; `from_swift`), or with `--snapshot ID` the data
+//! directory already there on a volume made of that Cinder snapshot
+//! (`from_snapshot`) — then the archived binary logs from the base's
+//! position (mariadb-backup's binlog info file, or the snapshot's
+//! `binlog_file`/`binlog_pos`) replayed up to TIME (`fetch_and_replay`,
+//! one path for both bases, and [`super::binlog_replay`]). DIR is then a
+//! data directory to start MariaDB on, owned by `archive.spool_owner`
+//! (mysql).
 //!
 //! Before anything is downloaded, the archive is checked from the file the
 //! base recorded as being written when it started (`binlog_start_file`):
@@ -14,6 +18,7 @@
 //! from the base's exact position once the base is extracted.
 
 use std::collections::BTreeMap;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -21,11 +26,15 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
-use super::binlog::{self, Name};
-use super::pitr::{chown_tree, clean, fresh_dir, newest_base, stream_into, write_file};
+use super::binlog::{self, Name, Position};
+use super::pitr::{
+    archive_identities, chown_tree, clean, fresh_dir, newest_base, stream_into, write_file,
+};
+use super::snapshot_base;
 use super::store::{Store, WRITTEN_KEY};
 use crate::agent::swift as swift_agent;
 use crate::config::Settings;
+use crate::stream::Identities;
 use crate::time::Timestamp;
 
 /// The metadata key the hook's `binlog_start_file=` line becomes.
@@ -39,6 +48,9 @@ const MARGIN: Duration = Duration::from_secs(1);
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub until: String,
+    /// `swift` (a mariadb-backup) or `cinder-snapshot`.
+    pub base_kind: &'static str,
+    /// The backup's name, or the snapshot's id.
     pub base: String,
     pub base_finished: String,
     pub datadir: String,
@@ -142,6 +154,7 @@ pub fn run(
     settings: &Settings,
     until: Timestamp,
     datadir: &Path,
+    snapshot: Option<&str>,
     identity: Option<&Path>,
     quiet: bool,
 ) -> Result<Report> {
@@ -154,7 +167,23 @@ pub fn run(
     if !datadir.is_absolute() {
         bail!("--datadir {}: give an absolute path", datadir.display());
     }
-    let owner = archive.spool_owner.clone();
+    let owner = &archive.spool_owner;
+    match snapshot {
+        Some(id) => from_snapshot(settings, owner, until, datadir, id, identity),
+        None => from_swift(settings, owner, until, datadir, identity, quiet),
+    }
+}
+
+/// A Swift base: the newest finished before TIME, extracted into a new
+/// data directory and prepared, replayed from mariadb-backup's position.
+fn from_swift(
+    settings: &Settings,
+    owner: &str,
+    until: Timestamp,
+    datadir: &Path,
+    identity: Option<&Path>,
+    quiet: bool,
+) -> Result<Report> {
     let swift = swift_agent::connect(settings)?;
     let container = &settings.swift.container;
     let (base_name, meta, finished) = newest_base(settings, &swift, until)?;
@@ -194,35 +223,25 @@ pub fn run(
             position.file,
             position.pos
         );
-        let files = plan(&store, &position.file, until)?;
-        for name in &files {
-            let (plain, _) = store.fetch(name, ids.as_ref())?;
-            write_file(&binlog_dir, name, &plain)?;
-        }
-        chown_tree(datadir, &owner)?;
         // The InnoDB options the base was taken with (page size, log size…).
         let options = datadir.join("backup-my.cnf");
-        let replayed = super::binlog_replay::replay(
-            datadir,
-            &position,
-            &binlog_dir,
-            until,
-            &owner,
-            options.is_file().then_some(options.as_path()),
-        )?;
-        Ok(Report {
-            until: until.to_string(),
-            base: base_name.clone(),
-            base_finished: finished.to_string(),
-            datadir: datadir.display().to_string(),
-            start_file: position.file.to_string(),
-            start_position: position.pos,
-            last_file: files.last().cloned().unwrap_or_default(),
-            binlogs_fetched: files.len(),
-            stop_datetime: replayed.stop_datetime,
-            replay_seconds: replayed.seconds,
-            owner: owner.clone(),
-        })
+        fetch_and_replay(
+            &Replay {
+                store: &store,
+                ids: ids.as_ref(),
+                datadir,
+                binlog_dir: &binlog_dir,
+                position: &position,
+                until,
+                owner,
+                options: options.is_file().then_some(options.as_path()),
+            },
+            Base {
+                kind: "swift",
+                name: base_name.clone(),
+                finished,
+            },
+        )
     })();
     match &result {
         Ok(_) => clean(&binlog_dir, true),
@@ -232,6 +251,224 @@ pub fn run(
         }
     }
     result
+}
+
+/// The hook's record of where the binary log stood under the freeze's
+/// lock (commits blocked): the snapshot holds every commit before it and
+/// none after.
+const BINLOG_FILE: &str = "binlog_file";
+const BINLOG_POS: &str = "binlog_pos";
+
+/// A Cinder snapshot base: the data directory on a volume made of snapshot
+/// `id`, as the freeze left it (never shut down), replayed from the
+/// position the hook recorded. Only archived copies of binary logs are
+/// replayed, never the snapshot's own (its last file is cut at the
+/// freeze). A snapshot has no backup-my.cnf: the temporary server reads
+/// no option file, so the data must suit MariaDB's defaults for what is
+/// fixed at creation (`innodb_page_size`). Every refusal comes before DIR
+/// is written.
+fn from_snapshot(
+    settings: &Settings,
+    owner: &str,
+    until: Timestamp,
+    datadir: &Path,
+    id: &str,
+    identity: Option<&Path>,
+) -> Result<Report> {
+    check_datadir(datadir, id)?;
+    let base = snapshot_base::verify(settings, id, until, &[BINLOG_FILE, BINLOG_POS])?;
+    let position = snapshot_position(&base.metadata).with_context(|| format!("snapshot {id}"))?;
+    check_not_running(datadir)?;
+    check_own_binlog(datadir, id, &position)?;
+    log::info!(
+        "base: snapshot {id} (taken {}), replay from {} {}",
+        base.created,
+        position.file,
+        position.pos
+    );
+    let store = Store::open(settings)?;
+    let ids = archive_identities(settings, identity)?;
+    let binlog_dir = binlog_dir_for(datadir);
+    let created_binlog = fresh_dir(&binlog_dir)?;
+    let result = fetch_and_replay(
+        &Replay {
+            store: &store,
+            ids: ids.as_ref(),
+            datadir,
+            binlog_dir: &binlog_dir,
+            position: &position,
+            until,
+            owner,
+            options: None,
+        },
+        Base {
+            kind: "cinder-snapshot",
+            name: base.id.clone(),
+            finished: base.consistent_from,
+        },
+    );
+    clean(&binlog_dir, result.is_ok() || created_binlog);
+    result
+}
+
+fn snapshot_position(meta: &BTreeMap<String, String>) -> Result<Position> {
+    let file = Name::parse(&meta[BINLOG_FILE]).ok_or_else(|| {
+        anyhow!(
+            "binlog_file {:?} is not a binary log name",
+            meta[BINLOG_FILE]
+        )
+    })?;
+    let pos = meta[BINLOG_POS]
+        .parse()
+        .map_err(|_| anyhow!("binlog_pos {:?} is not a position", meta[BINLOG_POS]))?;
+    Ok(Position { file, pos })
+}
+
+/// A MariaDB data directory: the system schema and an engine's own files.
+fn check_datadir(datadir: &Path, id: &str) -> Result<()> {
+    let engine = ["ibdata1", "aria_log_control"]
+        .iter()
+        .any(|f| datadir.join(f).is_file());
+    if !datadir.join("mysql").is_dir() || !engine {
+        bail!(
+            "--snapshot {id}: {} is not a MariaDB data directory (no mysql/ with ibdata1 or \
+             aria_log_control): make a volume of the snapshot, mount it, and give the data \
+             directory on it",
+            datadir.display()
+        );
+    }
+    Ok(())
+}
+
+/// A server running on DIR has it as its working directory (mariadbd
+/// changes into its data directory): its pid file may be anywhere, and the
+/// snapshot's copy of it names the source server's pid.
+fn check_not_running(datadir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let here = fs::metadata(datadir)?;
+    for entry in fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cwd) = fs::metadata(format!("/proc/{pid}/cwd")) else {
+            continue;
+        };
+        if (cwd.dev(), cwd.ino()) != (here.dev(), here.ino()) {
+            continue;
+        }
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let comm = comm.trim();
+        if ["mariadbd", "mysqld"].contains(&comm) {
+            bail!(
+                "{comm} (pid {pid}) is running on {}: a restore needs the data of a snapshot, \
+                 not a live server's",
+                datadir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The snapshot's own binary log, when it is in DIR: it reaches the
+/// recorded position and no later file exists. Else DIR's data went on
+/// past the snapshot (another snapshot's, or a server ran on it), and the
+/// replay from the position would apply transactions twice.
+fn check_own_binlog(datadir: &Path, id: &str, at: &Position) -> Result<()> {
+    let later: Vec<Name> = fs::read_dir(datadir)
+        .with_context(|| format!("listing {}", datadir.display()))?
+        .flatten()
+        .filter_map(|e| Name::parse(&e.file_name().to_string_lossy()))
+        .filter(|n| n.base == at.file.base && n.number > at.file.number)
+        .collect();
+    let not_its = |why: String| {
+        anyhow!(
+            "{}: {why}: it is not snapshot {id}'s data (a later snapshot's, or MariaDB ran on \
+             it since); make a new volume of snapshot {id}",
+            datadir.display()
+        )
+    };
+    if let Some(n) = later.iter().max() {
+        return Err(not_its(format!(
+            "it holds {n}, a binary log after snapshot {id}'s {}",
+            at.file
+        )));
+    }
+    match fs::metadata(datadir.join(at.file.to_string())) {
+        Ok(m) if m.len() < at.pos => Err(not_its(format!(
+            "its {} ends at {}, before snapshot {id}'s position {}",
+            at.file,
+            m.len(),
+            at.pos
+        ))),
+        Ok(_) => Ok(()),
+        Err(_) => {
+            // The binary log lives elsewhere (log_bin with a directory).
+            log::info!(
+                "{}: no {} in it; the data cannot be checked against snapshot {id}'s position",
+                datadir.display(),
+                at.file
+            );
+            Ok(())
+        }
+    }
+}
+
+/// The base whichever: what the report says of it.
+struct Base {
+    kind: &'static str,
+    name: String,
+    finished: Timestamp,
+}
+
+/// The replay to run on a data directory holding a base.
+struct Replay<'a> {
+    store: &'a Store,
+    ids: Option<&'a Identities>,
+    datadir: &'a Path,
+    binlog_dir: &'a Path,
+    position: &'a Position,
+    until: Timestamp,
+    owner: &'a str,
+    options: Option<&'a Path>,
+}
+
+/// The one path of both bases: the archived files from the base's
+/// position to past TIME (a gap or a TIME not archived yet refused,
+/// named) fetched into the binlog directory, DIR handed to the database's
+/// OS user, and the replay. DIR is written only after the fetch.
+fn fetch_and_replay(r: &Replay, base: Base) -> Result<Report> {
+    let files = plan(r.store, &r.position.file, r.until)?;
+    for name in &files {
+        let (plain, _) = r.store.fetch(name, r.ids)?;
+        write_file(r.binlog_dir, name, &plain)?;
+    }
+    chown_tree(r.datadir, r.owner)?;
+    let replayed = super::binlog_replay::replay(
+        r.datadir,
+        r.position,
+        r.binlog_dir,
+        r.until,
+        r.owner,
+        r.options,
+    )?;
+    Ok(Report {
+        until: r.until.to_string(),
+        base_kind: base.kind,
+        base: base.name,
+        base_finished: base.finished.to_string(),
+        datadir: r.datadir.display().to_string(),
+        start_file: r.position.file.to_string(),
+        start_position: r.position.pos,
+        last_file: files.last().cloned().unwrap_or_default(),
+        binlogs_fetched: files.len(),
+        stop_datetime: replayed.stop_datetime,
+        replay_seconds: replayed.seconds,
+        owner: r.owner.to_string(),
+    })
 }
 
 /// `mariadb-backup --prepare`, its output kept for the error.
@@ -252,4 +489,52 @@ fn prepare(datadir: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_datadir_is_mysql_and_an_engine_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = check_datadir(dir.path(), "S").unwrap_err().to_string();
+        assert!(err.contains("is not a MariaDB data directory"), "{err}");
+        fs::create_dir(dir.path().join("mysql")).unwrap();
+        assert!(check_datadir(dir.path(), "S").is_err());
+        fs::write(dir.path().join("aria_log_control"), b"x").unwrap();
+        check_datadir(dir.path(), "S").unwrap();
+    }
+
+    #[test]
+    fn the_snapshots_binlog_reaches_its_position_and_none_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = Position {
+            file: Name::parse("binlog.000003").unwrap(),
+            pos: 10,
+        };
+        // The binary log elsewhere: nothing to check.
+        check_own_binlog(dir.path(), "S", &at).unwrap();
+        fs::write(dir.path().join("binlog.000002"), b"old").unwrap();
+        fs::write(dir.path().join("binlog.000003"), b"short").unwrap();
+        let err = check_own_binlog(dir.path(), "S", &at)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ends at 5, before snapshot S's position 10"),
+            "{err}"
+        );
+        fs::write(dir.path().join("binlog.000003"), [0u8; 10]).unwrap();
+        check_own_binlog(dir.path(), "S", &at).unwrap();
+        fs::write(dir.path().join("binlog.000004"), b"").unwrap();
+        let err = check_own_binlog(dir.path(), "S", &at)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("it holds binlog.000004"), "{err}");
+        let meta = BTreeMap::from([
+            (BINLOG_FILE.to_string(), "binlog.000003".to_string()),
+            (BINLOG_POS.to_string(), "10".to_string()),
+        ]);
+        assert_eq!(snapshot_position(&meta).unwrap(), at);
+    }
 }

@@ -56,8 +56,9 @@ pub struct Args {
     /// on a volume made of that snapshot (good, of this host, taken before
     /// TIME; checked in Cinder and against its wal_lsn); else the newest
     /// Swift base backup finished before TIME, extracted into --datadir.
-    /// MariaDB (Swift base): the archived binary logs are replayed here, up
-    /// to TIME's whole second (their events carry whole seconds)
+    /// MariaDB: the same bases (the snapshot checked against its
+    /// binlog_file/binlog_pos), and the archived binary logs are replayed
+    /// here, up to TIME's whole second (their events carry whole seconds)
     #[arg(long, value_name = "TIME", value_parser = parse_time, requires = "datadir",
           conflicts_with_all = ["backup", "latest", "cinder_backup"])]
     pub until: Option<crate::time::Timestamp>,
@@ -65,7 +66,9 @@ pub struct Args {
     /// With --until: the data directory. A Swift base goes into it (absent or
     /// empty); a snapshot base is in it (mounted, never started). The WAL goes
     /// beside it into DIR.volsnap-wal. Start PostgreSQL on it to replay and promote.
-    /// MariaDB: replayed already (by a temporary mariadbd); start MariaDB on it
+    /// MariaDB: replayed already (by a temporary mariadbd reading no option
+    /// file with a snapshot base; the binary logs fetched into
+    /// DIR.volsnap-binlog); start MariaDB on it
     #[arg(long, value_name = "DIR", requires = "until")]
     pub datadir: Option<std::path::PathBuf>,
 
@@ -98,27 +101,21 @@ impl Args {
         if let (Some(until), Some(datadir), crate::config::Datastore::Mysql) =
             (self.until, &self.datadir, settings.datastore)
         {
-            if self.snapshot.is_some() {
-                return Err(Exit::new(
-                    exit::USAGE,
-                    "restore --until --snapshot takes a Cinder snapshot base for PostgreSQL; \
-                     for MariaDB the base is a Swift backup (leave --snapshot out)",
-                )
-                .into());
-            }
             let report = crate::archive::pitr_mariadb::run(
                 &settings,
                 until,
                 datadir,
+                self.snapshot.as_deref(),
                 self.identity.as_deref(),
                 ctx.quiet,
             )?;
             ctx.print(&report, || {
                 println!(
-                    "{}: base {} and {} binary logs from {} position {} replayed to {} (UTC); \
-                     start MariaDB on it",
+                    "{}: base {} ({}) and {} binary logs from {} position {} replayed to {} \
+                     (UTC); start MariaDB on it",
                     report.datadir,
                     report.base,
+                    report.base_kind,
                     report.binlogs_fetched,
                     report.start_file,
                     report.start_position,
