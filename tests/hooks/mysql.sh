@@ -237,6 +237,20 @@ hook mysql check
 expect "check exits 0 against the running server" rc_is 0
 socket_and_user_test
 
+freeze_thaw_cycle backup_stage
+freeze_thaw_cycle ftwrl
+detach_test
+self_release_test
+# LOCK TABLES ... WRITE conflicts with both locks. A long-running InnoDB write
+# blocks FTWRL but not BACKUP STAGE (which only holds commits back).
+blocked_freeze_test backup_stage "LOCK TABLES d.t WRITE; SELECT SLEEP(30)"
+blocked_freeze_test ftwrl "INSERT INTO d.t (v) SELECT SLEEP(30)"
+privileges_test
+backup_restore_test
+mountpoint_restore_test
+# Last while the server runs: after FLUSH BINARY LOGS the server appends a
+# Binlog_checkpoint event to the new file a moment later, which would move
+# SHOW MASTER STATUS past what a freeze right after it had printed.
 hook mysql archive-settings
 expect "archive-settings exits 0" rc_is 0
 expect "... prints log_bin, binlog_format and server_id" \
@@ -249,18 +263,6 @@ expect "binlog-flush exits 0" rc_is 0
 hook mysql archive-settings
 expect "... and closes it: the server writes the next file" \
     sh -c "! grep -qx 'binlog_file=$before' '$WORK/hook.out' && grep -q '^binlog_files=.*$before ' '$WORK/hook.out'"
-
-freeze_thaw_cycle backup_stage
-freeze_thaw_cycle ftwrl
-detach_test
-self_release_test
-# LOCK TABLES ... WRITE conflicts with both locks. A long-running InnoDB write
-# blocks FTWRL but not BACKUP STAGE (which only holds commits back).
-blocked_freeze_test backup_stage "LOCK TABLES d.t WRITE; SELECT SLEEP(30)"
-blocked_freeze_test ftwrl "INSERT INTO d.t (v) SELECT SLEEP(30)"
-privileges_test
-backup_restore_test
-mountpoint_restore_test
 
 "$DB/mariadb.sh" stop "$WORK/db" >/dev/null 2>&1
 hook mysql check
