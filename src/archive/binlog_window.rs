@@ -3,7 +3,6 @@
 //! binary log of the unbroken run after it was closed — and the first gap.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 
@@ -37,10 +36,7 @@ pub fn window(
         return Ok(w);
     };
     let meta = crate::agent::swift::read_meta(swift, &settings.swift.container, base)?;
-    let finished = created
-        .checked_add(meta.duration)
-        .and_then(|t| t.checked_add(Duration::from_secs(1)))
-        .unwrap_or(created);
+    let finished = super::pitr::base_finished(created, &meta);
     w.from = Some(finished.to_string());
     let Some(start) = meta.hook.get(BINLOG_START).and_then(|s| Name::parse(s)) else {
         w.note = Some(format!(

@@ -600,6 +600,16 @@ fn set_up_recovery(archive: &Archive, r: &Recovery) -> Result<Fetched> {
     })
 }
 
+/// When a Swift base backup finished, the moment it is consistent from:
+/// its name's time plus its duration, plus a second because the name holds
+/// whole seconds and the run may have started up to one second later.
+pub(super) fn base_finished(created: Timestamp, meta: &stream::BackupMeta) -> Timestamp {
+    created
+        .checked_add(meta.duration)
+        .and_then(|t| t.checked_add(Duration::from_secs(1)))
+        .unwrap_or(created)
+}
+
 /// The newest base of this host and datastore that finished before TIME: a
 /// base is consistent only from its end, and recovery cannot stop before
 /// that. With its metadata and when it finished.
@@ -615,14 +625,7 @@ pub(super) fn newest_base(
             continue;
         }
         let meta = swift_agent::read_meta(swift, container, &listed.name)?;
-        let finished = name
-            .created
-            .checked_add(meta.duration)
-            .unwrap_or(name.created)
-            // The name holds whole seconds; the run may have started up to
-            // one second later.
-            .checked_add(Duration::from_secs(1))
-            .unwrap_or(name.created);
+        let finished = base_finished(name.created, &meta);
         oldest = Some((listed.name.clone(), finished));
         if finished <= until {
             return Ok((listed.name, meta, finished));

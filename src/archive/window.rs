@@ -6,7 +6,6 @@
 use std::collections::BTreeSet;
 
 use anyhow::{anyhow, Result};
-use std::time::Duration;
 
 use crate::time::Timestamp;
 use serde::Serialize;
@@ -60,10 +59,7 @@ pub fn window(
         return Ok(w);
     };
     let meta = crate::agent::swift::read_meta(swift, &settings.swift.container, base)?;
-    let finished = created
-        .checked_add(meta.duration)
-        .and_then(|t| t.checked_add(Duration::from_secs(1)))
-        .unwrap_or(created);
+    let finished = super::pitr::base_finished(created, &meta);
     w.from = Some(finished.to_string());
     let Some(start) = meta.hook.get(WAL_START).filter(|s| !s.is_empty()) else {
         w.note = Some(format!("{base} does not record where its WAL starts"));
