@@ -12,10 +12,11 @@ log() {
 
 # derive_port BASE DIR: a port in [BASE, BASE+999] derived from DIR, so that
 # servers started on different directories do not collide; a port in use in
-# any state is skipped for the next one. The ranges lie inside Linux's
-# ephemeral ports, where an outgoing connection (a test's HTTP client) can
-# hold one: a server that tried to bind it would fail to start (seen once in
-# CI: "Address already in use" on 36990).
+# any state is skipped for the next one. The bases callers use (23000,
+# 25000, 26000) lie below Linux's ephemeral ports (32768-60999): inside them
+# an outgoing connection (a test's HTTP client) could take the port between
+# this check and the bind ("Address already in use" on 36990, and on 33092
+# in CI on 2026-12-04).
 derive_port() {
     sum=$(printf '%s' "$2" | cksum | cut -d' ' -f1)
     port=$(($1 + sum % 1000))

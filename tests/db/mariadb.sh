@@ -9,7 +9,7 @@
 #   DIR/mysqld.log     the error log
 #   DIR/client.cnf     a defaults file for clients, mariadb-backup and the hook
 #   DIR/tmp/           the server's tmpdir
-# Port: $MARIADB_PORT, or derived from DIR (33000-33999); bound to 127.0.0.1.
+# Port: $MARIADB_PORT, or derived from DIR (23000-23999); bound to 127.0.0.1.
 # $DB_DATA_DIR puts the data directory elsewhere (e.g. on a data volume while
 # socket, pid file and log stay in DIR); give it to `stop` too.
 # $MARIADB_LOG_BIN=off starts without the binary log (a copy of a data
@@ -109,7 +109,7 @@ PIDFILE=$DIR/mysqld.pid
 # A private tmpdir: servers bootstrapping at the same time must not share
 # (or clean up) each other's temporary tables in /tmp.
 TMP=$DIR/tmp
-PORT=${MARIADB_PORT:-$(derive_port 33000 "$DIR")}
+PORT=${MARIADB_PORT:-$(derive_port 23000 "$DIR")}
 case "$1" in
 start) start ;;
 stop) stop ;;

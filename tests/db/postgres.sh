@@ -8,7 +8,7 @@
 #   DIR/data/            the data directory (postmaster.pid is the pid file)
 #   DIR/run/             the socket directory (.s.PGSQL.PORT)
 #   DIR/postgres.log     the server log
-# Port: $PG_PORT, or derived from DIR (35000-35999); bound to 127.0.0.1.
+# Port: $PG_PORT, or derived from DIR (25000-25999); bound to 127.0.0.1.
 # $DB_DATA_DIR puts the data directory elsewhere (e.g. on a data volume while
 # the socket directory and the log stay in DIR); give it to `stop` too. Its
 # parent must be reachable by the server's user. A copy of a live data
@@ -102,7 +102,7 @@ DATA=${DB_DATA_DIR:-$DIR/data}
 DATA=${DATA%/}
 PIDFILE=$DATA/postmaster.pid
 LOGFILE=$DIR/postgres.log
-PORT=${PG_PORT:-$(derive_port 35000 "$DIR")}
+PORT=${PG_PORT:-$(derive_port 25000 "$DIR")}
 BINDIR=$(find_bindir)
 [ -x "$BINDIR/pg_ctl" ] || die "no PostgreSQL binaries found (set PG_BINDIR)"
 case "$1" in

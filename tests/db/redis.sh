@@ -7,7 +7,7 @@
 #   DIR/redis.sock       the unix socket
 #   DIR/redis.pid        the pid file
 #   DIR/redis.log        the log
-# Port: $REDIS_PORT, or derived from DIR (36000-36999); bound to 127.0.0.1.
+# Port: $REDIS_PORT, or derived from DIR (26000-26999); bound to 127.0.0.1.
 # $DB_DATA_DIR puts the RDB's directory elsewhere (e.g. on a data volume while
 # socket, pid file and log stay in DIR).
 # Prints the connection info as shell assignments on stdout, and writes them
@@ -64,7 +64,7 @@ DATA=${DB_DATA_DIR:-$DIR/data}
 DATA=${DATA%/}
 SOCK=$DIR/redis.sock
 PIDFILE=$DIR/redis.pid
-PORT=${REDIS_PORT:-$(derive_port 36000 "$DIR")}
+PORT=${REDIS_PORT:-$(derive_port 26000 "$DIR")}
 case "$1" in
 start) start ;;
 stop) stop ;;
