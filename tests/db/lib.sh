@@ -12,12 +12,15 @@ log() {
 
 # derive_port BASE DIR: a port in [BASE, BASE+999] derived from DIR, so that
 # servers started on different directories do not collide; a port in use in
-# any state is skipped for the next one. The bases callers use (23000,
-# 25000, 26000) lie below Linux's ephemeral ports (32768-60999): inside them
-# an outgoing connection (a test's HTTP client) could take the port between
-# this check and the bind ("Address already in use" on 36990, and on 33092
-# in CI on 2026-12-04).
+# any state is skipped for the next one. The range must lie below Linux's
+# ephemeral ports: inside them an outgoing connection (a test's HTTP client)
+# can take the port between this check and the bind ("Address already in
+# use" on 36990, and on 33092 in CI on 2026-12-04), so a base that reaches
+# them is refused.
 derive_port() {
+    ephemeral=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+    [ $(($1 + 999)) -lt "$ephemeral" ] ||
+        die "derive_port: $1-$(($1 + 999)) reaches the ephemeral ports (from $ephemeral)"
     sum=$(printf '%s' "$2" | cksum | cut -d' ' -f1)
     port=$(($1 + sum % 1000))
     tries=0
