@@ -194,6 +194,7 @@ where
             failed: &shared.failed,
             pool: &pool,
             etags: &etags,
+            waited: Duration::ZERO,
             error: None,
         };
         let mut result = produce(&mut writer).and_then(|t| writer.finish().map(|()| t));
@@ -201,6 +202,11 @@ where
             // The writer's own reason beats the I/O error it surfaced as.
             result = Err(e);
         }
+        log::debug!(
+            "segments: {} started, {:.2} s waiting for a free buffer and upload",
+            writer.next_index,
+            writer.waited.as_secs_f64()
+        );
         // Abandons a segment left half-written (its PUT breaks off) and
         // closes the channel: the threads go once their upload is done.
         drop(writer);
@@ -240,6 +246,9 @@ pub(crate) struct SegmentWriter<'s> {
     failed: &'s AtomicBool,
     pool: &'s Arc<Pool>,
     etags: &'s Arc<Etags>,
+    /// Time spent waiting for a free buffer and upload thread: where the
+    /// uploads, not the producer, set the pace.
+    waited: Duration,
     /// Why this writer refused bytes, when the reason is its own.
     error: Option<anyhow::Error>,
 }
@@ -263,6 +272,7 @@ impl SegmentWriter<'_> {
                 super::tree::MAX_LEVELS
             )));
         }
+        let waiting = std::time::Instant::now();
         let Some(buf) = self.pool.take(self.failed) else {
             return Err(io::Error::other("stopped: an upload failed"));
         };
@@ -276,6 +286,7 @@ impl SegmentWriter<'_> {
         if !matches!(sent, Some(Ok(()))) {
             return Err(io::Error::other("the upload threads are gone"));
         }
+        self.waited += waiting.elapsed();
         self.current = Some(writer);
         Ok(())
     }
