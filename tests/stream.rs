@@ -120,13 +120,16 @@ impl Store {
             let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
             self.most.fetch_max(now, Ordering::SeqCst);
             std::thread::sleep(delay);
-            let etag = md5_hex(&s.data);
-            self.objects
-                .lock()
-                .unwrap()
-                .insert(s.index, s.data.to_vec());
+            // Waits for the segment's end; an error if the stream stopped
+            // first (nothing is stored then, as Swift stores nothing of a
+            // PUT that broke off).
+            let stored = s.whole().map(|data| {
+                let etag = md5_hex(&data);
+                self.objects.lock().unwrap().insert(s.index, data.to_vec());
+                etag
+            });
             self.running.fetch_sub(1, Ordering::SeqCst);
-            Ok(format!("\"{etag}\""))
+            Ok(format!("\"{}\"", stored?))
         }
     }
 
@@ -757,7 +760,7 @@ fn memory_stays_bounded() {
     };
     let (before, peak) = (figure("before_kib="), figure("peak_kib="));
     let grown = peak.saturating_sub(before);
-    let segments = (MEMORY_SEGMENT * (MEMORY_CONCURRENCY + 1) / 1024) as u64;
+    let segments = (MEMORY_SEGMENT * MEMORY_CONCURRENCY / 1024) as u64;
     eprintln!(
         "child: {}",
         stdout
@@ -817,7 +820,7 @@ fn memory_child() {
             most.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(250));
             running.fetch_sub(1, Ordering::SeqCst);
-            Ok(md5_hex(&s.data))
+            Ok(md5_hex(&s.whole()?))
         },
         &mut Progress::hidden("backup"),
     )

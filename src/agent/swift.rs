@@ -168,8 +168,11 @@ pub fn backup(
     };
     let upload = |segment: &Segment| -> Result<String> {
         let object = name.segment(segment.index);
-        swift
-            .put_object_for_etag(&seg_container, &object, segment.data.clone())
+        segment
+            .send(
+                |body| Ok(swift.put_object_streamed(&seg_container, &object, body)?),
+                |whole| Ok(swift.put_object_for_etag(&seg_container, &object, whole)?),
+            )
             .with_context(|| format!("uploading segment {} ({object})", segment.index))
     };
     let mut progress = Progress::new("backup", quiet);

@@ -355,9 +355,11 @@ pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_STREAM_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// A Cinder backup reads the whole volume: hours for a large one.
 pub const DEFAULT_BACKUP_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
-/// With [`DEFAULT_CONCURRENCY`]: 3 buffers of 16 MiB, a backup within 64 MiB
-/// of RSS (bench/RESULTS-swift.md).
-pub const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
+/// With [`DEFAULT_CONCURRENCY`]: 2 buffers of 24 MiB, a backup within 64 MiB
+/// of RAM (bench/RESULTS-swift.md): each segment's PUT streams it as it is
+/// written, so two in flight keep Swift busy (one being written and sent,
+/// one finishing), and 24 MiB makes a third fewer objects than 16 MiB.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 24 << 20;
 pub const DEFAULT_CONCURRENCY: u32 = 2;
 
 /// The level for `compression` (its default when unset), or why `level` is

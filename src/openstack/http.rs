@@ -117,6 +117,25 @@ pub struct Http {
     client: Client,
     retry: RetryPolicy,
     request_timeout: Duration,
+    /// For the streamed requests' own clients (see [`Http::send_streamed`]).
+    options: HttpOptions,
+    /// Tells this client's streamed clients from another's on a thread.
+    id: u64,
+}
+
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A thread's client for streamed bodies, and the runtime that drives it.
+/// One per thread: a pooled connection is driven by a task of the runtime
+/// that opened it, which runs only while its thread waits in `block_on`.
+struct Streamer {
+    id: u64,
+    runtime: tokio::runtime::Runtime,
+    client: reqwest::Client,
+}
+
+thread_local! {
+    static STREAMER: std::cell::RefCell<Option<Streamer>> = const { std::cell::RefCell::new(None) };
 }
 
 static CRYPTO_PROVIDER: Once = Once::new();
@@ -133,7 +152,7 @@ fn install_crypto_provider() {
 impl Http {
     pub fn new(options: &HttpOptions) -> anyhow::Result<Http> {
         install_crypto_provider();
-        let mut builder = Client::builder()
+        let builder = Client::builder()
             .use_rustls_tls()
             .connect_timeout(options.connect_timeout)
             .timeout(options.request_timeout)
@@ -142,11 +161,9 @@ impl Http {
             // standard credential headers).
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("volsnap/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = &options.cacert {
-            for cert in read_certificates(path)? {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
+        let mut builder = extra_roots(options)?
+            .into_iter()
+            .fold(builder, |b, cert| b.add_root_certificate(cert));
         if options.insecure {
             log::warn!(
                 "TLS certificate verification is OFF (insecure = true): anyone on the path can read the credentials"
@@ -158,6 +175,104 @@ impl Http {
             client,
             retry: options.retry,
             request_timeout: options.request_timeout,
+            options: options.clone(),
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        })
+    }
+
+    /// The async client for streamed bodies, configured as the blocking one.
+    fn streamer(&self) -> anyhow::Result<Streamer> {
+        let options = &self.options;
+        let builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(options.connect_timeout)
+            .timeout(options.request_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("volsnap/", env!("CARGO_PKG_VERSION")));
+        let builder = extra_roots(options)?
+            .into_iter()
+            .fold(builder, |b, cert| b.add_root_certificate(cert))
+            .danger_accept_invalid_certs(options.insecure);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the runtime of the streamed uploads")?;
+        Ok(Streamer {
+            id: self.id,
+            runtime,
+            client: builder
+                .build()
+                .context("cannot build the HTTP client of the streamed uploads")?,
+        })
+    }
+
+    /// Sends `req` (which has no body of its own) with `body`, sent as it
+    /// yields its chunks (chunked transfer), and reads the answer whole.
+    /// One attempt: the caller decides what a failure means (a body that
+    /// was read cannot be read again here). Each thread has its own client.
+    pub fn send_streamed<B>(
+        &self,
+        req: &Request,
+        token: Option<&Secret>,
+        body: B,
+    ) -> Result<(StatusCode, HeaderMap), Error>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        STREAMER.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if cell.as_ref().map(|s| s.id) != Some(self.id) {
+                let streamer = self
+                    .streamer()
+                    .map_err(|e| Error::invalid(req, format!("{e:#}")))?;
+                *cell = Some(streamer);
+            }
+            let Some(streamer) = cell.as_ref() else {
+                return Err(Error::invalid(req, "no streaming client".to_string()));
+            };
+            let started = Instant::now();
+            let mut builder = streamer
+                .client
+                .request(req.method.clone(), req.url.clone())
+                .headers(req.headers.clone())
+                .timeout(req.timeout.unwrap_or(self.request_timeout));
+            if let Some(token) = token {
+                builder = builder.header("x-auth-token", token_header(token));
+            }
+            let builder = builder.body(reqwest::Body::wrap(body));
+            let answer = streamer.runtime.block_on(async {
+                let resp = builder.send().await?;
+                let (status, headers) = (resp.status(), resp.headers().clone());
+                // Read whole, so that the connection is kept for the next.
+                let text = resp.text().await.unwrap_or_default();
+                Ok::<_, reqwest::Error>((status, headers, text))
+            });
+            let elapsed = started.elapsed().as_millis();
+            match answer {
+                Err(e) => {
+                    let error = Error::transport(req, &e);
+                    log::debug!("{error} ({elapsed} ms)");
+                    Err(error)
+                }
+                Ok((status, headers, text)) if !status.is_success() => {
+                    let error = Error::from_parts(req, status, &headers, &text);
+                    log::debug!("{error} ({elapsed} ms)");
+                    Err(error)
+                }
+                Ok((status, headers, _)) => {
+                    log::debug!(
+                        "{} {} -> {} ({elapsed} ms, streamed{})",
+                        req.method,
+                        req.url,
+                        status.as_u16(),
+                        request_id(&headers)
+                            .map(|id| format!(", {id}"))
+                            .unwrap_or_default()
+                    );
+                    Ok((status, headers))
+                }
+            }
         })
     }
 
@@ -261,10 +376,7 @@ impl Http {
             .request(req.method.clone(), req.url.clone())
             .headers(req.headers.clone());
         if let Some(token) = token {
-            let mut value = HeaderValue::from_str(token.expose())
-                .unwrap_or_else(|_| HeaderValue::from_static("invalid-token"));
-            value.set_sensitive(true);
-            builder = builder.header("x-auth-token", value);
+            builder = builder.header("x-auth-token", token_header(token));
         }
         if let Some(body) = &req.body {
             // Bytes clones share the buffer: a retry costs no copy.
@@ -282,6 +394,22 @@ impl Http {
             });
         }
         builder.send()
+    }
+}
+
+/// The token as a header value, marked sensitive (never in a debug dump).
+fn token_header(token: &Secret) -> HeaderValue {
+    let mut value = HeaderValue::from_str(token.expose())
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid-token"));
+    value.set_sensitive(true);
+    value
+}
+
+/// The CA certificates a client trusts besides the system's.
+fn extra_roots(options: &HttpOptions) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    match &options.cacert {
+        Some(path) => read_certificates(path),
+        None => Ok(Vec::new()),
     }
 }
 
@@ -478,6 +606,21 @@ impl Error {
                 status,
                 message: location.unwrap_or_else(|| server_message(&body)),
                 request_id,
+            }),
+            notes: Vec::new(),
+        }
+    }
+
+    /// A status that is not a success, from its parts (a streamed request's
+    /// answer).
+    fn from_parts(req: &Request, status: StatusCode, headers: &HeaderMap, body: &str) -> Error {
+        Error {
+            method: req.method.clone(),
+            url: req.url.to_string(),
+            kind: Box::new(ErrorKind::Status {
+                status,
+                message: server_message(body),
+                request_id: request_id(headers),
             }),
             notes: Vec::new(),
         }

@@ -365,6 +365,36 @@ impl Swift {
         Ok(etag)
     }
 
+    /// As [`put_object_for_etag`](Self::put_object_for_etag), with a body
+    /// sent as it yields its bytes (chunked transfer). One attempt, not
+    /// retried: the caller falls back on a whole PUT, which is.
+    pub fn put_object_streamed<B>(
+        &self,
+        container: &str,
+        name: &str,
+        body: B,
+    ) -> Result<String, Error>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let req = self.request(Method::PUT, container, Some(name))?;
+        let (status, headers) =
+            self.session
+                .http()
+                .send_streamed(&req, Some(&self.session.token()), body)?;
+        let etag = ObjectInfo::from_headers(&headers).etag;
+        if etag.is_empty() {
+            return Err(Error::decode(
+                &req,
+                status,
+                "Swift answered the PUT without an ETag".to_string(),
+                http::request_id(&headers),
+            ));
+        }
+        Ok(etag)
+    }
+
     /// PUTs a Static Large Object manifest over segments already uploaded;
     /// returns the manifest's ETag (the MD5 of the segment MD5s, as Swift says).
     /// `content_type` is the joined object's (what a GET serves), not the

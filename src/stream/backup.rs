@@ -116,7 +116,7 @@ impl std::error::Error for BackupFailure {}
 /// also means no segment is ever empty: Swift refuses zero-byte segments in
 /// an SLO of more than one.)
 ///
-/// Memory: about `segment_size × (concurrency + 1)` plus the compressor's
+/// Memory: about `segment_size × concurrency` plus the compressor's
 /// state (a few MiB for zstd), whatever the stream's length.
 pub fn backup<R, U>(
     mut source: R,

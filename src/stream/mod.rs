@@ -23,6 +23,7 @@ mod backup;
 mod compress;
 mod crypt;
 mod etags;
+mod fill;
 mod meta;
 mod naming;
 pub mod object;
@@ -38,7 +39,7 @@ pub use meta::{BackupMeta, Encryption, META_PREFIX};
 pub use naming::{segments_container, BackupName};
 pub use progress::{Figures, Progress};
 pub use restore::{restore_into, Verified, HOLD_BACK};
-pub use segments::{Segment, SegmentInfo, DEFAULT_MAX_SEGMENTS};
+pub use segments::{Segment, SegmentBody, SegmentInfo, DEFAULT_MAX_SEGMENTS};
 pub use tree::{max_segments_total, Entry as ManifestEntry, SubManifest, Tree, MAX_LEVELS};
 
 /// Lower-case hex of a digest, as Swift writes ETags and `sha256sum` prints.

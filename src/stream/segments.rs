@@ -1,22 +1,27 @@
 //! Cutting the stored stream into segments and uploading them in parallel,
 //! with bounded memory.
 //!
-//! The producer (the thread that reads, compresses and encrypts) fills one
-//! buffer of `segment_size` bytes; a full buffer goes through a rendezvous
-//! channel to one of `concurrency` upload threads, so it is handed over only
-//! when a thread is free. At most `concurrency` buffers are uploading and one
-//! is filling: memory is `segment_size × (concurrency + 1)` whatever the
-//! stream's length. That bound is strict: the buffers come from a [`Pool`]
-//! that allocates no more than that many, and a buffer goes back to it only
-//! when the last reference to its bytes is gone (the HTTP client's, the MD5
-//! hasher's, a retry's), however late that is; until then the producer
-//! waits. (Recycling "when the upload returns" allocated a spare buffer
-//! whenever a reference outlived the upload, and the allocator kept the
-//! freed ones: 79 MiB of RSS for two 24 MiB buffers.)
+//! The producer (the thread that reads, compresses and encrypts) writes
+//! into one segment's buffer at a time; a segment goes to one of
+//! `concurrency` upload threads with its first byte, and its PUT sends the
+//! bytes as they are written (see [`fill`](super::fill)). Each segment is
+//! held whole until Swift has answered (a failed PUT is sent again from
+//! memory), so at most `concurrency` segments exist: the one being written
+//! and sent, and the ones whose PUTs are finishing. Memory is
+//! `segment_size × concurrency` whatever the stream's length. That bound is
+//! strict: the buffers come from a [`Pool`] that allocates no more than
+//! that many, and a buffer goes back to it only when the last reference to
+//! its bytes is gone (the HTTP client's, a retry's), however late that is;
+//! until then the producer waits. (Recycling "when the upload returns"
+//! allocated a spare buffer whenever a reference outlived the upload, and
+//! the allocator kept the freed ones: 79 MiB of RSS for two 24 MiB
+//! buffers.)
 //!
-//! Each segment's MD5 is computed while it is sent, off the producer's
-//! thread (the pipeline's one sequential stage), and compared with the ETag
-//! Swift answers: see [`etags`](super::etags).
+//! Each segment's MD5 is computed as its bytes are sent (by the upload
+//! thread, off the producer's) and compared with the ETag Swift answers:
+//! the segment is PUT without an `ETag`, Swift answers the MD5 of what it
+//! stored, and a difference fails the backup. The SLO manifest lists
+//! volsnap's MD5s, which Swift checks against the stored segments.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,26 +30,15 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use bytes::Bytes;
 use serde::Serialize;
 
 use super::etags::Etags;
+use super::fill::{Fill, FillWriter};
+pub use super::fill::{Segment, SegmentBody};
 use super::hex;
 
 /// Swift's default `max_manifest_segments`: an SLO lists at most this many.
 pub const DEFAULT_MAX_SEGMENTS: u32 = 1000;
-
-/// One segment handed to the uploader.
-#[derive(Clone, Debug)]
-pub struct Segment {
-    /// 0, 1, 2, …: the position in the stored stream.
-    pub index: u32,
-    /// Exactly `segment_size` bytes, except the last segment (1 byte or
-    /// more: there is never an empty segment). Cloning is cheap (a reference
-    /// count); retries re-send a clone. Keep no clone after returning, or the
-    /// buffer cannot be reused and memory grows by a segment per copy kept.
-    pub data: Bytes,
-}
 
 /// A segment that is in Swift: what the SLO manifest lists. `md5` is
 /// volsnap's MD5 of what it sent, which Swift's answer matched.
@@ -58,7 +52,6 @@ pub struct SegmentInfo {
 /// What the upload threads share.
 struct Shared<'u, U> {
     upload: &'u U,
-    etags: Etags,
     /// Set by the first failure: later segments are not uploaded.
     failed: AtomicBool,
     first_error: Mutex<Option<anyhow::Error>>,
@@ -84,12 +77,26 @@ where
     }
 
     fn upload_one(&self, segment: &Segment) {
-        let size = segment.data.len() as u64;
-        let (sent, md5) = self.etags.during(&segment.data, || (self.upload)(segment));
+        let sent = (self.upload)(segment);
+        let md5 = match (&sent, segment.md5()) {
+            (Ok(_), Some(md5)) => md5,
+            // The stream stopped in the middle of this segment: its PUT
+            // broke off, Swift stored nothing, and why the stream stopped
+            // (the hook, or another upload) is the error that counts.
+            (_, None) => {
+                log::debug!(
+                    "segment {}: not uploaded, the stream stopped",
+                    segment.index
+                );
+                return;
+            }
+            (Err(_), Some(_)) => [0; 16],
+        };
         let md5 = hex(&md5);
         let result = sent
-            .with_context(|| format!("uploading segment {} ({size} bytes)", segment.index))
+            .with_context(|| format!("uploading segment {}", segment.index))
             .and_then(|etag| {
+                let size = segment.whole()?.len() as u64;
                 // The segment is in Swift whatever its ETag says: list it for
                 // deletion either way.
                 self.record(segment.index, size, &md5);
@@ -145,12 +152,12 @@ where
 {
     let shared = Shared {
         upload,
-        etags: Etags::new(concurrency),
         failed: AtomicBool::new(false),
         first_error: Mutex::new(None),
         uploaded: Mutex::new(Vec::new()),
     };
-    let pool = Pool::new(segment_size, concurrency.max(1) + 1);
+    let pool = Pool::new(segment_size, concurrency.max(1));
+    let etags = Arc::new(Etags::new());
     let (sender, receiver) = mpsc::sync_channel::<Segment>(0);
     let queue = Mutex::new(receiver);
     let result = std::thread::scope(|scope| {
@@ -162,14 +169,12 @@ where
                 self.0.close();
             }
         }
-        let _close = Close(&shared.etags);
-        if shared.etags.needs_thread() {
-            let etags = &shared.etags;
-            std::thread::Builder::new()
-                .name("md5".into())
-                .spawn_scoped(scope, move || etags.run())
-                .expect("spawning the MD5 thread");
-        }
+        let _close = Close(&etags);
+        let hasher = &etags;
+        std::thread::Builder::new()
+            .name("md5".into())
+            .spawn_scoped(scope, move || hasher.run())
+            .expect("spawning the MD5 thread");
         let workers: Vec<_> = (0..concurrency.max(1))
             .map(|i| {
                 let (shared, queue) = (&shared, &queue);
@@ -182,12 +187,14 @@ where
         let mut writer = SegmentWriter {
             segment_size,
             max_segments,
-            buf: Vec::new(),
+            current: None,
             next_index: 0,
             stored: 0,
             sender: Some(sender),
             failed: &shared.failed,
             pool: &pool,
+            etags: &etags,
+            waited: Duration::ZERO,
             error: None,
         };
         let mut result = produce(&mut writer).and_then(|t| writer.finish().map(|()| t));
@@ -195,9 +202,15 @@ where
             // The writer's own reason beats the I/O error it surfaced as.
             result = Err(e);
         }
-        // Closing the channel lets the threads go once their upload is done.
+        log::debug!(
+            "segments: {} started, {:.2} s waiting for a free buffer and upload",
+            writer.next_index,
+            writer.waited.as_secs_f64()
+        );
+        // Abandons a segment left half-written (its PUT breaks off) and
+        // closes the channel: the threads go once their upload is done.
         drop(writer);
-        shared.etags.drain();
+        etags.close();
         for worker in workers {
             if let Err(panic) = worker.join() {
                 std::panic::resume_unwind(panic);
@@ -225,13 +238,17 @@ where
 pub(crate) struct SegmentWriter<'s> {
     segment_size: usize,
     max_segments: u32,
-    /// The segment being filled; no capacity when none is.
-    buf: Vec<u8>,
+    /// The segment being written (and sent); `None` between segments.
+    current: Option<FillWriter>,
     next_index: u32,
     stored: u64,
     sender: Option<SyncSender<Segment>>,
     failed: &'s AtomicBool,
     pool: &'s Arc<Pool>,
+    etags: &'s Arc<Etags>,
+    /// Time spent waiting for a free buffer and upload thread: where the
+    /// uploads, not the producer, set the pace.
+    waited: Duration,
     /// Why this writer refused bytes, when the reason is its own.
     error: Option<anyhow::Error>,
 }
@@ -242,9 +259,9 @@ impl SegmentWriter<'_> {
         self.stored
     }
 
-    /// Hands the full (or last) buffer to an upload thread; blocks until one
-    /// is free.
-    fn ship(&mut self) -> io::Result<()> {
+    /// Starts the next segment and hands it to an upload thread (blocks
+    /// until a buffer and a thread are free), before its first byte.
+    fn start(&mut self) -> io::Result<()> {
         if self.next_index >= self.max_segments {
             return Err(self.refuse(anyhow!(
                 "the stored stream needs more than {} segments of {} bytes, more than \
@@ -255,25 +272,30 @@ impl SegmentWriter<'_> {
                 super::tree::MAX_LEVELS
             )));
         }
+        let waiting = std::time::Instant::now();
+        let Some(buf) = self.pool.take(self.failed) else {
+            return Err(io::Error::other("stopped: an upload failed"));
+        };
+        let (fill, writer) = Fill::new(buf, Arc::clone(self.pool), Some(Arc::clone(self.etags)));
         let segment = Segment {
             index: self.next_index,
-            data: Bytes::from_owner(Pooled {
-                buf: std::mem::take(&mut self.buf),
-                pool: Arc::clone(self.pool),
-            }),
+            fill,
         };
         self.next_index += 1;
         let sent = self.sender.as_ref().map(|s| s.send(segment));
         if !matches!(sent, Some(Ok(()))) {
             return Err(io::Error::other("the upload threads are gone"));
         }
+        self.waited += waiting.elapsed();
+        self.current = Some(writer);
         Ok(())
     }
 
-    /// Ships what is left (never an empty segment) and closes the channel.
+    /// Completes the last segment (never an empty one: a segment starts
+    /// with its first byte) and closes the channel.
     fn finish(&mut self) -> Result<()> {
-        if !self.buf.is_empty() {
-            self.ship().context("uploading the last segment")?;
+        if let Some(last) = self.current.take() {
+            last.complete();
         }
         self.sender = None;
         Ok(())
@@ -283,13 +305,6 @@ impl SegmentWriter<'_> {
         let err = io::Error::other(e.to_string());
         self.error = Some(e);
         err
-    }
-
-    /// A buffer from the pool, waiting for one to come back if all are
-    /// out; `None` once an upload failed (the pipeline is stopping).
-    fn fresh_buffer(&mut self) -> Option<()> {
-        self.buf = self.pool.take(self.failed)?;
-        Some(())
     }
 }
 
@@ -322,7 +337,7 @@ impl Pool {
     /// An empty buffer with `size` bytes of capacity: a returned one, a new
     /// one while fewer than `limit` exist, else the next to come back.
     /// `None` if `stop` is set while waiting.
-    fn take(&self, stop: &AtomicBool) -> Option<Vec<u8>> {
+    pub(crate) fn take(&self, stop: &AtomicBool) -> Option<Vec<u8>> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(buf) = state.free.pop() {
@@ -345,7 +360,7 @@ impl Pool {
         }
     }
 
-    fn give_back(&self, mut buf: Vec<u8>) {
+    pub(crate) fn give_back(&self, mut buf: Vec<u8>) {
         buf.clear();
         self.state
             .lock()
@@ -357,27 +372,8 @@ impl Pool {
 
     /// Buffers allocated so far (at most `limit`).
     #[cfg(test)]
-    fn allocated(&self) -> usize {
+    pub(crate) fn allocated(&self) -> usize {
         self.state.lock().unwrap().allocated
-    }
-}
-
-/// A full segment's buffer, owned by the [`Bytes`] handed to the uploads;
-/// dropped with the last of them, it goes back to its pool.
-struct Pooled {
-    buf: Vec<u8>,
-    pool: Arc<Pool>,
-}
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        self.pool.give_back(std::mem::take(&mut self.buf));
     }
 }
 
@@ -389,14 +385,19 @@ impl Write for SegmentWriter<'_> {
         if data.is_empty() {
             return Ok(0);
         }
-        if self.buf.capacity() == 0 && self.fresh_buffer().is_none() {
-            return Err(io::Error::other("stopped: an upload failed"));
+        if self.current.is_none() {
+            self.start()?;
         }
-        let n = data.len().min(self.segment_size - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
+        let Some(current) = self.current.as_mut() else {
+            return Err(io::Error::other("no segment to write into"));
+        };
+        let n = data.len().min(current.room());
+        current.append(&data[..n]);
         self.stored += n as u64;
-        if self.buf.len() == self.segment_size {
-            self.ship()?;
+        if current.room() == 0 {
+            if let Some(full) = self.current.take() {
+                full.complete();
+            }
         }
         Ok(n)
     }
@@ -412,7 +413,7 @@ mod tests {
     use md5::{Digest, Md5};
 
     fn md5_of(s: &Segment) -> Result<String> {
-        Ok(hex(&Md5::digest(&s.data)))
+        Ok(hex(&Md5::digest(s.whole()?)))
     }
     use std::collections::BTreeMap;
 
@@ -421,9 +422,10 @@ mod tests {
         let store = Mutex::new(BTreeMap::new());
         let ptrs = Mutex::new(std::collections::BTreeSet::new());
         let upload = |s: &Segment| {
-            ptrs.lock().unwrap().insert(s.data.as_ptr() as usize);
-            store.lock().unwrap().insert(s.index, s.data.to_vec());
-            Ok(hex(&Md5::digest(&s.data)))
+            let data = s.whole()?;
+            ptrs.lock().unwrap().insert(data.as_ptr() as usize);
+            store.lock().unwrap().insert(s.index, data.to_vec());
+            Ok(hex(&Md5::digest(&data)))
         };
         let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
         let (result, uploaded) = with_uploads(1000, 2, 100, &upload, |w| {
@@ -437,26 +439,28 @@ mod tests {
         assert!(uploaded.iter().all(|s| s.size == 1000));
         let store = store.into_inner().unwrap();
         assert_eq!(store.values().flatten().copied().collect::<Vec<_>>(), data);
-        // Two threads and one filling buffer: at most three distinct buffers.
-        assert!(ptrs.lock().unwrap().len() <= 3, "{:?}", ptrs);
+        // Two segments in flight, the one being written among them: at
+        // most two distinct buffers.
+        assert!(ptrs.lock().unwrap().len() <= 2, "{:?}", ptrs);
     }
 
     /// The HTTP client may drop its reference to a body after the upload
     /// returned: the buffer is not reused, nor a new one allocated, until
-    /// it does. Never more than `concurrency + 1` buffers, and every byte
-    /// lands where it belongs.
+    /// it does. Never more than `concurrency` buffers, and every byte lands
+    /// where it belongs.
     #[test]
     fn a_late_reference_delays_the_buffer_never_adds_one() {
         let store = Mutex::new(BTreeMap::new());
         let late = Mutex::new(Vec::new());
         let upload = |s: &Segment| {
-            store.lock().unwrap().insert(s.index, s.data.to_vec());
-            let held = s.data.clone();
+            let data = s.whole()?;
+            store.lock().unwrap().insert(s.index, data.to_vec());
+            let held = data.clone();
             late.lock().unwrap().push(std::thread::spawn(move || {
                 std::thread::sleep(std::time::Duration::from_millis(20));
                 drop(held);
             }));
-            Ok(hex(&Md5::digest(&s.data)))
+            Ok(hex(&Md5::digest(&data)))
         };
         let data: Vec<u8> = (0..20_000u32).map(|i| (i * 13 + 5) as u8).collect();
         let mut pool = None;
@@ -472,7 +476,7 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(uploaded.len(), 20);
-        assert_eq!(pool.unwrap().allocated(), 3, "2 uploads + 1 filling");
+        assert_eq!(pool.unwrap().allocated(), 2, "2 segments in flight");
         let store = store.into_inner().unwrap();
         assert_eq!(store.values().flatten().copied().collect::<Vec<_>>(), data);
     }

@@ -3,14 +3,14 @@
 //!
 //! Segments are small, so that a backup's memory stays small (they are held
 //! whole until Swift has them, for the retries: see `segments`), and a
-//! stream longer than `max_manifest_segments × segment_size` (15.6 GiB with the
+//! stream longer than `max_manifest_segments × segment_size` (23.4 GiB with the
 //! defaults) needs more segments than one SLO may list. An SLO's segments
 //! may themselves be SLOs, so the segments are grouped `max` at a time into
 //! sub-manifests in the segments container (`<manifest>/seg/L1-00000000`,
 //! …), those `max` at a time into the next level, and so on until one level
 //! fits in the backup's own manifest. Swift joins the levels on a GET (up to
-//! ten: [`MAX_LEVELS`]); with the defaults two levels hold 1000 × 1000 × 16
-//! MiB = 15 TiB, more than one SLO of 1000 segments of Swift's largest
+//! ten: [`MAX_LEVELS`]); with the defaults two levels hold 1000 × 1000 × 24
+//! MiB = 23 TiB, more than one SLO of 1000 segments of Swift's largest
 //! object (`max_file_size`, 5 GiB) can hold.
 //!
 //! Every entry carries its size and ETag, so Swift checks each sub-manifest
@@ -224,14 +224,14 @@ mod tests {
         );
     }
 
-    /// The defaults (16 MiB segments, 1000 per manifest) hold any stream one
+    /// The defaults (24 MiB segments, 1000 per manifest) hold any stream one
     /// SLO of Swift's largest objects could (1000 × 5 GiB), and so does every
     /// allowed segment size against every `max_manifest_segments` ≥ 10.
     #[test]
     fn the_levels_cover_what_swift_allows_one_slo() {
         let max_file_size: u64 = 5 << 30;
         for (max, segment) in [
-            (1000u32, 16u64 << 20),
+            (1000u32, 24u64 << 20),
             (10, 1 << 20),
             (100, 1 << 20),
             (1000, 1 << 20),
