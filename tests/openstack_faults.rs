@@ -453,3 +453,116 @@ fn a_redirect_is_not_followed() {
         "{err}"
     );
 }
+
+// ------------------------------------------------- a download's body
+
+/// A piece of a body, sent after its pause.
+type Piece = (Duration, Vec<u8>);
+
+/// A server that answers each connection with the next of `answers`: a
+/// status line and headers, then body pieces, each after its pause; the
+/// connection then stays open (a stall) unless the answer says `close`.
+/// Why not mockito: it cannot pause in the middle of a body.
+fn scripted_server(answers: Vec<(&'static str, Vec<Piece>)>) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        let mut answers = answers.into_iter();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            seen.fetch_add(1, Ordering::SeqCst);
+            let Some((head, pieces)) = answers.next() else {
+                return;
+            };
+            let mut request = vec![0u8; 64 * 1024];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(head.as_bytes());
+            for (pause, piece) in pieces {
+                std::thread::sleep(pause);
+                if stream.write_all(&piece).is_err() {
+                    break;
+                }
+            }
+            held.push(stream);
+        }
+    });
+    (url, count)
+}
+
+fn swift_at(url: &str) -> Swift {
+    Swift::new(session(), Url::parse(&format!("{url}/v1/AUTH_p")).unwrap())
+}
+
+fn read_all(mut r: impl Read) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).map(|_| out)
+}
+
+/// A download's body is read on the caller's thread: a body that stops
+/// coming fails after `request_timeout` without more (no hang), naming how
+/// far it got.
+#[test]
+fn a_download_that_stalls_mid_body_fails_after_the_request_timeout() {
+    let (url, count) = scripted_server(vec![(
+        "HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n",
+        vec![(Duration::ZERO, vec![7u8; 100_000])],
+    )]);
+    let reader = swift_at(&url).get_object("c", "o").unwrap();
+    assert_eq!(reader.info.size, 1_048_576);
+    let started = Instant::now();
+    // On a thread, so that a read with no timeout fails this test, not hangs it.
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(read_all(reader)));
+    let err = result
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the stalled download did not fail in 10 s")
+        .unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(400), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    let text = err.to_string();
+    assert!(text.contains("after 100000 of 1048576 bytes"), "{text}");
+    assert!(text.contains("timed out"), "{text}");
+    assert_eq!(count.load(Ordering::SeqCst), 1, "a body is never retried");
+}
+
+/// The request timeout bounds each read, not the whole body: a download
+/// that keeps coming, slower than the timeout in total, completes.
+#[test]
+fn a_download_longer_than_the_request_timeout_completes() {
+    let pieces: Vec<_> = (0..5u8)
+        .map(|i| (Duration::from_millis(300), vec![i; 10_000]))
+        .collect();
+    let (url, _) = scripted_server(vec![(
+        "HTTP/1.1 200 OK\r\ncontent-length: 50000\r\n\r\n",
+        pieces,
+    )]);
+    let started = Instant::now();
+    let body = read_all(swift_at(&url).get_object("c", "o").unwrap()).unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert_eq!(body.len(), 50_000);
+    assert!(body[..10_000].iter().all(|b| *b == 0) && body[40_000..].iter().all(|b| *b == 4));
+}
+
+/// A 503 before the body is retried as any GET's; then the body is read
+/// whole on a new connection.
+#[test]
+fn a_download_refused_with_503_is_retried() {
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let (url, count) = scripted_server(vec![
+        (
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbusy",
+            vec![],
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: 300000\r\nconnection: close\r\n\r\n",
+            vec![(Duration::ZERO, data.clone())],
+        ),
+    ]);
+    let body = read_all(swift_at(&url).get_object("c", "o").unwrap()).unwrap();
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+    assert!(body == data);
+}

@@ -48,11 +48,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use reqwest::blocking::Response;
-use reqwest::{Method, Url};
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::http::{self, Error, Http, HttpOptions, Request};
+use super::http::{self, BodyReader, Error, Http, HttpOptions, Request};
 use crate::config::{files, AuthType, ConfigDuration, ConfigError, Interface, OpenStack};
 use crate::secret::{strip_userinfo, Secret};
 
@@ -1031,8 +1032,25 @@ impl Session {
     /// Sends a request with the token; a 401 re-authenticates once and
     /// repeats the request, a second 401 is the error.
     pub fn send(&self, req: &Request) -> Result<Response, Error> {
+        self.reauthorizing(req, |token| self.inner.http.send(req, Some(token)))
+    }
+
+    /// As [`send`](Self::send), the body to read as it arrives (see
+    /// [`Http::send_for_body`]).
+    pub fn send_for_body(
+        &self,
+        req: &Request,
+    ) -> Result<(StatusCode, HeaderMap, BodyReader), Error> {
+        self.reauthorizing(req, |token| self.inner.http.send_for_body(req, Some(token)))
+    }
+
+    fn reauthorizing<T>(
+        &self,
+        req: &Request,
+        send: impl Fn(&Secret) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let token = self.token();
-        match self.inner.http.send(req, Some(&token)) {
+        match send(&token) {
             // No new login inside a deadline (the freeze window): Keystone's
             // round trip is not bounded by it. The token is checked fresh
             // before the window opens.
@@ -1045,7 +1063,7 @@ impl Session {
                 };
                 log::warn!("{e}; the token was refused, authenticating again once");
                 self.reauthenticate(config, &token)?;
-                self.inner.http.send(req, Some(&self.token()))
+                send(&self.token())
             }
             other => other,
         }

@@ -20,7 +20,7 @@
 
 use std::fmt;
 use std::path::Path;
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -30,6 +30,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AF
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 
+pub use super::streamer::BodyReader;
+use super::streamer::{Answer, Streamer};
 use crate::secret::Secret;
 
 /// Time to establish a TCP (and TLS) connection.
@@ -125,19 +127,6 @@ pub struct Http {
 
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// A thread's client for streamed bodies, and the runtime that drives it.
-/// One per thread: a pooled connection is driven by a task of the runtime
-/// that opened it, which runs only while its thread waits in `block_on`.
-struct Streamer {
-    id: u64,
-    runtime: tokio::runtime::Runtime,
-    client: reqwest::Client,
-}
-
-thread_local! {
-    static STREAMER: std::cell::RefCell<Option<Streamer>> = const { std::cell::RefCell::new(None) };
-}
-
 static CRYPTO_PROVIDER: Once = Once::new();
 
 /// rustls is built without a default provider (to keep aws-lc out of a
@@ -180,30 +169,9 @@ impl Http {
         })
     }
 
-    /// The async client for streamed bodies, configured as the blocking one.
-    fn streamer(&self) -> anyhow::Result<Streamer> {
-        let options = &self.options;
-        let builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .connect_timeout(options.connect_timeout)
-            .timeout(options.request_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("volsnap/", env!("CARGO_PKG_VERSION")));
-        let builder = extra_roots(options)?
-            .into_iter()
-            .fold(builder, |b, cert| b.add_root_certificate(cert))
-            .danger_accept_invalid_certs(options.insecure);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the runtime of the streamed uploads")?;
-        Ok(Streamer {
-            id: self.id,
-            runtime,
-            client: builder
-                .build()
-                .context("cannot build the HTTP client of the streamed uploads")?,
-        })
+    fn streamer(&self, req: &Request) -> Result<Arc<Streamer>, Error> {
+        Streamer::for_thread(self.id, &self.options)
+            .map_err(|e| Error::invalid(req, format!("{e:#}")))
     }
 
     /// Sends `req` (which has no body of its own) with `body`, sent as it
@@ -220,60 +188,69 @@ impl Http {
         B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        STREAMER.with(|cell| {
-            let mut cell = cell.borrow_mut();
-            if cell.as_ref().map(|s| s.id) != Some(self.id) {
-                let streamer = self
-                    .streamer()
-                    .map_err(|e| Error::invalid(req, format!("{e:#}")))?;
-                *cell = Some(streamer);
+        let streamer = self.streamer(req)?;
+        let started = Instant::now();
+        let builder = streamer
+            .request(
+                req,
+                token,
+                Some(req.timeout.unwrap_or(self.request_timeout)),
+            )
+            .body(reqwest::Body::wrap(body));
+        let answer = streamer.block_on(async {
+            let resp = builder.send().await?;
+            let (status, headers) = (resp.status(), resp.headers().clone());
+            // Read whole, so that the connection is kept for the next.
+            let text = resp.text().await.unwrap_or_default();
+            Ok::<_, reqwest::Error>((status, headers, text))
+        });
+        let elapsed = started.elapsed().as_millis();
+        match answer {
+            Err(e) => {
+                let error = Error::transport(req, &e);
+                log::debug!("{error} ({elapsed} ms)");
+                Err(error)
             }
-            let Some(streamer) = cell.as_ref() else {
-                return Err(Error::invalid(req, "no streaming client".to_string()));
+            Ok((status, headers, text)) if !status.is_success() => {
+                let error = Error::from_parts(req, status, &headers, &text);
+                log::debug!("{error} ({elapsed} ms)");
+                Err(error)
+            }
+            Ok((status, headers, _)) => {
+                log_success(req, status, &headers, elapsed, ", streamed");
+                Ok((status, headers))
+            }
+        }
+    }
+
+    /// Sends `req` (retried as [`send`](Self::send) does) and returns the
+    /// answer's status and headers, and its body to read as it arrives, on
+    /// the reading thread (see [`streamer`](super::streamer)). The request
+    /// timeout bounds the wait for the headers and each read, not the whole
+    /// body: a download of hours is fine, a read that stalls is not.
+    pub fn send_for_body(
+        &self,
+        req: &Request,
+        token: Option<&Secret>,
+    ) -> Result<(StatusCode, HeaderMap, BodyReader), Error> {
+        let streamer = self.streamer(req)?;
+        let answer = self.send_with(req, || {
+            let timeout = req
+                .timeout
+                .or(req.deadline.map(|_| self.request_timeout))
+                .map(|t| req.left().map_or(t, |left| t.min(left)));
+            let builder = streamer.request(req, token, timeout);
+            let builder = match &req.body {
+                Some(body) => builder.body(body.clone()),
+                None => builder,
             };
-            let started = Instant::now();
-            let mut builder = streamer
-                .client
-                .request(req.method.clone(), req.url.clone())
-                .headers(req.headers.clone())
-                .timeout(req.timeout.unwrap_or(self.request_timeout));
-            if let Some(token) = token {
-                builder = builder.header("x-auth-token", token_header(token));
-            }
-            let builder = builder.body(reqwest::Body::wrap(body));
-            let answer = streamer.runtime.block_on(async {
-                let resp = builder.send().await?;
-                let (status, headers) = (resp.status(), resp.headers().clone());
-                // Read whole, so that the connection is kept for the next.
-                let text = resp.text().await.unwrap_or_default();
-                Ok::<_, reqwest::Error>((status, headers, text))
-            });
-            let elapsed = started.elapsed().as_millis();
-            match answer {
-                Err(e) => {
-                    let error = Error::transport(req, &e);
-                    log::debug!("{error} ({elapsed} ms)");
-                    Err(error)
-                }
-                Ok((status, headers, text)) if !status.is_success() => {
-                    let error = Error::from_parts(req, status, &headers, &text);
-                    log::debug!("{error} ({elapsed} ms)");
-                    Err(error)
-                }
-                Ok((status, headers, _)) => {
-                    log::debug!(
-                        "{} {} -> {} ({elapsed} ms, streamed{})",
-                        req.method,
-                        req.url,
-                        status.as_u16(),
-                        request_id(&headers)
-                            .map(|id| format!(", {id}"))
-                            .unwrap_or_default()
-                    );
-                    Ok((status, headers))
-                }
-            }
-        })
+            // Inside the runtime: `send` sets its timers as it is called.
+            streamer
+                .block_on(async { builder.send().await })
+                .map(|resp| Answer::new(Arc::clone(&streamer), resp))
+        })?;
+        let (status, headers) = (answer.status(), answer.headers().clone());
+        Ok((status, headers, answer.into_body()))
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -283,31 +260,32 @@ impl Http {
     /// Sends a request, retrying as the module doc says. A 2xx response
     /// comes back as is; anything else (a redirect too) becomes an [`Error`].
     pub fn send(&self, req: &Request, token: Option<&Secret>) -> Result<Response, Error> {
+        self.send_with(req, || self.attempt(req, token))
+    }
+
+    /// The retry loop of [`send`](Self::send), over either client's answers.
+    fn send_with<A: Answered>(
+        &self,
+        req: &Request,
+        mut attempt: impl FnMut() -> reqwest::Result<A>,
+    ) -> Result<A, Error> {
         let mut retry = 0;
         loop {
             if req.left().is_some_and(|left| left.is_zero()) {
                 return Err(Error::past_deadline(req));
             }
             let started = Instant::now();
-            let outcome = self.attempt(req, token);
+            let outcome = attempt();
             let elapsed = started.elapsed().as_millis();
             let (error, wait) = match outcome {
                 Ok(resp) if resp.status().is_success() => {
-                    log::debug!(
-                        "{} {} -> {} ({elapsed} ms{})",
-                        req.method,
-                        req.url,
-                        resp.status().as_u16(),
-                        request_id(resp.headers())
-                            .map(|id| format!(", {id}"))
-                            .unwrap_or_default()
-                    );
+                    log_success(req, resp.status(), resp.headers(), elapsed, "");
                     return Ok(resp);
                 }
                 Ok(resp) => {
                     let status = resp.status();
                     let retry_after = retry_after(resp.headers());
-                    let error = Error::from_response(req, resp);
+                    let error = resp.into_error(req);
                     log::debug!("{error} ({elapsed} ms)");
                     let retryable = if req.idempotent {
                         status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
@@ -382,31 +360,71 @@ impl Http {
             // Bytes clones share the buffer: a retry costs no copy.
             builder = builder.body(body.clone());
         }
-        // A per-request timeout bounds the whole exchange, body included:
-        // a streamed response gets none, so that only the client's timeout
-        // applies, to the headers and to each read of the body (a restore
-        // of hours is fine, a read that stalls for `request_timeout` is not).
-        if !(req.streamed && req.timeout.is_none() && req.deadline.is_none()) {
-            let timeout = req.timeout.unwrap_or(self.request_timeout);
-            builder = builder.timeout(match req.left() {
-                Some(left) => timeout.min(left),
-                None => timeout,
-            });
-        }
-        builder.send()
+        // A per-request timeout bounds the whole exchange, body included
+        // (a body read as it arrives goes through `send_for_body`).
+        let timeout = req.timeout.unwrap_or(self.request_timeout);
+        builder
+            .timeout(req.left().map_or(timeout, |left| timeout.min(left)))
+            .send()
     }
 }
 
 /// The token as a header value, marked sensitive (never in a debug dump).
-fn token_header(token: &Secret) -> HeaderValue {
+pub(super) fn token_header(token: &Secret) -> HeaderValue {
     let mut value = HeaderValue::from_str(token.expose())
         .unwrap_or_else(|_| HeaderValue::from_static("invalid-token"));
     value.set_sensitive(true);
     value
 }
 
+/// What the retry loop needs of an answer, from either client.
+trait Answered {
+    fn status(&self) -> StatusCode;
+    fn headers(&self) -> &HeaderMap;
+    /// The error a status that is not a success makes (reads the body).
+    fn into_error(self, req: &Request) -> Error;
+}
+
+impl Answered for Response {
+    fn status(&self) -> StatusCode {
+        Response::status(self)
+    }
+    fn headers(&self) -> &HeaderMap {
+        Response::headers(self)
+    }
+    fn into_error(self, req: &Request) -> Error {
+        let (status, headers) = (self.status(), self.headers().clone());
+        Error::from_parts(req, status, &headers, &self.text().unwrap_or_default())
+    }
+}
+
+impl Answered for Answer {
+    fn status(&self) -> StatusCode {
+        Answer::status(self)
+    }
+    fn headers(&self) -> &HeaderMap {
+        Answer::headers(self)
+    }
+    fn into_error(self, req: &Request) -> Error {
+        let (status, headers) = (self.status(), self.headers().clone());
+        Error::from_parts(req, status, &headers, &self.text())
+    }
+}
+
+fn log_success(req: &Request, status: StatusCode, headers: &HeaderMap, ms: u128, how: &str) {
+    log::debug!(
+        "{} {} -> {} ({ms} ms{how}{})",
+        req.method,
+        req.url,
+        status.as_u16(),
+        request_id(headers)
+            .map(|id| format!(", {id}"))
+            .unwrap_or_default()
+    );
+}
+
 /// The CA certificates a client trusts besides the system's.
-fn extra_roots(options: &HttpOptions) -> anyhow::Result<Vec<reqwest::Certificate>> {
+pub(super) fn extra_roots(options: &HttpOptions) -> anyhow::Result<Vec<reqwest::Certificate>> {
     match &options.cacert {
         Some(path) => read_certificates(path),
         None => Ok(Vec::new()),
@@ -442,10 +460,6 @@ pub struct Request {
     /// the time left, and no retry starts that would end past it (a request
     /// made while filesystems are frozen).
     pub deadline: Option<Instant>,
-    /// The response body is read as a stream, for as long as it takes: the
-    /// request timeout bounds the wait for the headers and each read, not
-    /// the whole body.
-    pub streamed: bool,
 }
 
 impl fmt::Debug for Request {
@@ -470,7 +484,6 @@ impl Request {
             idempotent,
             retry: true,
             deadline: None,
-            streamed: false,
         }
     }
 
@@ -521,11 +534,6 @@ impl Request {
 
     pub fn no_retry(mut self) -> Request {
         self.retry = false;
-        self
-    }
-
-    pub fn streamed(mut self) -> Request {
-        self.streamed = true;
         self
     }
 
@@ -589,37 +597,18 @@ pub enum ErrorKind {
 }
 
 impl Error {
-    fn from_response(req: &Request, resp: Response) -> Error {
-        let status = resp.status();
-        let request_id = request_id(resp.headers());
-        // A body we cannot read still leaves the status to report.
-        let location = resp
-            .headers()
+    /// A status that is not a success, from the answer's parts.
+    fn from_parts(req: &Request, status: StatusCode, headers: &HeaderMap, body: &str) -> Error {
+        let location = headers
             .get(reqwest::header::LOCATION)
             .and_then(|l| l.to_str().ok())
             .map(|l| format!("redirected to {l}, which volsnap does not follow"));
-        let body = resp.text().unwrap_or_default();
         Error {
             method: req.method.clone(),
             url: req.url.to_string(),
             kind: Box::new(ErrorKind::Status {
                 status,
-                message: location.unwrap_or_else(|| server_message(&body)),
-                request_id,
-            }),
-            notes: Vec::new(),
-        }
-    }
-
-    /// A status that is not a success, from its parts (a streamed request's
-    /// answer).
-    fn from_parts(req: &Request, status: StatusCode, headers: &HeaderMap, body: &str) -> Error {
-        Error {
-            method: req.method.clone(),
-            url: req.url.to_string(),
-            kind: Box::new(ErrorKind::Status {
-                status,
-                message: server_message(body),
+                message: location.unwrap_or_else(|| server_message(body)),
                 request_id: request_id(headers),
             }),
             notes: Vec::new(),

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod cinder;
 pub mod cinder_backups;
 pub mod http;
+mod streamer;
 pub mod swift;
 
 pub use auth::{AuthConfig, Env, Service, Session};

@@ -7,13 +7,12 @@ use std::io::Read;
 use bytes::Bytes;
 use md5::{Digest, Md5};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use reqwest::blocking::Response;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
 use super::auth::Session;
-use super::http::{self, Error, Request};
+use super::http::{self, BodyReader, Error, Request};
 
 /// Everything but RFC 3986 unreserved characters is percent-encoded in a
 /// path segment.
@@ -109,13 +108,13 @@ pub struct ObjectEntry {
 /// An object's body as it arrives; `info` is from the response headers.
 pub struct ObjectReader {
     pub info: ObjectInfo,
-    response: Response,
+    body: BodyReader,
     received: u64,
 }
 
 impl Read for ObjectReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self.response.read(buf) {
+        match self.body.read(buf) {
             Ok(n) => {
                 self.received += n as u64;
                 Ok(n)
@@ -428,11 +427,11 @@ impl Swift {
     /// joined by Swift). Each read has the request timeout; nothing is
     /// retried once the body has started.
     pub fn get_object(&self, container: &str, name: &str) -> Result<ObjectReader, Error> {
-        let req = self.request(Method::GET, container, Some(name))?.streamed();
-        let response = self.session.send(&req)?;
+        let req = self.request(Method::GET, container, Some(name))?;
+        let (_, headers, body) = self.session.send_for_body(&req)?;
         Ok(ObjectReader {
-            info: ObjectInfo::from_headers(response.headers()),
-            response,
+            info: ObjectInfo::from_headers(&headers),
+            body,
             received: 0,
         })
     }
