@@ -11,15 +11,17 @@
 //!
 //! One MD5 cannot be sped up, but independent ones can share instructions:
 //! [`md5_lanes`] advances up to eight in lockstep for the price of one. Only
-//! one segment is written at a time, so the hasher thread pairs segments:
-//! it leaves a segment that is being written alone until the next one
-//! starts, then hashes the two together as the newer one is written (the
-//! older one's bytes are all there). A segment's MD5 is thus ready about
-//! when the next segment is full, which is when its buffer is needed again
-//! (see `segments`); two lanes busy instead of one halve the MD5's CPU
-//! (≈ 2.5 instead of ≈ 4.3 s per 2 GiB here). A segment that is complete
-//! with no next one coming soon (the last, or the producer waiting for its
-//! buffer) is hashed alone.
+//! one segment is written at a time, so the hasher thread gathers segments:
+//! it leaves the segments being written alone until as many have started
+//! as there are buffers (`company`, at most eight), then hashes them
+//! together as the newest one is written (the older ones' bytes are all
+//! there). The group's MD5s are thus ready about when its newest segment is
+//! full, which is when the oldest one's buffer is needed again (see
+//! `segments`). With two buffers two lanes are busy instead of one, which
+//! halves the MD5's CPU (≈ 2.5 instead of ≈ 4.3 s per 2 GiB here); with
+//! four, a quarter. Segments that are all complete with no next one
+//! starting soon (the last, or the producer waiting for a buffer) are
+//! hashed without waiting for company.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -32,9 +34,9 @@ use super::fill::Fill;
 /// Blocks each lane advances between two looks at the queue: 1 MiB.
 const ROUND_BLOCKS: usize = 16 << 10;
 
-/// How long a complete segment waits for the next to start before it is
-/// hashed alone: the producer starts the next one at once when a buffer
-/// is free.
+/// How long complete segments wait for the next to start before they are
+/// hashed without it: the producer starts the next one at once when a
+/// buffer is free.
 const COMPANY_WAIT: Duration = Duration::from_millis(5);
 
 /// Hashes the segments in flight, in order; shared by the producer (which
@@ -43,6 +45,9 @@ const COMPANY_WAIT: Duration = Duration::from_millis(5);
 pub(crate) struct Etags {
     state: Mutex<State>,
     changed: Condvar,
+    /// How many segments are hashed together: as many as can exist at once
+    /// (the buffers), at most [`LANES`].
+    company: usize,
 }
 
 #[derive(Default)]
@@ -55,10 +60,12 @@ struct State {
 }
 
 impl Etags {
-    pub(crate) fn new() -> Etags {
+    /// `buffers`: how many segments can exist at once.
+    pub(crate) fn new(buffers: usize) -> Etags {
         Etags {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
+            company: buffers.clamp(1, LANES),
         }
     }
 
@@ -138,16 +145,17 @@ impl Etags {
                         }
                         return;
                     }
-                    let ended = seen
+                    let all_ended = seen
                         .iter()
                         .zip(held.iter())
-                        .any(|(s, h)| h.is_some() && s.1);
-                    if active >= 2 || (active == 1 && ended && state.closed) {
+                        .all(|(s, h)| h.is_none() || s.1);
+                    if active >= self.company || (active >= 1 && state.closed) {
                         break;
                     }
-                    if active == 1 && ended {
-                        // Alone and complete: the next segment may start
-                        // in a moment; if not, hash it alone.
+                    if active >= 1 && all_ended {
+                        // All complete: the next segment may start in a
+                        // moment; if not (the producer waits for one of
+                        // these buffers, or is slow), hash them now.
                         let (next, timeout) = self
                             .changed
                             .wait_timeout_while(state, COMPANY_WAIT, |s| {
@@ -160,7 +168,8 @@ impl Etags {
                         }
                         continue;
                     }
-                    // Nothing, or one segment being written: wait for more.
+                    // Nothing, or too few segments and one being written:
+                    // wait for more.
                     state = self
                         .changed
                         .wait_while(state, |s| !s.poked && s.queued.is_empty() && !s.closed)
@@ -221,7 +230,7 @@ mod tests {
     /// with `buffers` buffers, while the hasher runs; returns each
     /// segment's MD5 as its upload would get it, and the data.
     fn hash_in_sequence(sizes: &[usize], buffers: usize) -> Vec<(Option<[u8; 16]>, Vec<u8>)> {
-        let etags = Arc::new(Etags::new());
+        let etags = Arc::new(Etags::new(buffers));
         let pool = Pool::new(sizes.iter().copied().max().unwrap(), buffers);
         std::thread::scope(|scope| {
             let hasher = scope.spawn(|| etags.run());
@@ -255,7 +264,7 @@ mod tests {
     #[test]
     fn every_segment_gets_its_md5_with_one_or_more_buffers() {
         let sizes = [300_000, 300_000, 300_000, 300_000, 123_457, 64, 1];
-        for buffers in [1, 2, 3] {
+        for buffers in [1, 2, 3, 4, 8, 9] {
             let got = hash_in_sequence(&sizes, buffers);
             assert_eq!(got.len(), sizes.len());
             for (i, (md5, data)) in got.iter().enumerate() {
@@ -268,7 +277,7 @@ mod tests {
 
     #[test]
     fn an_abandoned_segment_has_no_md5_and_the_rest_do() {
-        let etags = Arc::new(Etags::new());
+        let etags = Arc::new(Etags::new(2));
         let pool = Pool::new(1000, 2);
         std::thread::scope(|scope| {
             let hasher = scope.spawn(|| etags.run());
@@ -300,7 +309,7 @@ mod tests {
     /// panic: `set_md5(None)`) hashes itself when its upload asks.
     #[test]
     fn an_orphaned_segment_hashes_itself() {
-        let etags = Arc::new(Etags::new());
+        let etags = Arc::new(Etags::new(1));
         let pool = Pool::new(100, 1);
         let (fill, mut w) = Fill::new(
             pool.take(&AtomicBool::new(false)).unwrap(),

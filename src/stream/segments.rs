@@ -157,7 +157,7 @@ where
         uploaded: Mutex::new(Vec::new()),
     };
     let pool = Pool::new(segment_size, concurrency.max(1));
-    let etags = Arc::new(Etags::new());
+    let etags = Arc::new(Etags::new(concurrency.max(1)));
     let (sender, receiver) = mpsc::sync_channel::<Segment>(0);
     let queue = Mutex::new(receiver);
     let result = std::thread::scope(|scope| {
