@@ -19,7 +19,8 @@ fn defaults_are_swift_agent_and_strategy() {
     assert_eq!(s.hooks.dir, Path::new(DEFAULT_HOOKS_DIR));
     assert_eq!(s.cinder.max_freeze, DEFAULT_MAX_FREEZE);
     assert_eq!(s.cinder.on_hook_failure, HookFailurePolicy::Abort);
-    assert_eq!(s.swift.segment_size, 24 << 20);
+    assert_eq!(s.swift.segment_size, 12 << 20);
+    assert_eq!(s.swift.concurrency, 4);
     assert_eq!(s.swift.compression, Compression::Zstd);
     assert_eq!(s.swift.compression_level, 3);
     assert!(s.swift.create_container);

@@ -224,14 +224,14 @@ mod tests {
         );
     }
 
-    /// The defaults (24 MiB segments, 1000 per manifest) hold any stream one
+    /// The defaults (12 MiB segments, 1000 per manifest) hold any stream one
     /// SLO of Swift's largest objects could (1000 × 5 GiB), and so does every
     /// allowed segment size against every `max_manifest_segments` ≥ 10.
     #[test]
     fn the_levels_cover_what_swift_allows_one_slo() {
         let max_file_size: u64 = 5 << 30;
         for (max, segment) in [
-            (1000u32, 24u64 << 20),
+            (1000u32, 12u64 << 20),
             (10, 1 << 20),
             (100, 1 << 20),
             (1000, 1 << 20),
