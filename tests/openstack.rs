@@ -552,6 +552,76 @@ fn tls_with_the_ca_from_cacert() {
     assert_endpoints(&cloud, &session);
 }
 
+/// A download read as it arrives goes through its own (async) client: over
+/// real TLS to the real Swift, it trusts the `cacert` CA as the other
+/// requests do, and without it the certificate is refused.
+#[test]
+fn tls_download_read_as_it_arrives_trusts_the_ca_from_cacert() {
+    let cloud = Cloud::load();
+    let plain = os::swift(&cloud.session()).unwrap();
+    let endpoint = plain.endpoint().clone();
+    let backend: std::net::SocketAddr = format!(
+        "{}:{}",
+        endpoint.host_str().unwrap(),
+        endpoint.port().unwrap()
+    )
+    .parse()
+    .unwrap();
+    let proxy = tls::start(backend);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &proxy.ca_pem).unwrap();
+    let over_tls = |cacert: Option<PathBuf>| {
+        let options = os::http::HttpOptions {
+            cacert,
+            ..os::http::HttpOptions::default()
+        };
+        let http = os::http::Http::new(&options).unwrap();
+        let url = format!("{}{}", proxy.url, endpoint.path());
+        os::swift::Swift::new(
+            Session::with_token(http, cloud.session().token()),
+            reqwest::Url::parse(&url).unwrap(),
+        )
+    };
+
+    let container = unique("tls");
+    plain.ensure_container(&container, true).unwrap();
+    let data: Vec<u8> = (0..3 * 1024 * 1024 + 7u32)
+        .map(|i| (i % 241) as u8)
+        .collect();
+    plain
+        .put_object(
+            &container,
+            "o",
+            bytes::Bytes::from(data.clone()),
+            &Default::default(),
+        )
+        .unwrap();
+
+    let mut back = Vec::new();
+    over_tls(Some(ca))
+        .get_object(&container, "o")
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    assert!(back == data, "the download over TLS differs");
+
+    let started = Instant::now();
+    let refused = over_tls(None)
+        .get_object(&container, "o")
+        .err()
+        .expect("a download from an unknown CA was accepted");
+    let text = format!("{refused:#}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "retried: {text}"
+    );
+    assert!(text.contains("UnknownIssuer"), "{text}");
+
+    plain.delete_object(&container, "o").unwrap();
+    plain.delete_container(&container).unwrap();
+}
+
 fn volsnap(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_volsnap"));
     cmd.arg("--config").arg(config).args(args);

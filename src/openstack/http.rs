@@ -149,7 +149,7 @@ impl Http {
             // X-Auth-Token to wherever it points (reqwest strips only the
             // standard credential headers).
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("volsnap/", env!("CARGO_PKG_VERSION")));
+            .user_agent(USER_AGENT);
         let mut builder = extra_roots(options)?
             .into_iter()
             .fold(builder, |b, cert| b.add_root_certificate(cert));
@@ -170,8 +170,29 @@ impl Http {
     }
 
     fn streamer(&self, req: &Request) -> Result<Arc<Streamer>, Error> {
-        Streamer::for_thread(self.id, &self.options)
+        Streamer::for_thread(self.id, || async_client(&self.options))
             .map_err(|e| Error::invalid(req, format!("{e:#}")))
+    }
+
+    /// `req` (its body aside) on `streamer`'s client, with `token`, and
+    /// `timeout` over the whole exchange if any.
+    fn async_request(
+        streamer: &Streamer,
+        req: &Request,
+        token: Option<&Secret>,
+        timeout: Option<Duration>,
+    ) -> reqwest::RequestBuilder {
+        let mut builder = streamer
+            .client()
+            .request(req.method.clone(), req.url.clone())
+            .headers(req.headers.clone());
+        if let Some(token) = token {
+            builder = builder.header("x-auth-token", token_header(token));
+        }
+        match timeout {
+            Some(timeout) => builder.timeout(timeout),
+            None => builder,
+        }
     }
 
     /// Sends `req` (which has no body of its own) with `body`, sent as it
@@ -190,13 +211,9 @@ impl Http {
     {
         let streamer = self.streamer(req)?;
         let started = Instant::now();
-        let builder = streamer
-            .request(
-                req,
-                token,
-                Some(req.timeout.unwrap_or(self.request_timeout)),
-            )
-            .body(reqwest::Body::wrap(body));
+        let timeout = Some(req.timeout.unwrap_or(self.request_timeout));
+        let builder =
+            Self::async_request(&streamer, req, token, timeout).body(reqwest::Body::wrap(body));
         let answer = streamer.block_on(async {
             let resp = builder.send().await?;
             let (status, headers) = (resp.status(), resp.headers().clone());
@@ -239,7 +256,7 @@ impl Http {
                 .timeout
                 .or(req.deadline.map(|_| self.request_timeout))
                 .map(|t| req.left().map_or(t, |left| t.min(left)));
-            let builder = streamer.request(req, token, timeout);
+            let builder = Self::async_request(&streamer, req, token, timeout);
             let builder = match &req.body {
                 Some(body) => builder.body(body.clone()),
                 None => builder,
@@ -369,8 +386,30 @@ impl Http {
     }
 }
 
+/// The client for bodies sent or read as they go (see
+/// [`streamer`](super::streamer)), configured as the blocking one except its
+/// timeouts: it bounds each read (a restore of hours is fine, a read that
+/// stalls for `request_timeout` is not); a request that must end in time
+/// sets its own timeout.
+fn async_client(options: &HttpOptions) -> anyhow::Result<reqwest::Client> {
+    let builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .connect_timeout(options.connect_timeout)
+        .read_timeout(options.request_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(USER_AGENT);
+    extra_roots(options)?
+        .into_iter()
+        .fold(builder, |b, cert| b.add_root_certificate(cert))
+        .danger_accept_invalid_certs(options.insecure)
+        .build()
+        .context("cannot build the HTTP client for streamed bodies")
+}
+
+const USER_AGENT: &str = concat!("volsnap/", env!("CARGO_PKG_VERSION"));
+
 /// The token as a header value, marked sensitive (never in a debug dump).
-pub(super) fn token_header(token: &Secret) -> HeaderValue {
+fn token_header(token: &Secret) -> HeaderValue {
     let mut value = HeaderValue::from_str(token.expose())
         .unwrap_or_else(|_| HeaderValue::from_static("invalid-token"));
     value.set_sensitive(true);
@@ -424,7 +463,7 @@ fn log_success(req: &Request, status: StatusCode, headers: &HeaderMap, ms: u128,
 }
 
 /// The CA certificates a client trusts besides the system's.
-pub(super) fn extra_roots(options: &HttpOptions) -> anyhow::Result<Vec<reqwest::Certificate>> {
+fn extra_roots(options: &HttpOptions) -> anyhow::Result<Vec<reqwest::Certificate>> {
     match &options.cacert {
         Some(path) => read_certificates(path),
         None => Ok(Vec::new()),

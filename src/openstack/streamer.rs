@@ -12,15 +12,11 @@
 use std::cell::RefCell;
 use std::io::{self, Read};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::{Buf, Bytes};
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
-
-use super::http::{extra_roots, token_header, HttpOptions, Request};
-use crate::secret::Secret;
 
 /// A client and the current-thread runtime that drives its connections.
 /// A pooled connection is driven by a task of the runtime that opened it,
@@ -37,17 +33,28 @@ thread_local! {
 }
 
 impl Streamer {
-    /// This thread's streamer for the `Http` numbered `owner`; built on
-    /// first use. One per thread, so that concurrent uploads each drive
-    /// their own connection; shared (an `Arc`) with a body being read, which
-    /// may be read from another thread.
-    pub(super) fn for_thread(owner: u64, options: &HttpOptions) -> anyhow::Result<Arc<Streamer>> {
+    /// This thread's streamer for the client numbered `owner`, which
+    /// `client` builds on first use. One per thread, so that concurrent
+    /// uploads each drive their own connection; shared (an `Arc`) with a
+    /// body being read, which may be read from another thread.
+    pub(super) fn for_thread(
+        owner: u64,
+        client: impl FnOnce() -> anyhow::Result<reqwest::Client>,
+    ) -> anyhow::Result<Arc<Streamer>> {
         THREAD_STREAMER.with(|cell| {
             let mut cell = cell.borrow_mut();
             match cell.as_ref() {
                 Some(s) if s.owner == owner => Ok(Arc::clone(s)),
                 _ => {
-                    let s = Arc::new(Streamer::build(owner, options)?);
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .context("cannot start the runtime for streamed bodies")?;
+                    let s = Arc::new(Streamer {
+                        owner,
+                        runtime,
+                        client: client()?,
+                    });
                     *cell = Some(Arc::clone(&s));
                     Ok(s)
                 }
@@ -55,53 +62,8 @@ impl Streamer {
         })
     }
 
-    /// Configured as the blocking client, except its timeouts: the client
-    /// bounds each read (a restore of hours is fine, a read that stalls for
-    /// `request_timeout` is not); a request that must end in time sets its
-    /// own timeout.
-    fn build(owner: u64, options: &HttpOptions) -> anyhow::Result<Streamer> {
-        let builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .connect_timeout(options.connect_timeout)
-            .read_timeout(options.request_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("volsnap/", env!("CARGO_PKG_VERSION")));
-        let client = extra_roots(options)?
-            .into_iter()
-            .fold(builder, |b, cert| b.add_root_certificate(cert))
-            .danger_accept_invalid_certs(options.insecure)
-            .build()
-            .context("cannot build the HTTP client for streamed bodies")?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the runtime for streamed bodies")?;
-        Ok(Streamer {
-            owner,
-            runtime,
-            client,
-        })
-    }
-
-    /// `req` (its body aside), with `token`, and `timeout` over the whole
-    /// exchange if any.
-    pub(super) fn request(
-        &self,
-        req: &Request,
-        token: Option<&Secret>,
-        timeout: Option<Duration>,
-    ) -> reqwest::RequestBuilder {
-        let mut builder = self
-            .client
-            .request(req.method.clone(), req.url.clone())
-            .headers(req.headers.clone());
-        if let Some(token) = token {
-            builder = builder.header("x-auth-token", token_header(token));
-        }
-        if let Some(timeout) = timeout {
-            builder = builder.timeout(timeout);
-        }
-        builder
+    pub(super) fn client(&self) -> &reqwest::Client {
+        &self.client
     }
 
     pub(super) fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use md5_lanes::{Lanes, LANES};
 
-use super::fill::Fill;
+use super::fill::{Fill, Hasher};
 
 /// Blocks each lane advances between two looks at the queue: 1 MiB.
 const ROUND_BLOCKS: usize = 16 << 10;
@@ -71,18 +71,6 @@ impl Etags {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A segment has started: hash it.
-    pub(crate) fn queue(&self, fill: Arc<Fill>) {
-        self.lock().queued.push_back(fill);
-        self.changed.notify_all();
-    }
-
-    /// A segment grew or ended.
-    pub(crate) fn poke(&self) {
-        self.lock().poked = true;
-        self.changed.notify_all();
     }
 
     /// No more segments are coming: the hasher thread ends once every
@@ -218,11 +206,25 @@ impl Etags {
     }
 }
 
+impl Hasher for Etags {
+    /// A segment has started: hash it.
+    fn queue(&self, fill: Arc<Fill>) {
+        self.lock().queued.push_back(fill);
+        self.changed.notify_all();
+    }
+
+    /// A segment grew or ended.
+    fn poke(&self) {
+        self.lock().poked = true;
+        self.changed.notify_all();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::stream::fill::Segment;
-    use crate::stream::segments::Pool;
+    use crate::stream::pool::Pool;
     use md5::{Digest, Md5};
     use std::sync::atomic::AtomicBool;
 
@@ -237,8 +239,11 @@ mod tests {
             let mut uploads = Vec::new();
             for (i, &size) in sizes.iter().enumerate() {
                 let buf = pool.take(&AtomicBool::new(false)).unwrap();
-                let (fill, mut writer) =
-                    Fill::new(buf, Arc::clone(&pool), Some(Arc::clone(&etags)));
+                let (fill, mut writer) = Fill::new(
+                    buf,
+                    Arc::clone(&pool),
+                    Some(etags.clone() as Arc<dyn Hasher>),
+                );
                 let segment = Segment {
                     index: i as u32,
                     fill,
@@ -285,14 +290,14 @@ mod tests {
             let (a, mut wa) = Fill::new(
                 pool.take(&stop).unwrap(),
                 Arc::clone(&pool),
-                Some(Arc::clone(&etags)),
+                Some(etags.clone() as Arc<dyn Hasher>),
             );
             wa.append(&[1u8; 1000]);
             wa.complete();
             let (b, mut wb) = Fill::new(
                 pool.take(&stop).unwrap(),
                 Arc::clone(&pool),
-                Some(Arc::clone(&etags)),
+                Some(etags.clone() as Arc<dyn Hasher>),
             );
             wb.append(&[2u8; 500]);
             drop(wb);
@@ -314,7 +319,7 @@ mod tests {
         let (fill, mut w) = Fill::new(
             pool.take(&AtomicBool::new(false)).unwrap(),
             Arc::clone(&pool),
-            Some(Arc::clone(&etags)),
+            Some(etags.clone() as Arc<dyn Hasher>),
         );
         w.append(b"abc");
         w.complete();

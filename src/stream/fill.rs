@@ -23,8 +23,15 @@ use anyhow::{anyhow, Result};
 use bytes::Bytes;
 use md5::{Digest, Md5};
 
-use super::etags::Etags;
-use super::segments::Pool;
+use super::pool::Pool;
+
+/// What computes the segments' MD5s as they are written (the
+/// [`etags`](super::etags) thread): given each segment as it starts, told
+/// as it grows and ends, it answers with [`Fill::set_md5`].
+pub(crate) trait Hasher: Send + Sync {
+    fn queue(&self, fill: Arc<Fill>);
+    fn poke(&self);
+}
 
 /// How far a segment's writing has come.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,7 +66,7 @@ pub(crate) struct Fill {
     started: Instant,
     pool: Arc<Pool>,
     /// Told when the segment grows or ends.
-    hasher: Option<Arc<Etags>>,
+    hasher: Option<Arc<dyn Hasher>>,
 }
 
 #[derive(Clone, Copy)]
@@ -82,7 +89,7 @@ impl Fill {
     pub(crate) fn new(
         mut buf: Vec<u8>,
         pool: Arc<Pool>,
-        hasher: Option<Arc<Etags>>,
+        hasher: Option<Arc<dyn Hasher>>,
     ) -> (Arc<Fill>, FillWriter) {
         buf.clear();
         let fill = Arc::new(Fill {

@@ -27,6 +27,7 @@ mod fill;
 mod meta;
 mod naming;
 pub mod object;
+mod pool;
 mod progress;
 mod restore;
 mod segments;

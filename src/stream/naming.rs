@@ -26,7 +26,14 @@ use crate::time::Timestamp;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use super::segments::SegmentInfo;
+/// A segment that is in Swift: what the SLO manifest lists. `md5` is
+/// volsnap's MD5 of what it sent, which Swift's answer matched.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SegmentInfo {
+    pub index: u32,
+    pub size: u64,
+    pub md5: String,
+}
 
 /// Swift's longest container name.
 const MAX_CONTAINER: usize = 256;

@@ -26,28 +26,20 @@
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use serde::Serialize;
 
 use super::etags::Etags;
 use super::fill::{Fill, FillWriter};
 pub use super::fill::{Segment, SegmentBody};
 use super::hex;
+pub use super::naming::SegmentInfo;
+use super::pool::Pool;
 
 /// Swift's default `max_manifest_segments`: an SLO lists at most this many.
 pub const DEFAULT_MAX_SEGMENTS: u32 = 1000;
-
-/// A segment that is in Swift: what the SLO manifest lists. `md5` is
-/// volsnap's MD5 of what it sent, which Swift's answer matched.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct SegmentInfo {
-    pub index: u32,
-    pub size: u64,
-    pub md5: String,
-}
 
 /// What the upload threads share.
 struct Shared<'u, U> {
@@ -276,7 +268,7 @@ impl SegmentWriter<'_> {
         let Some(buf) = self.pool.take(self.failed) else {
             return Err(io::Error::other("stopped: an upload failed"));
         };
-        let (fill, writer) = Fill::new(buf, Arc::clone(self.pool), Some(Arc::clone(self.etags)));
+        let (fill, writer) = Fill::new(buf, Arc::clone(self.pool), Some(self.etags.clone()));
         let segment = Segment {
             index: self.next_index,
             fill,
@@ -305,75 +297,6 @@ impl SegmentWriter<'_> {
         let err = io::Error::other(e.to_string());
         self.error = Some(e);
         err
-    }
-}
-
-/// The segment buffers: at most `limit` of `size` bytes ever exist at once.
-pub(crate) struct Pool {
-    size: usize,
-    limit: usize,
-    state: Mutex<PoolState>,
-    back: Condvar,
-}
-
-struct PoolState {
-    free: Vec<Vec<u8>>,
-    allocated: usize,
-}
-
-impl Pool {
-    pub(crate) fn new(size: usize, limit: usize) -> Arc<Pool> {
-        Arc::new(Pool {
-            size,
-            limit: limit.max(1),
-            state: Mutex::new(PoolState {
-                free: Vec::new(),
-                allocated: 0,
-            }),
-            back: Condvar::new(),
-        })
-    }
-
-    /// An empty buffer with `size` bytes of capacity: a returned one, a new
-    /// one while fewer than `limit` exist, else the next to come back.
-    /// `None` if `stop` is set while waiting.
-    pub(crate) fn take(&self, stop: &AtomicBool) -> Option<Vec<u8>> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(buf) = state.free.pop() {
-                return Some(buf);
-            }
-            if state.allocated < self.limit {
-                state.allocated += 1;
-                return Some(Vec::with_capacity(self.size));
-            }
-            if stop.load(Ordering::SeqCst) {
-                return None;
-            }
-            // Bounded, so a failure elsewhere (which sets `stop` without
-            // returning a buffer) is noticed.
-            state = self
-                .back
-                .wait_timeout(state, Duration::from_millis(100))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
-
-    pub(crate) fn give_back(&self, mut buf: Vec<u8>) {
-        buf.clear();
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .free
-            .push(buf);
-        self.back.notify_one();
-    }
-
-    /// Buffers allocated so far (at most `limit`).
-    #[cfg(test)]
-    pub(crate) fn allocated(&self) -> usize {
-        self.state.lock().unwrap().allocated
     }
 }
 

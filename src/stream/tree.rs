@@ -19,7 +19,7 @@
 //! that failed half-way never looks complete.
 
 use super::naming::BackupName;
-use super::segments::SegmentInfo;
+use super::naming::SegmentInfo;
 
 /// How many levels of manifests Swift follows when it serves a GET
 /// (`max_slo_recursion_depth` in Swift's `slo` middleware): the backup's
