@@ -117,9 +117,8 @@ impl Default for HttpOptions {
 #[derive(Clone, Debug)]
 pub struct Http {
     client: Client,
-    retry: RetryPolicy,
-    request_timeout: Duration,
-    /// For the streamed requests' own clients (see [`Http::send_streamed`]).
+    /// Retries and timeouts, and what the async client for bodies sent or
+    /// read as they go is built from (see [`Http::send_streamed`]).
     options: HttpOptions,
     /// Tells this client's streamed clients from another's on a thread.
     id: u64,
@@ -162,8 +161,6 @@ impl Http {
         let client = builder.build().context("cannot build the HTTP client")?;
         Ok(Http {
             client,
-            retry: options.retry,
-            request_timeout: options.request_timeout,
             options: options.clone(),
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
@@ -210,34 +207,21 @@ impl Http {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let streamer = self.streamer(req)?;
-        let started = Instant::now();
-        let timeout = Some(req.timeout.unwrap_or(self.request_timeout));
-        let builder =
-            Self::async_request(&streamer, req, token, timeout).body(reqwest::Body::wrap(body));
-        let answer = streamer.block_on(async {
-            let resp = builder.send().await?;
-            let (status, headers) = (resp.status(), resp.headers().clone());
-            // Read whole, so that the connection is kept for the next.
-            let text = resp.text().await.unwrap_or_default();
-            Ok::<_, reqwest::Error>((status, headers, text))
-        });
-        let elapsed = started.elapsed().as_millis();
-        match answer {
-            Err(e) => {
-                let error = Error::transport(req, &e);
-                log::debug!("{error} ({elapsed} ms)");
-                Err(error)
-            }
-            Ok((status, headers, text)) if !status.is_success() => {
-                let error = Error::from_parts(req, status, &headers, &text);
-                log::debug!("{error} ({elapsed} ms)");
-                Err(error)
-            }
-            Ok((status, headers, _)) => {
-                log_success(req, status, &headers, elapsed, ", streamed");
-                Ok((status, headers))
-            }
-        }
+        let timeout = Some(req.timeout.unwrap_or(self.options.request_timeout));
+        let mut body = Some(reqwest::Body::wrap(body));
+        // One attempt: a body that was read cannot be read again.
+        let once = req.clone().no_retry();
+        let answer = self.send_with(&once, || {
+            let body = body.take().expect("one attempt");
+            let builder = Self::async_request(&streamer, req, token, timeout).body(body);
+            streamer
+                .block_on(async { builder.send().await })
+                .map(|resp| Answer::new(Arc::clone(&streamer), resp))
+        })?;
+        let (status, headers) = (answer.status(), answer.headers().clone());
+        // Read whole, so that the connection is kept for the next.
+        answer.text();
+        Ok((status, headers))
     }
 
     /// Sends `req` (retried as [`send`](Self::send) does) and returns the
@@ -254,7 +238,7 @@ impl Http {
         let answer = self.send_with(req, || {
             let timeout = req
                 .timeout
-                .or(req.deadline.map(|_| self.request_timeout))
+                .or(req.deadline.map(|_| self.options.request_timeout))
                 .map(|t| req.left().map_or(t, |left| t.min(left)));
             let builder = Self::async_request(&streamer, req, token, timeout);
             let builder = match &req.body {
@@ -271,7 +255,7 @@ impl Http {
     }
 
     pub fn request_timeout(&self) -> Duration {
-        self.request_timeout
+        self.options.request_timeout
     }
 
     /// Sends a request, retrying as the module doc says. A 2xx response
@@ -296,13 +280,22 @@ impl Http {
             let elapsed = started.elapsed().as_millis();
             let (error, wait) = match outcome {
                 Ok(resp) if resp.status().is_success() => {
-                    log_success(req, resp.status(), resp.headers(), elapsed, "");
+                    log::debug!(
+                        "{} {} -> {} ({elapsed} ms{})",
+                        req.method,
+                        req.url,
+                        resp.status().as_u16(),
+                        request_id(resp.headers())
+                            .map(|id| format!(", {id}"))
+                            .unwrap_or_default()
+                    );
                     return Ok(resp);
                 }
                 Ok(resp) => {
                     let status = resp.status();
                     let retry_after = retry_after(resp.headers());
-                    let error = resp.into_error(req);
+                    let headers = resp.headers().clone();
+                    let error = Error::from_parts(req, status, &headers, &resp.text());
                     log::debug!("{error} ({elapsed} ms)");
                     let retryable = if req.idempotent {
                         status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
@@ -318,15 +311,15 @@ impl Http {
                         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
                     );
                     let wait = match retry_after.filter(|_| honours) {
-                        Some(asked) if asked > self.retry.max_retry_after => {
+                        Some(asked) if asked > self.options.retry.max_retry_after => {
                             return Err(error.note(format!(
                                 "the server asked to retry after {}s, longer than volsnap waits ({}s)",
                                 asked.as_secs(),
-                                self.retry.max_retry_after.as_secs()
+                                self.options.retry.max_retry_after.as_secs()
                             )));
                         }
                         Some(asked) => asked,
-                        None => self.retry.backoff(retry + 1),
+                        None => self.options.retry.backoff(retry + 1),
                     };
                     (error, wait)
                 }
@@ -343,10 +336,10 @@ impl Http {
                             "not retried: the request may have reached the server".to_string(),
                         ));
                     }
-                    (error, self.retry.backoff(retry + 1))
+                    (error, self.options.retry.backoff(retry + 1))
                 }
             };
-            if !req.retry || retry >= self.retry.max_retries {
+            if !req.retry || retry >= self.options.retry.max_retries {
                 if req.retry && retry > 0 {
                     return Err(error.note(format!("gave up after {} attempts", retry + 1)));
                 }
@@ -358,7 +351,7 @@ impl Http {
             retry += 1;
             log::warn!(
                 "{error}; retry {retry}/{} in {} ms",
-                self.retry.max_retries,
+                self.options.retry.max_retries,
                 wait.as_millis()
             );
             std::thread::sleep(wait);
@@ -379,7 +372,7 @@ impl Http {
         }
         // A per-request timeout bounds the whole exchange, body included
         // (a body read as it arrives goes through `send_for_body`).
-        let timeout = req.timeout.unwrap_or(self.request_timeout);
+        let timeout = req.timeout.unwrap_or(self.options.request_timeout);
         builder
             .timeout(req.left().map_or(timeout, |left| timeout.min(left)))
             .send()
@@ -420,8 +413,8 @@ fn token_header(token: &Secret) -> HeaderValue {
 trait Answered {
     fn status(&self) -> StatusCode;
     fn headers(&self) -> &HeaderMap;
-    /// The error a status that is not a success makes (reads the body).
-    fn into_error(self, req: &Request) -> Error;
+    /// The whole body (an error's message); empty if unreadable.
+    fn text(self) -> String;
 }
 
 impl Answered for Response {
@@ -431,9 +424,8 @@ impl Answered for Response {
     fn headers(&self) -> &HeaderMap {
         Response::headers(self)
     }
-    fn into_error(self, req: &Request) -> Error {
-        let (status, headers) = (self.status(), self.headers().clone());
-        Error::from_parts(req, status, &headers, &self.text().unwrap_or_default())
+    fn text(self) -> String {
+        Response::text(self).unwrap_or_default()
     }
 }
 
@@ -444,22 +436,9 @@ impl Answered for Answer {
     fn headers(&self) -> &HeaderMap {
         Answer::headers(self)
     }
-    fn into_error(self, req: &Request) -> Error {
-        let (status, headers) = (self.status(), self.headers().clone());
-        Error::from_parts(req, status, &headers, &self.text())
+    fn text(self) -> String {
+        Answer::text(self)
     }
-}
-
-fn log_success(req: &Request, status: StatusCode, headers: &HeaderMap, ms: u128, how: &str) {
-    log::debug!(
-        "{} {} -> {} ({ms} ms{how}{})",
-        req.method,
-        req.url,
-        status.as_u16(),
-        request_id(headers)
-            .map(|id| format!(", {id}"))
-            .unwrap_or_default()
-    );
 }
 
 /// The CA certificates a client trusts besides the system's.

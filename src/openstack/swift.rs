@@ -152,6 +152,20 @@ fn io_error_chain(e: &std::io::Error) -> String {
     parts.join(": ")
 }
 
+/// The `ETag` of a PUT's answer: the MD5 of what Swift stored.
+fn answered_etag(req: &Request, status: StatusCode, headers: &HeaderMap) -> Result<String, Error> {
+    let etag = ObjectInfo::from_headers(headers).etag;
+    if etag.is_empty() {
+        return Err(Error::decode(
+            req,
+            status,
+            "Swift answered the PUT without an ETag".to_string(),
+            http::request_id(headers),
+        ));
+    }
+    Ok(etag)
+}
+
 /// The MD5 of a buffer, hex, as Swift's `ETag`.
 pub fn md5_hex(data: &[u8]) -> String {
     Md5::digest(data)
@@ -352,16 +366,7 @@ impl Swift {
     ) -> Result<String, Error> {
         let req = self.request(Method::PUT, container, Some(name))?.body(body);
         let resp = self.session.send(&req)?;
-        let etag = ObjectInfo::from_headers(resp.headers()).etag;
-        if etag.is_empty() {
-            return Err(Error::decode(
-                &req,
-                resp.status(),
-                "Swift answered the PUT without an ETag".to_string(),
-                http::request_id(resp.headers()),
-            ));
-        }
-        Ok(etag)
+        answered_etag(&req, resp.status(), resp.headers())
     }
 
     /// As [`put_object_for_etag`](Self::put_object_for_etag), with a body
@@ -382,16 +387,7 @@ impl Swift {
             self.session
                 .http()
                 .send_streamed(&req, Some(&self.session.token()), body)?;
-        let etag = ObjectInfo::from_headers(&headers).etag;
-        if etag.is_empty() {
-            return Err(Error::decode(
-                &req,
-                status,
-                "Swift answered the PUT without an ETag".to_string(),
-                http::request_id(&headers),
-            ));
-        }
-        Ok(etag)
+        answered_etag(&req, status, &headers)
     }
 
     /// PUTs a Static Large Object manifest over segments already uploaded;

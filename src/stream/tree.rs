@@ -3,14 +3,14 @@
 //!
 //! Segments are small, so that a backup's memory stays small (they are held
 //! whole until Swift has them, for the retries: see `segments`), and a
-//! stream longer than `max_manifest_segments × segment_size` (23.4 GiB with the
+//! stream longer than `max_manifest_segments × segment_size` (11.7 GiB with the
 //! defaults) needs more segments than one SLO may list. An SLO's segments
 //! may themselves be SLOs, so the segments are grouped `max` at a time into
 //! sub-manifests in the segments container (`<manifest>/seg/L1-00000000`,
 //! …), those `max` at a time into the next level, and so on until one level
 //! fits in the backup's own manifest. Swift joins the levels on a GET (up to
-//! ten: [`MAX_LEVELS`]); with the defaults two levels hold 1000 × 1000 × 24
-//! MiB = 23 TiB, more than one SLO of 1000 segments of Swift's largest
+//! ten: [`MAX_LEVELS`]); with the defaults two levels hold 1000 × 1000 × 12
+//! MiB = 11 TiB, more than one SLO of 1000 segments of Swift's largest
 //! object (`max_file_size`, 5 GiB) can hold.
 //!
 //! Every entry carries its size and ETag, so Swift checks each sub-manifest
