@@ -515,6 +515,114 @@ fn swift_slo_round_trip() {
     swift.delete_container(&container).unwrap();
 }
 
+/// A download reads an SLO from its segments, a manifest of manifests
+/// followed down, each segment checked against its manifest entry: one
+/// replaced after the backup, or gone, ends the download with its name.
+#[test]
+fn swift_download_reads_the_segments_and_checks_each() {
+    let cloud = Cloud::load();
+    let swift = os::swift(&cloud.session()).unwrap();
+    let container = unique("dl");
+    swift.ensure_container(&container, true).unwrap();
+    let data: Vec<u8> = (0..(3 * 300_000 + 777u32))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    let none = BTreeMap::new();
+    let put_segments = |prefix: &str, chunks: &[&[u8]]| -> Vec<SloSegment> {
+        chunks
+            .iter()
+            .enumerate()
+            .map(|(i, chunk)| {
+                let seg = format!("{prefix}/seg/{i:08}");
+                let body = bytes::Bytes::copy_from_slice(chunk);
+                let etag = swift.put_object(&container, &seg, body, &none).unwrap();
+                SloSegment {
+                    path: format!("/{container}/{seg}"),
+                    etag,
+                    size_bytes: chunk.len() as u64,
+                }
+            })
+            .collect()
+    };
+    // One level: three segments, the last one short.
+    let chunks: Vec<&[u8]> = data.chunks(300_000).collect();
+    let segments = put_segments("flat", &chunks);
+    swift
+        .put_slo(
+            &container,
+            "flat",
+            &segments,
+            &none,
+            "application/octet-stream",
+        )
+        .unwrap();
+    let read = |name: &str| {
+        let mut back = Vec::new();
+        swift
+            .download(&container, name)
+            .unwrap()
+            .read_to_end(&mut back)
+            .map(|_| back)
+    };
+    assert!(read("flat").unwrap() == data, "one level read back differs");
+
+    // Two levels: a manifest of two manifests, as stream::Tree writes one.
+    let first = put_segments("tree/0", &chunks[..2]);
+    let second = put_segments("tree/1", &chunks[2..]);
+    let mut top = Vec::new();
+    for (name, segs) in [("tree/0/manifest", &first), ("tree/1/manifest", &second)] {
+        let etag = swift
+            .put_slo(&container, name, segs, &none, "application/octet-stream")
+            .unwrap();
+        top.push(SloSegment {
+            path: format!("/{container}/{name}"),
+            etag,
+            size_bytes: segs.iter().map(|s| s.size_bytes).sum(),
+        });
+    }
+    swift
+        .put_slo(&container, "tree", &top, &none, "application/octet-stream")
+        .unwrap();
+    assert!(read("tree").unwrap() == data, "two levels read back differ");
+
+    // A plain object is read as it is.
+    swift
+        .put_object(
+            &container,
+            "plain",
+            bytes::Bytes::from_static(b"just bytes"),
+            &none,
+        )
+        .unwrap();
+    assert_eq!(read("plain").unwrap(), b"just bytes");
+
+    // A segment replaced by as many other bytes: refused by its ETag.
+    let changed = bytes::Bytes::from(vec![0u8; 300_000]);
+    swift
+        .put_object(&container, "flat/seg/00000001", changed, &none)
+        .unwrap();
+    let err = read("flat").unwrap_err().to_string();
+    assert!(err.contains("flat/seg/00000001"), "{err}");
+    assert!(err.contains("replaced after the backup"), "{err}");
+    assert!(
+        err.contains("at 300000 of") || err.contains("after 300000 of"),
+        "{err}"
+    );
+
+    // A segment gone: its 404, named.
+    swift
+        .delete_object(&container, "tree/1/seg/00000000")
+        .unwrap();
+    let err = read("tree").unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("tree/1/seg/00000000"), "{err}");
+
+    for name in swift.list_objects(&container, "").unwrap() {
+        swift.delete_object(&container, &name.name).unwrap();
+    }
+    swift.delete_container(&container).unwrap();
+}
+
 /// Over real TLS (rustls on both ends) to the real Keystone: with the CA as
 /// `cacert` it authenticates; without it, the certificate is refused.
 #[test]

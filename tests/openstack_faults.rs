@@ -566,3 +566,75 @@ fn a_download_refused_with_503_is_retried() {
     assert_eq!(count.load(Ordering::SeqCst), 2);
     assert!(body == data);
 }
+
+/// A download reads an SLO's segments, each GET sent while the one before
+/// is read: that early GET's answer is the first attempt's, so a 503 to it
+/// is retried like any, and a 200 to it is read (the server answers no
+/// further connection); each segment is checked against its manifest entry.
+#[test]
+fn a_segment_sent_early_is_used_and_retried_when_refused() {
+    let (url, count) = scripted_server(vec![
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: 11\r\nx-static-large-object: True\r\n\
+             connection: close\r\n\r\n",
+            vec![],
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: 238\r\nconnection: close\r\n\r\n\
+             [{\"name\":\"/c_segments/s/1\",\"hash\":\"5d41402abc4b2a76b9719d911017c592\",\"bytes\":5},{\"name\":\"/c_segments/s/2\",\"hash\":\"7d793037a0760186574b0282f2f435e7\",\"bytes\":5},{\"name\":\"/c_segments/s/3\",\"hash\":\"9033e0e305f247c0c3c80d0c7848c8b3\",\"bytes\":1}]",
+            vec![],
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\netag: \"5d41402abc4b2a76b9719d911017c592\"\r\n\
+             connection: close\r\n\r\nhello",
+            vec![],
+        ),
+        // Segment 2's GET, sent early while segment 1 is read.
+        (
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbusy",
+            vec![],
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\netag: 7d793037a0760186574b0282f2f435e7\r\n\
+             connection: close\r\n\r\nworld",
+            vec![],
+        ),
+        // Segment 3's GET, sent early while segment 2 is read: the last answer.
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: 1\r\netag: 9033e0e305f247c0c3c80d0c7848c8b3\r\n\
+             connection: close\r\n\r\n!",
+            vec![],
+        ),
+    ]);
+    let body = read_all(swift_at(&url).download("c", "o").unwrap()).unwrap();
+    assert_eq!(body, b"helloworld!");
+    assert_eq!(count.load(Ordering::SeqCst), 6);
+}
+
+/// A segment whose body ends before the manifest's size is an error naming
+/// it, not a short stream.
+#[test]
+fn a_segment_shorter_than_its_manifest_entry_is_an_error() {
+    let (url, _) = scripted_server(vec![
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-static-large-object: True\r\n\
+             connection: close\r\n\r\n",
+            vec![],
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: 80\r\nconnection: close\r\n\r\n\
+             [{\"name\":\"/c_segments/s/1\",\"hash\":\"5d41402abc4b2a76b9719d911017c592\",\"bytes\":5}]",
+            vec![],
+        ),
+        // Swift's headers agree; the body breaks off after 3 bytes.
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\netag: 5d41402abc4b2a76b9719d911017c592\r\n\
+             connection: close\r\n\r\nhel",
+            vec![],
+        ),
+    ]);
+    let err = read_all(swift_at(&url).download("c", "o").unwrap()).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("/c_segments/s/1"), "{text}");
+    assert!(text.contains("at byte 3 of 5"), "{text}");
+}

@@ -654,7 +654,7 @@ pub fn restore(
     }
     let ids = identities(settings, &meta, identity)?;
     let stored = swift
-        .get_object(container, &name)
+        .download(container, &name)
         .map_err(|e| anyhow!(e))
         .with_context(|| format!("downloading {container}/{name}"))?;
     let label = if into_hook { "restore" } else { "verify" };

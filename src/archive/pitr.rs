@@ -680,7 +680,7 @@ pub(super) fn stream_into(
 ) -> Result<()> {
     let program = command.get_program().to_string_lossy().into_owned();
     let stored = swift
-        .get_object(container, name)
+        .download(container, name)
         .map_err(|e| anyhow!(e))
         .with_context(|| format!("downloading {container}/{name}"))?;
     let mut child = command

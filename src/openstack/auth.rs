@@ -53,7 +53,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::http::{self, BodyReader, Error, Http, HttpOptions, Request};
+use super::http::{self, BodyReader, Early, Error, Http, HttpOptions, Request};
 use crate::config::{files, AuthType, ConfigDuration, ConfigError, Interface, OpenStack};
 use crate::secret::{strip_userinfo, Secret};
 
@@ -1037,11 +1037,25 @@ impl Session {
 
     /// As [`send`](Self::send), the body to read as it arrives (see
     /// [`Http::send_for_body`]).
+    /// `early`: the same request sent ahead by [`send_early`](Self::send_early).
     pub fn send_for_body(
         &self,
         req: &Request,
+        early: Option<Early>,
     ) -> Result<(StatusCode, HeaderMap, BodyReader), Error> {
-        self.reauthorizing(req, |token| self.inner.http.send_for_body(req, Some(token)))
+        let early = std::cell::Cell::new(early);
+        self.reauthorizing(req, |token| {
+            self.inner
+                .http
+                .send_for_body(req, Some(token), early.take())
+        })
+    }
+
+    /// Sends `req` now, with the current token, for a
+    /// [`send_for_body`](Self::send_for_body) to come (see
+    /// [`Http::send_early`]).
+    pub fn send_early(&self, req: &Request) -> Option<Early> {
+        self.inner.http.send_early(req, Some(&self.token()))
     }
 
     fn reauthorizing<T>(

@@ -30,8 +30,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AF
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 
-pub use super::streamer::BodyReader;
 use super::streamer::{Answer, Streamer};
+pub use super::streamer::{BodyReader, Early};
 use crate::secret::Secret;
 
 /// Time to establish a TCP (and TLS) connection.
@@ -229,22 +229,22 @@ impl Http {
     /// the reading thread (see [`streamer`](super::streamer)). The request
     /// timeout bounds the wait for the headers and each read, not the whole
     /// body: a download of hours is fine, a read that stalls is not.
+    ///
+    /// `early`: the same request, sent ahead by [`send_early`](Self::send_early):
+    /// its answer is the first attempt's.
     pub fn send_for_body(
         &self,
         req: &Request,
         token: Option<&Secret>,
+        early: Option<Early>,
     ) -> Result<(StatusCode, HeaderMap, BodyReader), Error> {
         let streamer = self.streamer(req)?;
+        let mut early = early;
         let answer = self.send_with(req, || {
-            let timeout = req
-                .timeout
-                .or(req.deadline.map(|_| self.options.request_timeout))
-                .map(|t| req.left().map_or(t, |left| t.min(left)));
-            let builder = Self::async_request(&streamer, req, token, timeout);
-            let builder = match &req.body {
-                Some(body) => builder.body(body.clone()),
-                None => builder,
-            };
+            if let Some(outcome) = early.take().and_then(Early::answer) {
+                return outcome;
+            }
+            let builder = self.body_request(&streamer, req, token);
             // Inside the runtime: `send` sets its timers as it is called.
             streamer
                 .block_on(async { builder.send().await })
@@ -252,6 +252,32 @@ impl Http {
         })?;
         let (status, headers) = (answer.status(), answer.headers().clone());
         Ok((status, headers, answer.into_body()))
+    }
+
+    /// Sends `req` now, on this thread's runtime, for a
+    /// [`send_for_body`](Self::send_for_body) to come; `None` if it cannot
+    /// be (it is then sent when it is needed).
+    pub fn send_early(&self, req: &Request, token: Option<&Secret>) -> Option<Early> {
+        let streamer = self.streamer(req).ok()?;
+        let builder = self.body_request(&streamer, req, token);
+        Some(Early::send(streamer, builder))
+    }
+
+    fn body_request(
+        &self,
+        streamer: &Streamer,
+        req: &Request,
+        token: Option<&Secret>,
+    ) -> reqwest::RequestBuilder {
+        let timeout = req
+            .timeout
+            .or(req.deadline.map(|_| self.options.request_timeout))
+            .map(|t| req.left().map_or(t, |left| t.min(left)));
+        let builder = Self::async_request(streamer, req, token, timeout);
+        match &req.body {
+            Some(body) => builder.body(body.clone()),
+            None => builder,
+        }
     }
 
     pub fn request_timeout(&self) -> Duration {

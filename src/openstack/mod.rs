@@ -10,12 +10,14 @@
 pub mod auth;
 pub mod cinder;
 pub mod cinder_backups;
+mod download;
 pub mod http;
 mod streamer;
 pub mod swift;
 
 pub use auth::{AuthConfig, Env, Service, Session};
 pub use cinder::Cinder;
+pub use download::Download;
 pub use http::Error;
 pub use swift::Swift;
 

@@ -71,6 +71,36 @@ impl Streamer {
     }
 }
 
+/// A request sent ahead of its need (the next segment of a download): its
+/// round trip passes while the runtime reads the current body, as the
+/// runtime's task for it runs whenever the thread waits in `block_on`.
+pub struct Early {
+    streamer: Arc<Streamer>,
+    sent: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+}
+
+impl Early {
+    pub(super) fn send(streamer: Arc<Streamer>, request: reqwest::RequestBuilder) -> Early {
+        // `send` inside the task: it sets its timers as it is called.
+        let sent = streamer.runtime.spawn(async move { request.send().await });
+        Early { streamer, sent }
+    }
+
+    /// Its outcome, waiting for it; `None` if the task was lost (then the
+    /// request is simply sent again).
+    pub(super) fn answer(mut self) -> Option<reqwest::Result<Answer>> {
+        let outcome = self.streamer.block_on(&mut self.sent).ok()?;
+        Some(outcome.map(|resp| Answer::new(Arc::clone(&self.streamer), resp)))
+    }
+}
+
+impl Drop for Early {
+    /// Not needed after all (the download stopped): its connection closes.
+    fn drop(&mut self) {
+        self.sent.abort();
+    }
+}
+
 /// An answer whose body is still to be read, with the runtime that reads it.
 pub(super) struct Answer {
     streamer: Arc<Streamer>,

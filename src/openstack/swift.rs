@@ -12,7 +12,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
 use super::auth::Session;
-use super::http::{self, BodyReader, Error, Request};
+use super::http::{self, BodyReader, Early, Error, Request};
 
 /// Everything but RFC 3986 unreserved characters is percent-encoded in a
 /// path segment.
@@ -119,20 +119,26 @@ impl Read for ObjectReader {
                 self.received += n as u64;
                 Ok(n)
             }
-            // Swift has sent the headers of a large object before it reads
-            // each segment: a segment that is missing or fails its MD5 check
-            // can only end the body early.
-            Err(e) => Err(std::io::Error::new(
-                e.kind(),
-                format!(
-                    "the download from Swift broke off after {} of {} bytes ({e}); Swift \
-                     cuts a large object's download short when one of its segments is \
-                     missing or fails its MD5 check",
-                    self.received,
-                    self.info.size,
-                    e = io_error_chain(&e)
-                ),
-            )),
+            Err(e) => {
+                // Swift has sent the headers of a large object before it
+                // reads each segment: a segment that is missing or fails
+                // its MD5 check can only end the body early.
+                let why = if self.info.static_large_object {
+                    "; Swift cuts a large object's download short when one of its segments \
+                     is missing or fails its MD5 check"
+                } else {
+                    ""
+                };
+                Err(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "the download from Swift broke off after {} of {} bytes ({}){why}",
+                        self.received,
+                        self.info.size,
+                        io_error_chain(&e)
+                    ),
+                ))
+            }
         }
     }
 }
@@ -218,6 +224,14 @@ pub struct ManifestEntry {
     pub name: String,
     #[serde(default)]
     pub sub_slo: bool,
+    /// The segment's MD5, or for a sub-manifest its SLO ETag; hex.
+    #[serde(default)]
+    pub hash: String,
+    #[serde(default)]
+    pub bytes: u64,
+    /// Only part of the segment (`"first-last"`); volsnap writes none.
+    #[serde(default)]
+    pub range: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -423,13 +437,32 @@ impl Swift {
     /// joined by Swift). Each read has the request timeout; nothing is
     /// retried once the body has started.
     pub fn get_object(&self, container: &str, name: &str) -> Result<ObjectReader, Error> {
+        self.get_object_sent(container, name, None)
+    }
+
+    /// As [`get_object`](Self::get_object), its first attempt `early`
+    /// (from [`get_object_early`](Self::get_object_early)) if given.
+    pub fn get_object_sent(
+        &self,
+        container: &str,
+        name: &str,
+        early: Option<Early>,
+    ) -> Result<ObjectReader, Error> {
         let req = self.request(Method::GET, container, Some(name))?;
-        let (_, headers, body) = self.session.send_for_body(&req)?;
+        let (_, headers, body) = self.session.send_for_body(&req, early)?;
         Ok(ObjectReader {
             info: ObjectInfo::from_headers(&headers),
             body,
             received: 0,
         })
+    }
+
+    /// Sends the GET of an object now, so that its round trip passes while
+    /// this thread reads another body; [`get_object_sent`](Self::get_object_sent)
+    /// takes its answer.
+    pub fn get_object_early(&self, container: &str, name: &str) -> Option<Early> {
+        let req = self.request(Method::GET, container, Some(name)).ok()?;
+        self.session.send_early(&req)
     }
 
     /// A stored SLO manifest's entries, as Swift keeps them.
