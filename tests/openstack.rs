@@ -596,6 +596,28 @@ fn swift_download_reads_the_segments_and_checks_each() {
         .unwrap();
     assert_eq!(read("plain").unwrap(), b"just bytes");
 
+    // What a body that broke off is resumed with: the rest from a byte on,
+    // if it is still the same object.
+    let mut rest = Vec::new();
+    let mut reader = swift
+        .get_object_from(&container, "flat/seg/00000001", 1000, &segments[1].etag)
+        .unwrap();
+    assert_eq!(reader.info.size, 299_000);
+    reader.read_to_end(&mut rest).unwrap();
+    assert!(
+        rest == data[301_000..600_000],
+        "the rest of a segment differs"
+    );
+    let other = swift
+        .get_object_from(&container, "flat/seg/00000001", 1000, &"0".repeat(32))
+        .err()
+        .expect("If-Match with another ETag");
+    assert_eq!(
+        other.status(),
+        Some(reqwest::StatusCode::PRECONDITION_FAILED),
+        "{other}"
+    );
+
     // A segment replaced by as many other bytes: refused by its ETag.
     let changed = bytes::Bytes::from(vec![0u8; 300_000]);
     swift

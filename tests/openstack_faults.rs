@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::Url;
@@ -464,10 +464,20 @@ type Piece = (Duration, Vec<u8>);
 /// connection then stays open (a stall) unless the answer says `close`.
 /// Why not mockito: it cannot pause in the middle of a body.
 fn scripted_server(answers: Vec<(&'static str, Vec<Piece>)>) -> (String, Arc<AtomicUsize>) {
+    let (url, count, _) = scripted_server_seeing(answers);
+    (url, count)
+}
+
+/// As [`scripted_server`], with the head of each request it read.
+fn scripted_server_seeing(
+    answers: Vec<(&'static str, Vec<Piece>)>,
+) -> (String, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let count = Arc::new(AtomicUsize::new(0));
     let seen = count.clone();
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let heads = requests.clone();
     std::thread::spawn(move || {
         let mut held = Vec::new();
         let mut answers = answers.into_iter();
@@ -478,7 +488,11 @@ fn scripted_server(answers: Vec<(&'static str, Vec<Piece>)>) -> (String, Arc<Ato
                 return;
             };
             let mut request = vec![0u8; 64 * 1024];
-            let _ = stream.read(&mut request);
+            let n = stream.read(&mut request).unwrap_or(0);
+            heads
+                .lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&request[..n]).into_owned());
             let _ = stream.write_all(head.as_bytes());
             for (pause, piece) in pieces {
                 std::thread::sleep(pause);
@@ -489,7 +503,7 @@ fn scripted_server(answers: Vec<(&'static str, Vec<Piece>)>) -> (String, Arc<Ato
             held.push(stream);
         }
     });
-    (url, count)
+    (url, count, requests)
 }
 
 fn swift_at(url: &str) -> Swift {
@@ -637,4 +651,91 @@ fn a_segment_shorter_than_its_manifest_entry_is_an_error() {
     let text = err.to_string();
     assert!(text.contains("/c_segments/s/1"), "{text}");
     assert!(text.contains("at byte 3 of 5"), "{text}");
+}
+
+/// A segment whose body stops coming is read again from where it stopped
+/// (`Range`), if it is still the same segment (`If-Match` its ETag), and
+/// the download goes on; the segment sent early meanwhile is used.
+#[test]
+fn a_segment_that_breaks_off_is_read_again_from_where_it_stopped() {
+    let (url, count, requests) = scripted_server_seeing(vec![
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: 10\r\nx-static-large-object: True\r\n\
+             connection: close\r\n\r\n",
+            vec![],
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: 159\r\nconnection: close\r\n\r\n\
+             [{\"name\":\"/c_segments/s/1\",\"hash\":\"5d41402abc4b2a76b9719d911017c592\",\"bytes\":5},\
+             {\"name\":\"/c_segments/s/2\",\"hash\":\"7d793037a0760186574b0282f2f435e7\",\"bytes\":5}]",
+            vec![],
+        ),
+        // Three of five bytes, then nothing: a read times out.
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\netag: 5d41402abc4b2a76b9719d911017c592\r\n\
+             connection: close\r\n\r\nhel",
+            vec![],
+        ),
+        // Segment 2's GET, sent early while segment 1 is read.
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\netag: 7d793037a0760186574b0282f2f435e7\r\n\
+             connection: close\r\n\r\nworld",
+            vec![],
+        ),
+        (
+            "HTTP/1.1 206 Partial Content\r\ncontent-length: 2\r\ncontent-range: bytes 3-4/5\r\n\
+             etag: 5d41402abc4b2a76b9719d911017c592\r\nconnection: close\r\n\r\nlo",
+            vec![],
+        ),
+    ]);
+    let body = read_all(swift_at(&url).download("c", "o").unwrap()).unwrap();
+    assert_eq!(body, b"helloworld");
+    assert_eq!(count.load(Ordering::SeqCst), 5);
+    let requests = requests.lock().unwrap();
+    let again = requests[4].to_ascii_lowercase();
+    assert!(
+        again.starts_with("get /v1/auth_p/c_segments/s/1 "),
+        "{again}"
+    );
+    assert!(again.contains("range: bytes=3-\r\n"), "{again}");
+    assert!(
+        again.contains("if-match: \"5d41402abc4b2a76b9719d911017c592\""),
+        "{again}"
+    );
+}
+
+/// A segment that keeps breaking off ends the download after three reads
+/// again, saying so.
+#[test]
+fn a_segment_that_keeps_breaking_off_ends_the_download() {
+    let broken = (
+        "HTTP/1.1 206 Partial Content\r\ncontent-length: 4\r\ncontent-range: bytes 1-4/5\r\n\
+         connection: close\r\n\r\n",
+        vec![],
+    );
+    let (url, count) = scripted_server(vec![
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-static-large-object: True\r\n\
+             connection: close\r\n\r\n",
+            vec![],
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: 80\r\nconnection: close\r\n\r\n\
+             [{\"name\":\"/c_segments/s/1\",\"hash\":\"5d41402abc4b2a76b9719d911017c592\",\"bytes\":5}]",
+            vec![],
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\netag: 5d41402abc4b2a76b9719d911017c592\r\n\
+             connection: close\r\n\r\nh",
+            vec![],
+        ),
+        broken.clone(),
+        broken.clone(),
+        broken,
+    ]);
+    let err = read_all(swift_at(&url).download("c", "o").unwrap()).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("segment /c_segments/s/1"), "{text}");
+    assert!(text.contains("read again 3 times"), "{text}");
+    assert_eq!(count.load(Ordering::SeqCst), 6);
 }

@@ -1055,10 +1055,14 @@ fn postgresql_recovers_a_cinder_snapshot_to_a_time_between_two_later_commits() {
     let wal_lsn = snapshot.metadata["wal_lsn"].clone();
     let created =
         volsnap::agent::cinder::parse_cinder_time(snapshot.created_at.as_deref().unwrap()).unwrap();
-    // 40 commits (2 s at least) after the snapshot is labelled good.
+    // 40 commits (2 s at least) after the snapshot is labelled good, and
+    // until 4 s after its creation: T (below, 1.5 s after it) must lie
+    // more than volsnap's margin (1 s) before the last segment archived,
+    // however quickly the backup ended after the snapshot.
     let at_backup = rows();
+    let long_enough = created.checked_add(Duration::from_secs(4)).unwrap();
     wait_for(Duration::from_secs(60), "commits after the backup", || {
-        rows() >= at_backup + 40
+        rows() >= at_backup + 40 && volsnap::time::Timestamp::now() > long_enough
     });
     pg.sql("INSERT INTO writer_stop VALUES (1)");
     wait_for(Duration::from_secs(60), "the writer's end", || {

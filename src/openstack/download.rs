@@ -25,6 +25,10 @@ use std::iter::Peekable;
 use super::http::{Early, Error};
 use super::swift::{ManifestEntry, ObjectReader, Swift};
 
+/// How many times one segment's (or object's) body that breaks off is
+/// read again from where it stopped.
+const RESUMES: u32 = 3;
+
 /// An object's bytes in order: a plain object's body, or an SLO's
 /// segments one after the other, a manifest of manifests (see
 /// `stream::Tree`) followed down as it is reached.
@@ -48,15 +52,31 @@ pub struct Download {
 /// The object or segment being read.
 struct Part {
     body: ObjectReader,
-    /// The manifest's entry (`None`: the object is not an SLO).
-    entry: Option<ManifestEntry>,
+    container: String,
+    name: String,
+    /// What it must be: its ETag and size (from the manifest, or for a
+    /// plain object from its GET).
+    etag: String,
+    bytes: u64,
+    /// A segment of a manifest (else the object itself).
+    segment: bool,
     got: u64,
+    resumed: u32,
+}
+
+impl Part {
+    /// `/container/name`, as a manifest lists it.
+    fn path(&self) -> String {
+        format!("/{}/{}", self.container, self.name)
+    }
 }
 
 impl Swift {
     /// Opens `container/name` for reading; an SLO is read from its
     /// segments (see [`Download`]). Each GET is retried as any request
-    /// until its body starts; a body that breaks off is an error.
+    /// until its body starts; a body that breaks off is read again from
+    /// where it stopped, if it is still the same object (`If-Match`), up to
+    /// three times per segment.
     pub fn download(&self, container: &str, name: &str) -> Result<Download, Error> {
         let info = self.head_object(container, name)?;
         let mut download = Download {
@@ -82,9 +102,14 @@ impl Swift {
                 let body = self.get_object(container, name)?;
                 download.size = body.info.size;
                 download.current = Some(Part {
+                    etag: body.info.etag.clone(),
+                    bytes: body.info.size,
                     body,
-                    entry: None,
+                    container: container.to_string(),
+                    name: name.to_string(),
+                    segment: false,
                     got: 0,
+                    resumed: 0,
                 });
             }
         }
@@ -136,8 +161,13 @@ impl Download {
             }
             self.current = Some(Part {
                 body,
-                entry: Some(entry),
+                container: container.to_string(),
+                name: object.to_string(),
+                etag: entry.hash,
+                bytes: entry.bytes,
+                segment: true,
                 got: 0,
+                resumed: 0,
             });
             self.send_next_early();
             return Ok(true);
@@ -158,6 +188,67 @@ impl Download {
             if let Some(early) = self.swift.get_object_early(container, object) {
                 self.next = Some((next.name.clone(), early));
             }
+        }
+    }
+
+    /// The current part's body broke off with `e`: reads the rest again
+    /// from where it stopped, or says why not.
+    fn resume(&mut self, e: io::Error) -> io::Result<()> {
+        let part = self.current.as_mut().expect("a part being read");
+        let what = if part.segment { "segment" } else { "object" };
+        let path = part.path();
+        if part.resumed >= RESUMES {
+            let (received, resumed) = (self.received, part.resumed);
+            return Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "{}, at byte {received} of {}: {what} {path}: {e} (read again {resumed} \
+                     times from where it broke off)",
+                    self.object, self.size
+                ),
+            ));
+        }
+        part.resumed += 1;
+        log::warn!(
+            "{}: {what} {path} broke off at byte {} of {} ({e}); reading the rest again \
+             ({}/{RESUMES})",
+            self.object,
+            part.got,
+            part.bytes,
+            part.resumed
+        );
+        match self
+            .swift
+            .get_object_from(&part.container, &part.name, part.got, &part.etag)
+        {
+            Ok(body) if body.info.size == part.bytes - part.got => {
+                part.body = body;
+                Ok(())
+            }
+            Ok(body) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}, at byte {} of {}: {what} {path} broke off ({e}), and Swift offers \
+                     {} bytes for the {} left",
+                    self.object,
+                    self.received,
+                    self.size,
+                    body.info.size,
+                    part.bytes - part.got
+                ),
+            )),
+            Err(again) => Err(io::Error::new(
+                if again.is_not_found() {
+                    io::ErrorKind::NotFound
+                } else {
+                    e.kind()
+                },
+                format!(
+                    "{}, at byte {} of {}: {what} {path} broke off ({e}), and reading the \
+                     rest again failed: {again}",
+                    self.object, self.received, self.size
+                ),
+            )),
         }
     }
 
@@ -222,17 +313,9 @@ impl Read for Download {
             };
             let n = match part.body.read(buf) {
                 Ok(n) => n,
-                // A plain object's reader says how far it got.
-                Err(e) if part.entry.is_none() => return Err(e),
                 Err(e) => {
-                    let entry = part.entry.as_ref().expect("a segment");
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!(
-                            "{}, at byte {} of {}: segment {}: {e}",
-                            self.object, self.received, self.size, entry.name
-                        ),
-                    ));
+                    self.resume(e)?;
+                    continue;
                 }
             };
             if n > 0 {
@@ -241,14 +324,55 @@ impl Read for Download {
                 return Ok(n);
             }
             let part = self.current.take().expect("read from it");
-            if let Some(entry) = &part.entry {
-                if part.got != entry.bytes {
-                    return Err(self.broken(format!(
-                        "segment {} ended after {} of its {} bytes",
-                        entry.name, part.got, entry.bytes
-                    )));
-                }
+            if part.got != part.bytes {
+                return Err(self.broken(format!(
+                    "{} {} ended after {} of its {} bytes",
+                    if part.segment { "segment" } else { "object" },
+                    part.path(),
+                    part.got,
+                    part.bytes
+                )));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, hash: &str, bytes: u64) -> ManifestEntry {
+        ManifestEntry {
+            name: name.to_string(),
+            sub_slo: false,
+            hash: hash.to_string(),
+            bytes,
+            range: None,
+        }
+    }
+
+    #[test]
+    fn a_sub_manifest_must_add_up_to_its_parents_entry() {
+        let segs = [
+            entry("/c/a", "5d41402abc4b2a76b9719d911017c592", 5),
+            entry("/c/b", "7d793037a0760186574b0282f2f435e7", 5),
+        ];
+        let etag = super::super::swift::md5_hex(
+            b"5d41402abc4b2a76b9719d911017c5927d793037a0760186574b0282f2f435e7",
+        );
+        let mut parent = entry("/c/m", &etag, 10);
+        parent.sub_slo = true;
+        assert_eq!(check_sub_manifest(&parent, &segs), Ok(()));
+        parent.hash = parent.hash.to_ascii_uppercase();
+        assert_eq!(check_sub_manifest(&parent, &segs), Ok(()));
+        parent.bytes = 11;
+        let err = check_sub_manifest(&parent, &segs).unwrap_err();
+        assert!(
+            err.contains("lists 10 bytes") && err.contains("replaced"),
+            "{err}"
+        );
+        parent.bytes = 10;
+        parent.hash = "0".repeat(32);
+        assert!(check_sub_manifest(&parent, &segs).is_err());
     }
 }

@@ -457,6 +457,46 @@ impl Swift {
         })
     }
 
+    /// The rest of an object from byte `from` on, if it is still the
+    /// object whose ETag is `etag` (`If-Match`: a 412 otherwise). The
+    /// reader's `info.size` is the length of the rest.
+    pub fn get_object_from(
+        &self,
+        container: &str,
+        name: &str,
+        from: u64,
+        etag: &str,
+    ) -> Result<ObjectReader, Error> {
+        let req = self
+            .request(Method::GET, container, Some(name))?
+            .header("range", &format!("bytes={from}-"))?
+            .header("if-match", &format!("\"{etag}\""))?;
+        let (status, headers, body) = self.session.send_for_body(&req, None)?;
+        let starts = headers
+            .get("content-range")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("bytes "))
+            .and_then(|v| v.split('-').next())
+            .and_then(|v| v.parse::<u64>().ok());
+        if status != StatusCode::PARTIAL_CONTENT || starts != Some(from) {
+            return Err(Error::decode(
+                &req,
+                status,
+                format!(
+                    "asked for the bytes from {from} on, Swift answered {status} with \
+                     Content-Range {:?}",
+                    headers.get("content-range")
+                ),
+                http::request_id(&headers),
+            ));
+        }
+        Ok(ObjectReader {
+            info: ObjectInfo::from_headers(&headers),
+            body,
+            received: 0,
+        })
+    }
+
     /// Sends the GET of an object now, so that its round trip passes while
     /// this thread reads another body; [`get_object_sent`](Self::get_object_sent)
     /// takes its answer.
