@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use serde::Serialize;
 
+use super::outcome::{Consistency, SnapshotReport};
 use super::plan::hostname;
 use super::runs::{parse_cinder_time, run_of_tags, State};
 use super::verdict::{FAILED_RUN, PENDING};
-use super::{Consistency, SnapshotReport};
 use crate::config::{BackupMode, BackupSettings, FullEvery};
 use crate::openstack::cinder::{Cinder, Schedule, Target, Until};
 use crate::openstack::cinder_backups::{Backup, BackupApi, NewBackup};

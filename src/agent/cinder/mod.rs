@@ -9,21 +9,26 @@
 //! retention. Agents return data; `cli/` prints.
 
 pub mod backups;
+mod outcome;
 pub mod plan;
+pub mod prune;
 pub mod runs;
 pub mod verdict;
 pub mod window;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
+use outcome::{clip, METADATA_MAX};
+pub use outcome::{Consistency, SnapshotReport};
 pub use plan::{hostname, Plan, Volume};
-pub use runs::{list, parse_cinder_time, prune};
+pub use prune::prune;
+pub use runs::{list, parse_cinder_time};
 
 use crate::config::{BackupMode, Datastore, HookFailurePolicy, Settings};
 use crate::exit;
@@ -33,43 +38,11 @@ use crate::openstack::cinder::Cinder;
 use crate::runtime::{self, FrozenRecord, RunLock};
 use crate::watchdog::Watchdog;
 
-/// Cinder's limit for a metadata key or value.
-const METADATA_MAX: usize = 255;
 /// How long a backup waits for snapshots that earlier runs left `creating`
 /// before deleting them (the next run tries again).
 const LEFTOVER_WAIT: Duration = Duration::from_secs(60);
 /// How long a failed run waits for its own snapshots to leave `creating`.
 const DISCARD_WAIT: Duration = Duration::from_secs(600);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Consistency {
-    /// The datastore hook quiesced the database.
-    Application,
-    /// Datastore `none`: the filesystems were frozen, nothing more.
-    Filesystem,
-    /// The hook failed and `on_hook_failure = "crash-consistent"` allowed it.
-    Crash,
-}
-
-impl Consistency {
-    pub fn name(self) -> &'static str {
-        match self {
-            Consistency::Application => "application",
-            Consistency::Filesystem => "filesystem",
-            Consistency::Crash => "crash",
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct SnapshotReport {
-    pub id: String,
-    pub name: String,
-    pub volume_id: String,
-    pub mount: PathBuf,
-    pub status: String,
-}
 
 /// A good run, built at its end from the plan and what happened.
 #[derive(Debug, Serialize)]
@@ -449,48 +422,4 @@ fn metadata(
         meta.insert(key, clip(&v));
     }
     meta
-}
-
-/// Cuts to Cinder's 255, on a character boundary.
-fn clip(value: &str) -> String {
-    if value.len() <= METADATA_MAX {
-        return value.to_string();
-    }
-    let mut end = METADATA_MAX;
-    while !value.is_char_boundary(end) {
-        end -= 1;
-    }
-    value[..end].to_string()
-}
-
-fn snapshot_name(prefix: &str, host: &str, mount: &Path, run: &str) -> String {
-    let slug: String = mount
-        .display()
-        .to_string()
-        .trim_matches('/')
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    clip(&format!("{prefix}-{host}-{slug}-{run}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_and_clipping() {
-        assert_eq!(
-            snapshot_name(
-                "volsnap",
-                "db1",
-                Path::new("/var/lib/my sql"),
-                "20261125T224600Z-42"
-            ),
-            "volsnap-db1-var_lib_my_sql-20261125T224600Z-42"
-        );
-        let long = "é".repeat(200);
-        let c = clip(&long);
-        assert!(c.len() <= 255 && c.chars().all(|ch| ch == 'é'));
-    }
 }

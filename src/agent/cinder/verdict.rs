@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
+use super::outcome::Consistency;
 use super::window::Window;
-use super::Consistency;
 use crate::freeze::ThawError;
 use crate::openstack::cinder::{Cinder, Target};
 

@@ -244,11 +244,11 @@ pub fn requests(
             let mut metadata = metadata.clone();
             metadata.insert(
                 "mount".into(),
-                super::clip(&volume.mount.display().to_string()),
+                super::outcome::clip(&volume.mount.display().to_string()),
             );
             NewSnapshot {
                 volume_id: volume.volume_id.clone(),
-                name: super::snapshot_name(name_prefix, &plan.host, &volume.mount, run),
+                name: super::outcome::snapshot_name(name_prefix, &plan.host, &volume.mount, run),
                 description: Some(format!(
                     "volsnap backup of {} on {} (run {run})",
                     volume.mount.display(),
