@@ -656,10 +656,12 @@ fn mariadb_restores_to_a_time_between_two_commits() {
     );
 }
 
-/// Twelve binary logs of ~3 MiB of random rows each (incompressible, so
+/// Twelve binary logs of ~8 MiB of random rows each (incompressible, so
 /// uploads take time; twelve, so that five kills, each after at least one
 /// more upload, all come before the last is shipped even on a quiet
-/// machine: with eight, one run shipped them all by the fifth);
+/// machine: with eight, one run shipped them all by the fifth, and with
+/// 3 MiB each a quiet machine with a fast Swift shipped twelve by the
+/// fourth; the uploads are watched for every 20 ms);
 /// `volsnap archive` SIGKILLed five times while it ships, then run to the end. After every kill, each object in Swift
 /// holds its file's exact content (an upload cut short leaves none); at
 /// the end every closed file is in Swift, and no object seen after a kill
@@ -673,7 +675,7 @@ fn the_binlog_archiver_killed_mid_upload_loses_nothing_and_ships_nothing_twice()
         .sql("CREATE DATABASE d; CREATE TABLE d.b (i int AUTO_INCREMENT PRIMARY KEY, v blob)");
     for _ in 0..12 {
         rig.db.sql(
-            "USE d; INSERT INTO b (v) SELECT RANDOM_BYTES(1024) FROM seq_1_to_3000; FLUSH BINARY LOGS",
+            "USE d; INSERT INTO b (v) SELECT RANDOM_BYTES(1024) FROM seq_1_to_8000; FLUSH BINARY LOGS",
         );
     }
     let closed = rig.db.closed_binlogs();
@@ -684,9 +686,14 @@ fn the_binlog_archiver_killed_mid_upload_loses_nothing_and_ships_nothing_twice()
     for delay in [0u64, 20, 40, 60, 80] {
         let before = rig.archived().len();
         let archiver = Archiver::start(&rig, &config);
-        wait_for(Duration::from_secs(30), "an upload", || {
-            rig.archived().len() > before
-        });
+        let start = Instant::now();
+        while rig.archived().len() <= before {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "an upload: not within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         std::thread::sleep(Duration::from_millis(delay));
         archiver.sigkill();
         let archived = rig.archived();

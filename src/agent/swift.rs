@@ -8,12 +8,13 @@
 //! run uploaded: no half backup ever looks complete; after a SIGKILL the
 //! next run's sweep does it.
 //!
-//! restore: HEAD (metadata) → GET → decrypt → decompress → SHA-256 → hook
+//! restore: HEAD (metadata) → GET of each segment ([`Download`]) → decrypt
+//! → decompress → SHA-256 → hook
 //! `restore`, which swaps the data in only once volsnap closes its stdin,
 //! which it does only after the SHA-256 and size matched.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -24,16 +25,18 @@ use crate::config::{Compression, Settings};
 use crate::exit;
 use crate::hooks::{self, Hook};
 use crate::openstack::swift::{Limits, Metadata, SloSegment, Swift};
-use crate::openstack::{self, Error as ApiError};
 use crate::retention;
 use crate::runtime::{self, RunLock};
 use crate::stream::{
-    self, segments_container, BackupMeta, BackupName, BackupPlan, Encryption, Identities,
-    ManifestEntry, Progress, Segment, Tree, META_PREFIX,
+    self, segments_container, BackupMeta, BackupName, BackupPlan, ManifestEntry, Progress, Segment,
+    Tree, META_PREFIX,
 };
 
+pub(crate) mod catalog;
 mod orphans;
 
+use catalog::{backups, identities, own_backups, read_meta};
+pub use catalog::{connect, Listed};
 use orphans::InFlight;
 pub use orphans::{Orphan, State as OrphanState, Sweep};
 
@@ -44,11 +47,6 @@ const BACKUP_META_FILE: &str = "backup.meta";
 /// stdout, or stopped reading its stdin) may take to exit with its own
 /// reason, before it is killed.
 const HOOK_EXIT_GRACE: Duration = Duration::from_secs(2);
-
-pub fn connect(settings: &Settings) -> Result<Swift> {
-    let session = openstack::connect(&settings.openstack)?;
-    openstack::swift(&session)
-}
 
 #[derive(Debug, Serialize)]
 pub struct BackupReport {
@@ -459,65 +457,6 @@ fn read_meta_file(path: &Path) -> BTreeMap<String, String> {
     values
 }
 
-/// One backup in a listing.
-#[derive(Debug, Serialize)]
-pub struct Listed {
-    pub name: String,
-    pub created: String,
-    pub size: Option<u64>,
-    pub stored_size: u64,
-    pub datastore: Option<String>,
-    pub compression: Option<String>,
-    pub encryption: Option<String>,
-}
-
-/// This host's backups, newest first, of every datastore.
-pub(crate) fn backups(settings: &Settings, swift: &Swift) -> Result<Vec<(BackupName, Listed)>> {
-    let s = &settings.swift;
-    let host = crate::agent::cinder::hostname();
-    let prefix = BackupName::host_prefix(&s.prefix, &host);
-    let entries = match swift.list_objects(&s.container, &prefix) {
-        Ok(entries) => entries,
-        Err(e) if e.is_not_found() => Vec::new(),
-        Err(e) => return Err(anyhow!(e).context(format!("listing {}", s.container))),
-    };
-    let mut out = Vec::new();
-    for entry in entries {
-        let Some(name) = BackupName::parse(&s.prefix, &entry.name) else {
-            continue;
-        };
-        let info = swift
-            .head_object(&s.container, &entry.name)
-            .map_err(|e| anyhow!(e))?;
-        let get = |k: &str| info.metadata.get(k).cloned();
-        out.push((
-            name.clone(),
-            Listed {
-                created: name.created.to_string(),
-                name: entry.name.clone(),
-                size: get("volsnap-size").and_then(|v| v.parse().ok()),
-                stored_size: info.size,
-                datastore: get("volsnap-datastore"),
-                compression: get("volsnap-compression"),
-                encryption: get("volsnap-encryption"),
-            },
-        ));
-    }
-    out.sort_by_key(|(name, _)| std::cmp::Reverse(name.created));
-    Ok(out)
-}
-
-/// This host's backups of the configured datastore, newest first: what
-/// `--latest` and retention choose from. Another datastore's backups in the
-/// same container (another configuration of this host) are never theirs.
-pub(crate) fn own_backups(settings: &Settings, swift: &Swift) -> Result<Vec<(BackupName, Listed)>> {
-    let datastore = settings.datastore.name();
-    Ok(backups(settings, swift)?
-        .into_iter()
-        .filter(|(_, l)| l.datastore.as_deref() == Some(datastore))
-        .collect())
-}
-
 /// What `volsnap list` shows.
 #[derive(Debug, Serialize)]
 pub struct Listing {
@@ -587,37 +526,6 @@ fn choose(
             "say which backup: --backup NAME (see `volsnap list`) or --latest",
         )
         .into()),
-    }
-}
-
-pub(crate) fn read_meta(swift: &Swift, container: &str, name: &str) -> Result<BackupMeta> {
-    let info = swift
-        .head_object(container, name)
-        .map_err(|e: ApiError| anyhow!(e))
-        .with_context(|| format!("backup {container}/{name}"))?;
-    let headers: Vec<(String, String)> = info
-        .metadata
-        .iter()
-        .map(|(k, v)| (format!("{META_PREFIX}{k}"), v.clone()))
-        .collect();
-    BackupMeta::from_headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .with_context(|| format!("{container}/{name}"))
-}
-
-pub(crate) fn identities(
-    settings: &Settings,
-    meta: &BackupMeta,
-    identity: Option<&Path>,
-) -> Result<Option<Identities>> {
-    if meta.encryption == Encryption::None {
-        return Ok(None);
-    }
-    let path: Option<PathBuf> = identity
-        .map(Path::to_path_buf)
-        .or_else(|| settings.swift.age_identity_file.clone());
-    match path {
-        Some(p) => Ok(Some(Identities::from_file(&p)?)),
-        None => Ok(None), // restore_into says which recipients it was encrypted to
     }
 }
 

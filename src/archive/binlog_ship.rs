@@ -31,7 +31,7 @@ use std::time::SystemTime;
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::binlog::{self, Name};
-use super::ship::Report;
+use super::report::Report;
 use super::store::{Conflict, Shipped, Store, WRITTEN_KEY};
 use crate::config::Settings;
 use crate::hooks::Hook;

@@ -8,8 +8,8 @@ use anyhow::{anyhow, Result};
 
 use super::binlog::Name;
 use super::pitr_mariadb::BINLOG_START;
+use super::reach::Window;
 use super::store::{Store, WRITTEN_KEY};
-use super::window::Window;
 use crate::config::Settings;
 use crate::openstack::Swift;
 use crate::time::Timestamp;
@@ -35,7 +35,7 @@ pub fn window(
         w.note = Some("no base backup: nothing to restore from".into());
         return Ok(w);
     };
-    let meta = crate::agent::swift::read_meta(swift, &settings.swift.container, base)?;
+    let meta = crate::agent::swift::catalog::read_meta(swift, &settings.swift.container, base)?;
     let finished = super::pitr::base_finished(created, &meta);
     w.from = Some(finished.to_string());
     let Some(start) = meta.hook.get(BINLOG_START).and_then(|s| Name::parse(s)) else {
@@ -94,7 +94,8 @@ pub fn prune(
     oldest_kept: &str,
     dry_run: bool,
 ) -> Result<Vec<String>> {
-    let meta = crate::agent::swift::read_meta(swift, &settings.swift.container, oldest_kept)?;
+    let meta =
+        crate::agent::swift::catalog::read_meta(swift, &settings.swift.container, oldest_kept)?;
     let Some(start) = meta.hook.get(BINLOG_START).and_then(|s| Name::parse(s)) else {
         log::info!(
             "archive retention: {oldest_kept} does not record its binary log file; \

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::ship::Report;
+use super::report::Report;
 use super::spool;
 use crate::config::Settings;
 

@@ -39,6 +39,8 @@ pub mod metrics;
 pub mod pg_check;
 pub mod pitr;
 pub mod pitr_mariadb;
+pub mod reach;
+pub mod report;
 pub mod retention;
 pub mod ship;
 pub mod snapshot_base;

@@ -37,7 +37,7 @@ use serde::Serialize;
 use super::snapshot_base;
 use super::store::Store;
 use super::wal::{self, Segment};
-use crate::agent::swift as swift_agent;
+use crate::agent::swift::catalog as swift_agent;
 use crate::config::{Datastore, Settings};
 use crate::stream::{self, Progress};
 

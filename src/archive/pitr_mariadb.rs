@@ -32,7 +32,7 @@ use super::pitr::{
 };
 use super::snapshot_base;
 use super::store::{Store, WRITTEN_KEY};
-use crate::agent::swift as swift_agent;
+use crate::agent::swift::catalog as swift_agent;
 use crate::config::Settings;
 use crate::stream::Identities;
 use crate::time::Timestamp;

@@ -37,7 +37,8 @@ pub fn prune(
     if settings.datastore == crate::config::Datastore::Mysql {
         return super::binlog_window::prune(settings, swift, oldest_kept, dry_run);
     }
-    let meta = crate::agent::swift::read_meta(swift, &settings.swift.container, oldest_kept)?;
+    let meta =
+        crate::agent::swift::catalog::read_meta(swift, &settings.swift.container, oldest_kept)?;
     let Some(start) = meta.hook.get(WAL_START).filter(|s| !s.is_empty()) else {
         log::info!(
             "archive retention: {oldest_kept} does not record where its WAL starts; \

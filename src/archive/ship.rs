@@ -20,9 +20,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
-use serde::Serialize;
 
 use super::binlog_ship::Binlogs;
+pub use super::report::Report;
 use super::spool::{self, Waiting};
 use super::store::{Conflict, Shipped, Store};
 use crate::config::Settings;
@@ -34,18 +34,6 @@ const POLL: Duration = Duration::from_secs(1);
 /// The pause after a failed pass, doubling up to [`MAX_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_secs(2);
 const MAX_PAUSE: Duration = Duration::from_secs(60);
-
-/// What the service has done since it started (or `--once` did).
-#[derive(Debug, Default, Serialize)]
-pub struct Report {
-    pub uploaded: u64,
-    pub already_there: u64,
-    pub failed: u64,
-    /// The newest file shipped (uploaded or found there).
-    pub last_shipped: Option<String>,
-    /// Files still in the spool when it stopped.
-    pub waiting: usize,
-}
 
 /// The service's lock, apart from the backup's: both run at once.
 fn lock(settings: &Settings) -> Result<Flock<File>> {

@@ -50,7 +50,7 @@ impl Store {
             .archive
             .as_ref()
             .ok_or_else(|| anyhow!("no [archive] section in {}", settings.path.display()))?;
-        let swift = crate::agent::swift::connect(settings)?;
+        let swift = crate::agent::swift::catalog::connect(settings)?;
         let host = crate::agent::cinder::hostname();
         let log = match settings.datastore {
             crate::config::Datastore::Mysql => "binlog",

@@ -8,30 +8,13 @@ use std::collections::BTreeSet;
 use anyhow::{anyhow, Result};
 
 use crate::time::Timestamp;
-use serde::Serialize;
 
+pub use super::reach::Window;
 use super::retention::WAL_START;
 use super::store::{Store, WRITTEN_KEY};
 use super::wal::{self, Segment};
 use crate::config::Settings;
 use crate::openstack::Swift;
-
-#[derive(Debug, Default, Serialize)]
-pub struct Window {
-    /// What is archived: `WAL` or `binlog`.
-    pub log: &'static str,
-    /// The oldest base's end: the earliest time a restore can reach.
-    pub from: Option<String>,
-    /// When the last segment (binary log) of the unbroken archive was written.
-    pub to: Option<String>,
-    pub first_segment: Option<String>,
-    pub last_segment: Option<String>,
-    /// The first missing segment, when later ones are archived.
-    pub gap: Option<String>,
-    pub archived_files: usize,
-    /// Why there is no window, when there is none.
-    pub note: Option<String>,
-}
 
 /// The window from this host's oldest base of the datastore (`oldest`, a
 /// manifest name, with its creation time).
@@ -58,7 +41,7 @@ pub fn window(
         w.note = Some("no base backup: nothing to restore from".into());
         return Ok(w);
     };
-    let meta = crate::agent::swift::read_meta(swift, &settings.swift.container, base)?;
+    let meta = crate::agent::swift::catalog::read_meta(swift, &settings.swift.container, base)?;
     let finished = super::pitr::base_finished(created, &meta);
     w.from = Some(finished.to_string());
     let Some(start) = meta.hook.get(WAL_START).filter(|s| !s.is_empty()) else {
