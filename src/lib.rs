@@ -13,6 +13,7 @@ pub mod logging;
 pub mod metrics;
 pub mod mounts;
 pub mod openstack;
+pub mod recipients;
 pub mod retention;
 pub mod runtime;
 pub mod secret;

@@ -760,7 +760,7 @@ fn validate_swift(err: &ErrAt, file: SwiftFile) -> Result<SwiftSettings, ConfigE
     // Parsed as the backup will parse them, so that a typo is a 78 here
     // rather than a failed backup tonight.
     for (i, recipient) in file.age_recipients.iter().enumerate() {
-        if let Err(e) = crate::stream::Recipients::parse(recipient, "the entry") {
+        if let Err(e) = crate::recipients::Recipients::parse(recipient, "the entry") {
             // The innermost cause says what is wrong with the key; the
             // context around it would only say "line 1".
             return Err(err(
@@ -983,7 +983,7 @@ fn check_recipients_file(settings: &Settings, source: &str) -> Result<(), Config
             format!("cannot read {}: {e}", file.display()),
         )
     })?;
-    crate::stream::Recipients::parse(&text, &file.display().to_string()).map_err(|e| {
+    crate::recipients::Recipients::parse(&text, &file.display().to_string()).map_err(|e| {
         ConfigError::at_key(
             &settings.path,
             source,
