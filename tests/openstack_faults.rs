@@ -581,6 +581,28 @@ fn a_download_refused_with_503_is_retried() {
     assert!(body == data);
 }
 
+// Two small SLOs for the download tests: "hello" + "world" (md5
+// 5d41402a…, 7d793037…) and "hello" alone: the HEAD, the manifest, and
+// segment 2 whole.
+const HELLO_WORLD_HEAD: &str = "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\
+    x-static-large-object: True\r\nconnection: close\r\n\r\n";
+const HELLO_WORLD_MANIFEST: &str = "HTTP/1.1 200 OK\r\ncontent-length: 159\r\n\
+    connection: close\r\n\r\n\
+    [{\"name\":\"/c_segments/s/1\",\"hash\":\"5d41402abc4b2a76b9719d911017c592\",\"bytes\":5},\
+    {\"name\":\"/c_segments/s/2\",\"hash\":\"7d793037a0760186574b0282f2f435e7\",\"bytes\":5}]";
+const HELLO_HEAD: &str = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\
+    x-static-large-object: True\r\nconnection: close\r\n\r\n";
+const HELLO_MANIFEST: &str = "HTTP/1.1 200 OK\r\ncontent-length: 80\r\n\
+    connection: close\r\n\r\n\
+    [{\"name\":\"/c_segments/s/1\",\"hash\":\"5d41402abc4b2a76b9719d911017c592\",\"bytes\":5}]";
+const WORLD: &str = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\
+    etag: 7d793037a0760186574b0282f2f435e7\r\nconnection: close\r\n\r\nworld";
+
+/// An answer sent whole at once.
+fn answer(text: &'static str) -> (&'static str, Vec<Piece>) {
+    (text, vec![])
+}
+
 /// A download reads an SLO's segments, each GET sent while the one before
 /// is read: that early GET's answer is the first attempt's, so a 503 to it
 /// is retried like any, and a 200 to it is read (the server answers no
@@ -608,11 +630,7 @@ fn a_segment_sent_early_is_used_and_retried_when_refused() {
             "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbusy",
             vec![],
         ),
-        (
-            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\netag: 7d793037a0760186574b0282f2f435e7\r\n\
-             connection: close\r\n\r\nworld",
-            vec![],
-        ),
+        answer(WORLD),
         // Segment 3's GET, sent early while segment 2 is read: the last answer.
         (
             "HTTP/1.1 200 OK\r\ncontent-length: 1\r\netag: 9033e0e305f247c0c3c80d0c7848c8b3\r\n\
@@ -630,16 +648,8 @@ fn a_segment_sent_early_is_used_and_retried_when_refused() {
 #[test]
 fn a_segment_shorter_than_its_manifest_entry_is_an_error() {
     let (url, _) = scripted_server(vec![
-        (
-            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-static-large-object: True\r\n\
-             connection: close\r\n\r\n",
-            vec![],
-        ),
-        (
-            "HTTP/1.1 200 OK\r\ncontent-length: 80\r\nconnection: close\r\n\r\n\
-             [{\"name\":\"/c_segments/s/1\",\"hash\":\"5d41402abc4b2a76b9719d911017c592\",\"bytes\":5}]",
-            vec![],
-        ),
+        answer(HELLO_HEAD),
+        answer(HELLO_MANIFEST),
         // Swift's headers agree; the body breaks off after 3 bytes.
         (
             "HTTP/1.1 200 OK\r\ncontent-length: 5\r\netag: 5d41402abc4b2a76b9719d911017c592\r\n\
@@ -659,17 +669,8 @@ fn a_segment_shorter_than_its_manifest_entry_is_an_error() {
 #[test]
 fn a_segment_that_breaks_off_is_read_again_from_where_it_stopped() {
     let (url, count, requests) = scripted_server_seeing(vec![
-        (
-            "HTTP/1.1 200 OK\r\ncontent-length: 10\r\nx-static-large-object: True\r\n\
-             connection: close\r\n\r\n",
-            vec![],
-        ),
-        (
-            "HTTP/1.1 200 OK\r\ncontent-length: 159\r\nconnection: close\r\n\r\n\
-             [{\"name\":\"/c_segments/s/1\",\"hash\":\"5d41402abc4b2a76b9719d911017c592\",\"bytes\":5},\
-             {\"name\":\"/c_segments/s/2\",\"hash\":\"7d793037a0760186574b0282f2f435e7\",\"bytes\":5}]",
-            vec![],
-        ),
+        answer(HELLO_WORLD_HEAD),
+        answer(HELLO_WORLD_MANIFEST),
         // Three of five bytes, then nothing: a read times out.
         (
             "HTTP/1.1 200 OK\r\ncontent-length: 5\r\netag: 5d41402abc4b2a76b9719d911017c592\r\n\
@@ -677,11 +678,7 @@ fn a_segment_that_breaks_off_is_read_again_from_where_it_stopped() {
             vec![],
         ),
         // Segment 2's GET, sent early while segment 1 is read.
-        (
-            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\netag: 7d793037a0760186574b0282f2f435e7\r\n\
-             connection: close\r\n\r\nworld",
-            vec![],
-        ),
+        answer(WORLD),
         (
             "HTTP/1.1 206 Partial Content\r\ncontent-length: 2\r\ncontent-range: bytes 3-4/5\r\n\
              etag: 5d41402abc4b2a76b9719d911017c592\r\nconnection: close\r\n\r\nlo",
@@ -714,16 +711,8 @@ fn a_segment_that_keeps_breaking_off_ends_the_download() {
         vec![],
     );
     let (url, count) = scripted_server(vec![
-        (
-            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-static-large-object: True\r\n\
-             connection: close\r\n\r\n",
-            vec![],
-        ),
-        (
-            "HTTP/1.1 200 OK\r\ncontent-length: 80\r\nconnection: close\r\n\r\n\
-             [{\"name\":\"/c_segments/s/1\",\"hash\":\"5d41402abc4b2a76b9719d911017c592\",\"bytes\":5}]",
-            vec![],
-        ),
+        answer(HELLO_HEAD),
+        answer(HELLO_MANIFEST),
         (
             "HTTP/1.1 200 OK\r\ncontent-length: 5\r\netag: 5d41402abc4b2a76b9719d911017c592\r\n\
              connection: close\r\n\r\nh",

@@ -1036,8 +1036,8 @@ impl Session {
     }
 
     /// As [`send`](Self::send), the body to read as it arrives (see
-    /// [`Http::send_for_body`]).
-    /// `early`: the same request sent ahead by [`send_early`](Self::send_early).
+    /// [`Http::send_for_body`]). `early`: the same request sent ahead by
+    /// [`send_early`](Self::send_early).
     pub fn send_for_body(
         &self,
         req: &Request,

@@ -128,8 +128,7 @@ impl Download {
                 self.levels.pop();
                 continue;
             };
-            let path = entry.name.trim_start_matches('/');
-            let Some((container, object)) = path.split_once('/') else {
+            let Some((container, object)) = entry.location() else {
                 return Err(self.broken(format!(
                     "its manifest lists {:?}, which is not a /container/object path",
                     entry.name
@@ -159,10 +158,11 @@ impl Download {
                     entry.name, body.info.size, body.info.etag, entry.bytes, entry.hash
                 )));
             }
+            let (container, name) = (container.to_string(), object.to_string());
             self.current = Some(Part {
                 body,
-                container: container.to_string(),
-                name: object.to_string(),
+                container,
+                name,
                 etag: entry.hash,
                 bytes: entry.bytes,
                 segment: true,
@@ -183,8 +183,7 @@ impl Download {
         if next.sub_slo {
             return;
         }
-        let path = next.name.trim_start_matches('/');
-        if let Some((container, object)) = path.split_once('/') {
+        if let Some((container, object)) = next.location() {
             if let Some(early) = self.swift.get_object_early(container, object) {
                 self.next = Some((next.name.clone(), early));
             }
@@ -198,14 +197,10 @@ impl Download {
         let what = if part.segment { "segment" } else { "object" };
         let path = part.path();
         if part.resumed >= RESUMES {
-            let (received, resumed) = (self.received, part.resumed);
-            return Err(io::Error::new(
+            let resumed = part.resumed;
+            return Err(self.error(
                 e.kind(),
-                format!(
-                    "{}, at byte {received} of {}: {what} {path}: {e} (read again {resumed} \
-                     times from where it broke off)",
-                    self.object, self.size
-                ),
+                format!("{what} {path}: {e} (read again {resumed} times from where it broke off)"),
             ));
         }
         part.resumed += 1;
@@ -217,36 +212,30 @@ impl Download {
             part.bytes,
             part.resumed
         );
+        let left = part.bytes - part.got;
         match self
             .swift
             .get_object_from(&part.container, &part.name, part.got, &part.etag)
         {
-            Ok(body) if body.info.size == part.bytes - part.got => {
+            Ok(body) if body.info.size == left => {
                 part.body = body;
                 Ok(())
             }
-            Ok(body) => Err(io::Error::new(
+            Ok(body) => Err(self.error(
                 io::ErrorKind::InvalidData,
                 format!(
-                    "{}, at byte {} of {}: {what} {path} broke off ({e}), and Swift offers \
-                     {} bytes for the {} left",
-                    self.object,
-                    self.received,
-                    self.size,
-                    body.info.size,
-                    part.bytes - part.got
+                    "{what} {path} broke off ({e}), and Swift offers {} bytes for the {left} left",
+                    body.info.size
                 ),
             )),
-            Err(again) => Err(io::Error::new(
+            Err(again) => Err(self.error(
                 if again.is_not_found() {
                     io::ErrorKind::NotFound
                 } else {
                     e.kind()
                 },
                 format!(
-                    "{}, at byte {} of {}: {what} {path} broke off ({e}), and reading the \
-                     rest again failed: {again}",
-                    self.object, self.received, self.size
+                    "{what} {path} broke off ({e}), and reading the rest again failed: {again}"
                 ),
             )),
         }
@@ -259,20 +248,19 @@ impl Download {
             (io::ErrorKind::Other, "could not be read")
         };
         let part = if entry.sub_slo { "manifest" } else { "segment" };
-        io::Error::new(
-            kind,
-            format!(
-                "{} after {} of {} bytes: {part} {} {what}: {e}",
-                self.object, self.received, self.size, entry.name
-            ),
-        )
+        self.error(kind, format!("{part} {} {what}: {e}", entry.name))
     }
 
     fn broken(&self, message: String) -> io::Error {
+        self.error(io::ErrorKind::InvalidData, message)
+    }
+
+    /// An error of the download, saying how far it got.
+    fn error(&self, kind: io::ErrorKind, message: String) -> io::Error {
         io::Error::new(
-            io::ErrorKind::InvalidData,
+            kind,
             format!(
-                "{} after {} of {} bytes: {message}",
+                "{}, at byte {} of {}: {message}",
                 self.object, self.received, self.size
             ),
         )

@@ -234,6 +234,13 @@ pub struct ManifestEntry {
     pub range: Option<String>,
 }
 
+impl ManifestEntry {
+    /// Its container and object, from `/container/object`.
+    pub fn location(&self) -> Option<(&str, &str)> {
+        self.name.trim_start_matches('/').split_once('/')
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Swift {
     session: Session,
@@ -572,8 +579,9 @@ impl Swift {
             return self.delete_slo(container, name);
         }
         for sub in subs {
-            let path = sub.name.trim_start_matches('/');
-            let (c, o) = path.split_once('/').unwrap_or((container, path));
+            let (c, o) = sub
+                .location()
+                .unwrap_or((container, sub.name.trim_start_matches('/')));
             match self.delete_tree(c, o) {
                 Ok(()) => {}
                 Err(e) if e.is_not_found() => {}
